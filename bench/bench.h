@@ -1,0 +1,26 @@
+/* moert's benchmarks: timing, workloads and the machine's limits, shared by the
+ * `moert bench` subcommands. Every figure is a rate or a ratio measured in one run. */
+#ifndef MOERT_BENCH_H
+#define MOERT_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Monotonic seconds. */
+double bench_now(void);
+
+/* n standard-normal floats from a seeded generator (splitmix64 + Box-Muller). */
+void bench_fill_gaussian(float *x, size_t n, uint64_t seed);
+
+/* memcpy bandwidth with `threads` threads over `bytes`-sized buffers, in GB/s, counting
+ * bytes read plus bytes written (as the memory floors do). Best of `repeats`. */
+double bench_copy_bandwidth(size_t bytes, int threads, int repeats);
+
+/* Times fn(ctx): runs it until each of `samples` samples lasts at least min_sample_s, and
+ * returns the median seconds per call. */
+double bench_seconds_per_call(void (*fn)(void *), void *ctx, int samples, double min_sample_s);
+
+/* `moert bench NAME` entries. */
+int bench_softmax_topk(int argc, char **argv);
+
+#endif /* MOERT_BENCH_H */

@@ -1,0 +1,11 @@
+/* moert: Mixture-of-Experts routing runtime. One include for the whole public API. */
+#ifndef MOERT_H
+#define MOERT_H
+
+#include "moert/export.h"
+#include "moert/status.h"
+#include "moert/version.h"
+#include "moert/cpu.h"
+#include "moert/topk_gate.h"
+
+#endif /* MOERT_H */

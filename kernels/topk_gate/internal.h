@@ -1,0 +1,92 @@
+/* Internal: what the top-k gate driver (topk_gate.c) hands to a kernel variant. */
+#ifndef MOERT_KERNELS_TOPK_GATE_INTERNAL_H
+#define MOERT_KERNELS_TOPK_GATE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moert/topk_gate.h"
+
+/* One call's worth of validated arguments, shared read-only by all threads. */
+typedef struct topk_job {
+    const float *logits; /* [tokens, experts] */
+    size_t tokens, experts;
+    int k;
+    moert_score score;
+    moert_softmax_order order;
+    int renormalize;
+    float scaling;
+    const float *bias; /* [experts] or NULL (sigmoid only) */
+    int32_t *ids;      /* [tokens, k] */
+    float *weights;    /* [tokens, k] */
+    float *logsumexp;  /* [tokens] or NULL */
+    int want_probs;    /* accumulate softmax probabilities per expert */
+} topk_job;
+
+/* What went wrong in a row; kind TOPK_ROW_OK means nothing did. */
+typedef enum topk_row_kind {
+    TOPK_ROW_OK = 0,
+    TOPK_ROW_NAN,     /* logits[row, col] is NaN */
+    TOPK_ROW_POS_INF, /* logits[row, col] is +inf */
+    TOPK_ROW_ALL_NEG_INF,
+} topk_row_kind;
+
+typedef struct topk_row_error {
+    topk_row_kind kind;
+    size_t row, col;
+} topk_row_error;
+
+/* Per-thread scratch, owned by the driver. `keys` holds one row's selection keys when
+ * they differ from the logits (sigmoid with a bias); `prob_block` accumulates the
+ * probabilities of the rows of one block. Either may be NULL when not needed. */
+typedef struct topk_scratch {
+    float *keys;       /* [experts + 64] */
+    float *prob_block; /* [experts + 64] */
+} topk_scratch;
+
+/* Routes rows [row_begin, row_end). Adds each row's softmax probabilities into
+ * scratch->prob_block when job->want_probs. Stops at the first bad row and reports it. */
+typedef topk_row_error (*topk_rows_fn)(const topk_job *job, size_t row_begin,
+                                       size_t row_end, const topk_scratch *scratch);
+
+typedef struct topk_variant {
+    const char *name;
+    moert_isa isa;       /* what the CPU must support to run it */
+    topk_rows_fn rows;
+} topk_variant;
+
+/* The variants, best last; see variants.inc. Tests and benchmarks iterate this table. */
+#define TOPK_VARIANT_DECLARE_(name, isa) \
+    topk_row_error topk_rows_##name(const topk_job *, size_t, size_t, const topk_scratch *);
+#include "kernels/topk_gate/variants.inc"
+#undef TOPK_VARIANT_DECLARE_
+
+extern const topk_variant topk_variants[];
+extern const size_t topk_variant_count;
+
+/* The variant that runs `isa` (MOERT_ISA_AUTO resolves to the process's choice). */
+const topk_variant *topk_variant_for(moert_isa isa);
+
+/* Routes with a given variant (tests use it to reach every entry of the table, the
+ * emulated ones included). Same contract as moert_topk_gate. */
+moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_params *params,
+                           const float *logits, size_t tokens, size_t experts,
+                           const moert_topk_gate_output *out);
+
+/* ---- pieces shared by the variants ---- */
+
+/* Exact top-k of keys[0..n) by (key descending, index ascending): writes k keys and their
+ * indices (idx[i] if idx is non-NULL, else i) in that order. k <= n. O(n log k). */
+void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, float *top_keys,
+                      int32_t *top_idx);
+
+/* First NaN/+inf/all -inf finding in one row, scanning in column order. */
+topk_row_error topk_find_bad(const float *row, size_t experts, size_t row_index);
+
+/* Turns one row's k selected logits (in selection order) into its weights, in place.
+ * row_max and row_sum (the sum of exp(logit - row_max) over the row) are used by softmax
+ * pre only. This is the reference; vector variants evaluate the same operations lane by
+ * lane, so post and sigmoid weights are bit-identical across variants. */
+void topk_weights_inplace(const topk_job *job, float *w, float row_max, float row_sum);
+
+#endif /* MOERT_KERNELS_TOPK_GATE_INTERNAL_H */

@@ -1,0 +1,125 @@
+/* Internal: the 16-lane vector vocabulary of vector_impl.h in portable C, one loop per
+ * operation. It runs the AVX-512 variant's algorithm (same lane count, same masks) on any
+ * machine, so the tests check that algorithm where AVX-512 is absent. Each lane computes
+ * exactly what the scalar reference computes. Included only by emu16.c. */
+#ifndef MOERT_TOPK_SIMD_EMU16_H
+#define MOERT_TOPK_SIMD_EMU16_H
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/expf.h"
+
+#define V_W 16
+typedef struct { float f[16]; } vf;
+typedef struct { int32_t i[16]; } vi;
+typedef uint32_t vm;
+
+#define EMU_MAP_(expr)                                                                      \
+    vf r_;                                                                                  \
+    for (int l_ = 0; l_ < 16; l_++) r_.f[l_] = (expr);                                      \
+    return r_
+#define EMU_CMP_(expr)                                                                      \
+    vm m_ = 0;                                                                              \
+    for (int l_ = 0; l_ < 16; l_++) m_ |= (uint32_t)(expr) << l_;                           \
+    return m_
+
+static inline vf vf_set1(float a) { EMU_MAP_(a); }
+static inline vf vf_loadu(const float *p) { EMU_MAP_(p[l_]); }
+static inline void vf_storeu(float *p, vf a) { memcpy(p, a.f, sizeof a.f); }
+static inline vf vf_add(vf a, vf b) { EMU_MAP_(a.f[l_] + b.f[l_]); }
+static inline vf vf_sub(vf a, vf b) { EMU_MAP_(a.f[l_] - b.f[l_]); }
+static inline vf vf_mul(vf a, vf b) { EMU_MAP_(a.f[l_] * b.f[l_]); }
+static inline vf vf_div(vf a, vf b) { EMU_MAP_(a.f[l_] / b.f[l_]); }
+/* As the hardware: the second operand when the comparison is false or unordered. */
+static inline vf vf_max(vf a, vf b) { EMU_MAP_(a.f[l_] > b.f[l_] ? a.f[l_] : b.f[l_]); }
+static inline vf vf_min(vf a, vf b) { EMU_MAP_(a.f[l_] < b.f[l_] ? a.f[l_] : b.f[l_]); }
+
+static inline vm vm_gt(vf a, vf b) { EMU_CMP_(a.f[l_] > b.f[l_]); }
+static inline vm vm_ge(vf a, vf b) { EMU_CMP_(a.f[l_] >= b.f[l_]); }
+static inline vm vm_eq(vf a, vf b) { EMU_CMP_(a.f[l_] == b.f[l_]); }
+static inline vm vm_bad(vf x) { EMU_CMP_(!(x.f[l_] <= FLT_MAX)); }
+static inline vm vm_or(vm a, vm b) { return a | b; }
+static inline vm vm_and(vm a, vm b) { return a & b; }
+static inline vm vm_none(void) { return 0; }
+static inline uint32_t vm_bits(vm m) { return m; }
+static inline vm vm_first(int n) { return n >= 16 ? 0xFFFFu : (1u << n) - 1u; }
+
+static inline vf vf_select(vm m, vf a, vf b) { EMU_MAP_((m >> l_) & 1 ? a.f[l_] : b.f[l_]); }
+static inline vi vi_select(vm m, vi a, vi b) {
+    vi r;
+    for (int l = 0; l < 16; l++) r.i[l] = (m >> l) & 1 ? a.i[l] : b.i[l];
+    return r;
+}
+static inline vi vi_set1(int32_t a) {
+    vi r;
+    for (int l = 0; l < 16; l++) r.i[l] = a;
+    return r;
+}
+static inline vi vi_iota(void) {
+    vi r;
+    for (int l = 0; l < 16; l++) r.i[l] = l;
+    return r;
+}
+static inline vi vi_add(vi a, vi b) {
+    vi r;
+    for (int l = 0; l < 16; l++) r.i[l] = a.i[l] + b.i[l];
+    return r;
+}
+static inline void vi_storeu(int32_t *p, vi a) { memcpy(p, a.i, sizeof a.i); }
+static inline vi vi_zero(void) { return vi_set1(0); }
+static inline vi vi_add_mask(vi acc, vm m) {
+    for (int l = 0; l < 16; l++) acc.i[l] += (int32_t)((m >> l) & 1);
+    return acc;
+}
+static inline void vf_store_part(float *p, int n, vf a) { memcpy(p, a.f, (size_t)n * sizeof(float)); }
+static inline void vi_store_part(int32_t *p, int n, vi a) { memcpy(p, a.i, (size_t)n * sizeof(int32_t)); }
+
+static inline vf vf_load_part(const float *p, int n, float fill) { EMU_MAP_(l_ < n ? p[l_] : fill); }
+
+static inline float vf_hmax(vf a) {
+    float m = a.f[0];
+    for (int l = 1; l < 16; l++) m = a.f[l] > m ? a.f[l] : m;
+    return m;
+}
+static inline float vf_hsum(vf a) { /* pairwise, like a reduction tree */
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) a.f[l] = a.f[l] + a.f[l + w];
+    return a.f[0];
+}
+
+static inline vf vf_exp(vf x) { EMU_MAP_(moert_expf(x.f[l_])); }
+static inline vf vf_sigmoid(vf x) { EMU_MAP_(moert_sigmoidf(x.f[l_])); }
+
+static inline int v_compress_store(float *dv, int32_t *di, vf v, vi idx, vm m) {
+    int n = 0;
+    for (int l = 0; l < 16; l++)
+        if ((m >> l) & 1) {
+            dv[n] = v.f[l];
+            di[n] = idx.i[l];
+            n++;
+        }
+    return n;
+}
+
+static inline float v_kth_largest16(const vf v[1], int k) {
+    float s[16];
+    memcpy(s, v[0].f, sizeof s);
+    for (int i = 1; i < 16; i++) /* insertion sort, descending */
+        for (int j = i; j > 0 && s[j] > s[j - 1]; j--) {
+            float t = s[j];
+            s[j] = s[j - 1];
+            s[j - 1] = t;
+        }
+    return s[k - 1];
+}
+
+static inline void v_load_tile8(const float *rows, size_t ld, int ncols, vf cols[8]) {
+    for (int c = 0; c < ncols; c++)
+        for (int r = 0; r < 16; r++) cols[c].f[r] = rows[(size_t)r * ld + c];
+}
+
+#undef EMU_CMP_
+#endif /* MOERT_TOPK_SIMD_EMU16_H */

@@ -1,0 +1,203 @@
+/* The top-k gate's public entry: validation, the variant, threads, and the per-expert
+ * probability sums.
+ *
+ * Rows are cut into blocks of TOPK_BLOCK_ROWS. A block's probabilities are summed in
+ * row order, then added to a per-thread fixed-point (2^-32) accumulator: integer sums do
+ * not depend on their order, so prob_sums are bit-identical for any thread count. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/size.h"
+#include "kernels/topk_gate/internal.h"
+
+#define TOPK_BLOCK_ROWS 64
+#define TOPK_MAX_THREADS 4096
+#define TOPK_FIXED_POINT_ONE 4294967296.0 /* 2^32 */
+
+const topk_variant topk_variants[] = {
+#define TOPK_VARIANT_DECLARE_(name, isa) {#name, isa, topk_rows_##name},
+#include "kernels/topk_gate/variants.inc"
+#undef TOPK_VARIANT_DECLARE_
+};
+const size_t topk_variant_count = sizeof topk_variants / sizeof topk_variants[0];
+
+const topk_variant *topk_variant_for(moert_isa isa) {
+    if (isa == MOERT_ISA_AUTO && moert_isa_active(&isa) != MOERT_OK) return NULL;
+    const char *name = moert_isa_name(isa);
+    for (size_t i = 0; i < topk_variant_count; i++)
+        if (strcmp(topk_variants[i].name, name) == 0) return &topk_variants[i];
+    return NULL;
+}
+
+moert_topk_gate_params moert_topk_gate_params_default(void) {
+    return (moert_topk_gate_params){
+        .k = 2,
+        .score = MOERT_SCORE_SOFTMAX,
+        .softmax_order = MOERT_SOFTMAX_POST,
+        .renormalize = 0,
+        .scaling = 1.0f,
+        .bias = NULL,
+        .threads = 0,
+        .isa = MOERT_ISA_AUTO,
+    };
+}
+
+static moert_status validate(const moert_topk_gate_params *p, const float *logits,
+                             size_t tokens, size_t experts, const moert_topk_gate_output *out) {
+    MOERT_RETURN_ERROR_IF(p == NULL, MOERT_EINVAL, "top-k gate: params is NULL");
+    MOERT_RETURN_ERROR_IF(out == NULL, MOERT_EINVAL, "top-k gate: output is NULL");
+    MOERT_RETURN_ERROR_IF(experts == 0 || experts > MOERT_MAX_EXPERTS, MOERT_EINVAL,
+                          "experts=%zu is outside 1..%d", experts, MOERT_MAX_EXPERTS);
+    MOERT_RETURN_ERROR_IF(p->k < 1, MOERT_EINVAL, "k=%d must be at least 1", p->k);
+    MOERT_RETURN_ERROR_IF((size_t)p->k > experts, MOERT_EINVAL,
+                          "k=%d exceeds num_experts=%zu", p->k, experts);
+    MOERT_RETURN_ERROR_IF(p->score != MOERT_SCORE_SOFTMAX && p->score != MOERT_SCORE_SIGMOID,
+                          MOERT_EINVAL, "score=%d is not softmax (0) or sigmoid (1)",
+                          (int)p->score);
+    MOERT_RETURN_ERROR_IF(
+        p->softmax_order != MOERT_SOFTMAX_POST && p->softmax_order != MOERT_SOFTMAX_PRE,
+        MOERT_EINVAL, "softmax_order=%d is not post (0) or pre (1)", (int)p->softmax_order);
+    MOERT_RETURN_ERROR_IF(!(isfinite(p->scaling) && p->scaling > 0.0f), MOERT_EINVAL,
+                          "scaling=%g must be finite and positive", (double)p->scaling);
+    MOERT_RETURN_ERROR_IF(p->threads < 0 || p->threads > TOPK_MAX_THREADS, MOERT_EINVAL,
+                          "threads=%d is outside 0..%d", p->threads, TOPK_MAX_THREADS);
+    MOERT_RETURN_ERROR_IF(p->bias != NULL && p->score != MOERT_SCORE_SIGMOID, MOERT_EINVAL,
+                          "a selection bias applies to sigmoid scores only");
+    if (p->bias != NULL) {
+        for (size_t e = 0; e < experts; e++)
+            MOERT_RETURN_ERROR_IF(!isfinite(p->bias[e]), MOERT_EBADDATA,
+                                  "bias[%zu] is %g; it must be finite", e,
+                                  (double)p->bias[e]);
+    }
+    size_t elements;
+    MOERT_RETURN_ERROR_IF(moert_mul3_overflows(tokens, experts, sizeof(float), &elements),
+                          MOERT_EOVERFLOW, "tokens=%zu x experts=%zu logits overflow size_t",
+                          tokens, experts);
+    MOERT_RETURN_ERROR_IF(moert_mul3_overflows(tokens, (size_t)p->k, sizeof(float), &elements),
+                          MOERT_EOVERFLOW, "tokens=%zu x k=%d outputs overflow size_t", tokens,
+                          p->k);
+    if (tokens > 0) {
+        MOERT_RETURN_ERROR_IF(logits == NULL, MOERT_EINVAL, "top-k gate: logits is NULL");
+        MOERT_RETURN_ERROR_IF(out->expert_ids == NULL, MOERT_EINVAL,
+                              "top-k gate: output expert_ids is NULL");
+        MOERT_RETURN_ERROR_IF(out->weights == NULL, MOERT_EINVAL,
+                              "top-k gate: output weights is NULL");
+    }
+    return MOERT_OK;
+}
+
+static moert_status report_bad_row(topk_row_error err) {
+    switch (err.kind) {
+    case TOPK_ROW_NAN:
+        return moert_set_error(MOERT_EBADDATA, "logits[%zu,%zu] is NaN", err.row, err.col);
+    case TOPK_ROW_POS_INF:
+        return moert_set_error(MOERT_EBADDATA, "logits[%zu,%zu] is +inf", err.row, err.col);
+    case TOPK_ROW_ALL_NEG_INF:
+        return moert_set_error(MOERT_EBADDATA,
+                               "logits row %zu is all -inf: no expert can be chosen", err.row);
+    case TOPK_ROW_OK: break;
+    }
+    return moert_set_error(MOERT_EINTERNAL, "top-k gate: bad row report");
+}
+
+moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_params *p,
+                           const float *logits, size_t tokens, size_t experts,
+                           const moert_topk_gate_output *out) {
+    MOERT_FORWARD_IF_ERROR(validate(p, logits, tokens, experts, out));
+    MOERT_RETURN_ERROR_IF(variant == NULL, MOERT_EINVAL, "top-k gate: no variant");
+    MOERT_FORWARD_IF_ERROR(moert_isa_check(variant->isa));
+
+    const int want_probs = out->prob_sums != NULL;
+    if (want_probs) memset(out->prob_sums, 0, experts * sizeof(double));
+    if (tokens == 0) return MOERT_OK;
+
+    const topk_job job = {
+        .logits = logits,
+        .tokens = tokens,
+        .experts = experts,
+        .k = p->k,
+        .score = p->score,
+        .order = p->softmax_order,
+        .renormalize = p->renormalize,
+        .scaling = p->scaling,
+        .bias = p->bias,
+        .ids = out->expert_ids,
+        .weights = out->weights,
+        .logsumexp = out->logsumexp,
+        .want_probs = want_probs,
+    };
+
+    const size_t blocks = (tokens + TOPK_BLOCK_ROWS - 1) / TOPK_BLOCK_ROWS;
+    int threads = p->threads > 0 ? p->threads : omp_get_max_threads();
+    if ((size_t)threads > blocks) threads = (int)blocks;
+
+    /* Per-thread scratch, only when the call needs it: no allocation otherwise. */
+    const size_t key_floats = p->bias != NULL ? experts + 64 : 0;
+    const size_t block_floats = want_probs ? experts + 64 : 0; /* slack for vector tails */
+    const size_t acc_words = want_probs ? experts : 0;
+    const size_t per_thread =
+        key_floats * sizeof(float) + block_floats * sizeof(float) + acc_words * sizeof(int64_t);
+    unsigned char *workspace = NULL;
+    if (per_thread > 0) {
+        workspace = calloc((size_t)threads, per_thread);
+        MOERT_RETURN_ERROR_IF(workspace == NULL, MOERT_ENOMEM,
+                              "top-k gate: cannot allocate %zu bytes of workspace",
+                              (size_t)threads * per_thread);
+    }
+
+    topk_row_error first_bad = {TOPK_ROW_OK, 0, 0};
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const int tid = omp_get_thread_num();
+        /* Accumulators first: int64 alignment, then the float arrays. */
+        unsigned char *mine = workspace ? workspace + (size_t)tid * per_thread : NULL;
+        int64_t *acc = want_probs ? (int64_t *)mine : NULL;
+        topk_scratch scratch = {
+            .prob_block = want_probs ? (float *)(mine + acc_words * sizeof(int64_t)) : NULL,
+            .keys = key_floats ? (float *)(mine + acc_words * sizeof(int64_t) +
+                                           block_floats * sizeof(float))
+                               : NULL,
+        };
+        topk_row_error my_bad = {TOPK_ROW_OK, 0, 0};
+
+        /* Static schedule: each thread walks its blocks in ascending order, so its first
+         * bad row is the first in its share and the minimum over threads is global. */
+#pragma omp for schedule(static)
+        for (size_t b = 0; b < blocks; b++) {
+            if (my_bad.kind != TOPK_ROW_OK) continue;
+            const size_t begin = b * TOPK_BLOCK_ROWS;
+            const size_t end = begin + TOPK_BLOCK_ROWS < tokens ? begin + TOPK_BLOCK_ROWS : tokens;
+            if (want_probs) memset(scratch.prob_block, 0, experts * sizeof(float));
+            my_bad = variant->rows(&job, begin, end, &scratch);
+            if (my_bad.kind == TOPK_ROW_OK && want_probs)
+                for (size_t e = 0; e < experts; e++)
+                    acc[e] += llrint((double)scratch.prob_block[e] * TOPK_FIXED_POINT_ONE);
+        }
+        if (my_bad.kind != TOPK_ROW_OK) {
+#pragma omp critical(moert_topk_gate_error)
+            if (first_bad.kind == TOPK_ROW_OK || my_bad.row < first_bad.row) first_bad = my_bad;
+        }
+    }
+
+    if (first_bad.kind == TOPK_ROW_OK && want_probs) {
+        for (size_t e = 0; e < experts; e++) {
+            int64_t total = 0;
+            for (int t = 0; t < threads; t++)
+                total += ((const int64_t *)(workspace + (size_t)t * per_thread))[e];
+            out->prob_sums[e] = (double)total / TOPK_FIXED_POINT_ONE;
+        }
+    }
+    free(workspace);
+    if (first_bad.kind != TOPK_ROW_OK) return report_bad_row(first_bad);
+    return MOERT_OK;
+}
+
+moert_status moert_topk_gate(const moert_topk_gate_params *params, const float *logits,
+                             size_t tokens, size_t experts, const moert_topk_gate_output *out) {
+    MOERT_RETURN_ERROR_IF(params == NULL, MOERT_EINVAL, "top-k gate: params is NULL");
+    MOERT_FORWARD_IF_ERROR(moert_isa_check(params->isa));
+    return topk_gate_run(topk_variant_for(params->isa), params, logits, tokens, experts, out);
+}

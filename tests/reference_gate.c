@@ -1,0 +1,58 @@
+#include "tests/reference_gate.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+typedef struct ranked {
+    double key;
+    int32_t id;
+} ranked;
+
+/* Descending key, ties to the lower id. */
+static int by_rank(const void *a, const void *b) {
+    const ranked *x = a, *y = b;
+    if (x->key != y->key) return x->key > y->key ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+void reference_gate_row(const moert_topk_gate_params *p, const float *row, size_t experts,
+                        int32_t *ids, double *weights, double *lse, double *probs) {
+    double m = -INFINITY;
+    for (size_t e = 0; e < experts; e++) m = row[e] > m ? row[e] : m;
+    double s = 0.0;
+    for (size_t e = 0; e < experts; e++) s += exp((double)row[e] - m);
+    *lse = m + log(s);
+    if (probs)
+        for (size_t e = 0; e < experts; e++) probs[e] = exp((double)row[e] - *lse);
+
+    ranked *r = malloc(experts * sizeof *r);
+    for (size_t e = 0; e < experts; e++) {
+        r[e].id = (int32_t)e;
+        r[e].key = row[e];
+        if (p->bias) r[e].key = sigmoid(row[e]) + p->bias[e];
+    }
+    qsort(r, experts, sizeof *r, by_rank);
+    const int k = p->k;
+    double sum = 0.0;
+    for (int j = 0; j < k; j++) {
+        ids[j] = r[j].id;
+        const double x = row[r[j].id];
+        if (p->score == MOERT_SCORE_SIGMOID)
+            weights[j] = sigmoid(x);
+        else if (p->softmax_order == MOERT_SOFTMAX_POST)
+            weights[j] = exp(x - (double)row[r[0].id]);
+        else
+            weights[j] = exp(x - *lse);
+        sum += weights[j];
+    }
+    const int normalise = p->score == MOERT_SCORE_SOFTMAX
+                              ? (p->softmax_order == MOERT_SOFTMAX_POST || p->renormalize)
+                              : p->renormalize;
+    for (int j = 0; j < k; j++) {
+        if (normalise) weights[j] /= sum;
+        weights[j] *= p->scaling;
+    }
+    free(r);
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The moert command line end to end: exit codes (0 ok, 2 usage, 1 other), one-line
+# errors on stderr starting with "moert:", help for every subcommand, and the JSON of
+# the benchmark.
+set -u
+moert="$1"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failures=0
+
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+
+# expect STATUS CMD...: runs CMD, checks its exit status, keeps stdout/stderr.
+expect() {
+  local want=$1; shift
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local got=$?
+  [ "$got" -eq "$want" ] || fail "'$*' exited $got, expected $want; stderr: $(cat "$tmp/err")"
+  if [ "$want" -ne 0 ]; then
+    local lines
+    lines=$(wc -l <"$tmp/err")
+    [ "$lines" -ge 1 ] || fail "'$*' failed without a message"
+    grep -q '^moert: ' "$tmp/err" || fail "'$*': error does not start with 'moert:': $(cat "$tmp/err")"
+  fi
+}
+# expect_error STATUS CMD...: also insists on exactly one line on stderr.
+expect_error() {
+  expect "$@"
+  [ "$(wc -l <"$tmp/err")" -eq 1 ] || fail "'${*:2}': error is not one line: $(cat "$tmp/err")"
+}
+
+expect 0 "$moert" --version
+grep -Eq '^moert [0-9]+\.[0-9]+\.[0-9]+$' "$tmp/out" || fail "--version prints '$(cat "$tmp/out")'"
+expect 0 "$moert" --help
+cp "$tmp/out" "$tmp/help"
+grep -q 'usage: moert COMMAND' "$tmp/help" || fail "--help has no usage line"
+for cmd in demo info bench; do
+  grep -q "^  $cmd " "$tmp/help" || fail "--help does not list $cmd"
+  expect 0 "$moert" "$cmd" --help
+  grep -q "usage: moert $cmd" "$tmp/out" || fail "$cmd --help has no usage line"
+done
+expect 0 "$moert" bench softmax-topk --help
+grep -q -- '--experts' "$tmp/out" || fail "bench softmax-topk --help lists no options"
+
+"$moert" >/dev/null 2>&1; [ $? -eq 2 ] || fail "moert without a command should exit 2"
+expect_error 2 "$moert" frobnicate
+grep -q "unknown command 'frobnicate'" "$tmp/err" || fail "unknown command not named"
+expect_error 2 "$moert" --frobnicate
+expect_error 2 "$moert" info --bogus
+expect_error 2 "$moert" info extra
+expect_error 2 "$moert" demo --bogus
+expect_error 2 "$moert" bench
+expect_error 2 "$moert" bench nosuch
+expect_error 2 "$moert" bench softmax-topk --k 0
+expect_error 2 "$moert" bench softmax-topk --experts 0
+expect_error 2 "$moert" bench softmax-topk --experts 70000
+expect_error 2 "$moert" bench softmax-topk --experts 8 --k 9
+grep -q 'k=9 exceeds --experts 8' "$tmp/err" || fail "k > E not explained: $(cat "$tmp/err")"
+expect_error 2 "$moert" bench softmax-topk --tokens abc
+expect_error 2 "$moert" bench softmax-topk --tokens -5
+expect_error 2 "$moert" bench softmax-topk --isa sse9
+expect_error 2 "$moert" bench softmax-topk --mode sideways
+expect_error 2 "$moert" bench softmax-topk --threads
+
+expect 0 "$moert" info
+for key in 'variant chosen:' 'isa flags:' 'logical cpus:' 'openmp threads:'; do
+  grep -q "$key" "$tmp/out" || fail "info lacks '$key'"
+done
+grep -Eq '^numa (nodes|: )' "$tmp/out" || fail "info says nothing of NUMA"
+MOERT_ISA=scalar expect 0 "$moert" info
+grep -q 'variant chosen: scalar (forced by MOERT_ISA)' "$tmp/out" || fail "MOERT_ISA=scalar not honoured"
+MOERT_ISA=bogus expect_error 1 "$moert" info
+grep -q "MOERT_ISA: ISA 'bogus' is not one of scalar, avx2, avx512" "$tmp/err" || fail "bad MOERT_ISA: $(cat "$tmp/err")"
+if ! grep -q avx512f=yes <("$moert" info); then
+  MOERT_ISA=avx512 expect_error 1 "$moert" info
+  expect_error 1 "$moert" bench softmax-topk --isa avx512 --tokens 64
+fi
+
+expect 0 "$moert" demo
+for key in 'gate kernel' 'max/mean' 'aux (Switch)'; do
+  grep -q "$key" "$tmp/out" || fail "demo lacks '$key'"
+done
+
+for isa in scalar $(grep -q avx2=yes <("$moert" info) && echo avx2); do
+  expect 0 "$moert" bench softmax-topk --tokens 2048 --experts 64 --k 8 --samples 1 --threads 2 --isa "$isa" --json
+  json=$(tail -n 1 "$tmp/out")
+  for key in variant tokens experts k threads ns_per_token tokens_per_s naive_ns_per_token \
+             floor_ns_per_token speedup_vs_naive ratio_to_floor; do
+    echo "$json" | grep -q "\"$key\":" || fail "bench --json lacks $key: $json"
+  done
+  echo "$json" | grep -q "\"variant\":\"$isa\"" || fail "bench --isa $isa reports $json"
+  echo "$json" | grep -q '"threads":2' || fail "bench threads not reported: $json"
+done
+
+if [ "$failures" -ne 0 ]; then
+  echo "$failures CLI check(s) failed"
+  exit 1
+fi
+echo "CLI checks passed"
