@@ -6,7 +6,7 @@
  * about 1 ulp over the range the kernels use.
  *
  * exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in two steps (Cody-Waite),
- * exp(r) by the degree-7 polynomial of Cephes' expf. Inputs below -87.3365 (where the
+ * exp(r) by the degree-7 polynomial of Cephes' expf, evaluated by Estrin's scheme. Inputs below -87.3365 (where the
  * result would be subnormal), and -inf, give 0; inputs above 88 are clamped to 88. */
 #ifndef MOERT_KERNELS_EXPF_H
 #define MOERT_KERNELS_EXPF_H
@@ -34,13 +34,13 @@ static inline float moert_expf(float x) {
     float n = t - MOERT_EXPF_MAGIC;
     float r = x - n * MOERT_EXPF_LN2_HI;
     r = r - n * MOERT_EXPF_LN2_LO;
+    /* Estrin's scheme: the same polynomial as Horner's, with a shorter dependency chain. */
     float r2 = r * r;
-    float p = MOERT_EXPF_P0;
-    p = p * r + MOERT_EXPF_P1;
-    p = p * r + MOERT_EXPF_P2;
-    p = p * r + MOERT_EXPF_P3;
-    p = p * r + MOERT_EXPF_P4;
-    p = p * r + MOERT_EXPF_P5;
+    float r4 = r2 * r2;
+    float a = MOERT_EXPF_P0 * r + MOERT_EXPF_P1;
+    float b = MOERT_EXPF_P2 * r + MOERT_EXPF_P3;
+    float c = MOERT_EXPF_P4 * r + MOERT_EXPF_P5;
+    float p = (a * r4 + b * r2) + c;
     p = p * r2 + r + 1.0f;
     /* 2^n from the integer in t's low mantissa bits. */
     uint32_t tb, mb;

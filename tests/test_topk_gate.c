@@ -253,13 +253,18 @@ END_TEST
 static void adversarial_rows(const topk_variant *v) {
     const size_t Es[] = {3, 8, 16, 17, 24, 33, 64, 65, 128, 160, 256, 1000};
     for (size_t s = 0; s < sizeof Es / sizeof Es[0]; s++) {
-        const size_t E = Es[s], T = 40;
+        const size_t E = Es[s], T = 50;
         float *x = malloc(T * E * sizeof(float));
         test_rng rng = {E};
         for (size_t t = 0; t < T; t++)
             for (size_t e = 0; e < E; e++) {
                 float *xe = &x[t * E + e];
-                switch (t % 8) {
+                switch (t % 10) {
+                case 8: /* keys one ulp apart: packed keys that lose low bits must notice */
+                    *xe = 1.0f;
+                    for (size_t i = 0; i < (e * 7) % E; i++) *xe = nextafterf(*xe, 2.0f);
+                    break;
+                case 9: *xe = (e % 3) ? 3.0e38f : 2.9e38f; break; /* huge but finite */
                 case 0: *xe = 1.0f; break;                                     /* all tied */
                 case 1: *xe = (float)(test_rng_next(&rng) % 4); break;         /* few values */
                 case 2: *xe = (float)e; break;                                 /* ascending */

@@ -1,4 +1,5 @@
 /* The top-k gate's 16-lane algorithm (the AVX-512 one) in portable C, for the tests. */
+#define VEC_PORTABLE
 #include "kernels/topk_gate/simd_emu16.h"
 #include "kernels/topk_gate/vector_impl.h"
 

@@ -15,52 +15,73 @@ typedef __m512 vf;
 typedef __m512i vi;
 typedef __mmask16 vm;
 
-static inline vf vf_set1(float a) { return _mm512_set1_ps(a); }
-static inline vf vf_loadu(const float *p) { return _mm512_loadu_ps(p); }
-static inline void vf_storeu(float *p, vf a) { _mm512_storeu_ps(p, a); }
-static inline vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
-static inline vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
-static inline vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-static inline vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
-static inline vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
-static inline vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline __attribute__((always_inline)) vf vf_set1(float a) { return _mm512_set1_ps(a); }
+static inline __attribute__((always_inline)) vf vf_loadu(const float *p) { return _mm512_loadu_ps(p); }
+static inline __attribute__((always_inline)) void vf_storeu(float *p, vf a) { _mm512_storeu_ps(p, a); }
+static inline __attribute__((always_inline)) vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline __attribute__((always_inline)) vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline __attribute__((always_inline)) vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline __attribute__((always_inline)) vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+static inline __attribute__((always_inline)) vf vf_max(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline __attribute__((always_inline)) vf vf_min(vf a, vf b) { return _mm512_min_ps(a, b); }
 
-static inline vm vm_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
-static inline vm vm_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
-static inline vm vm_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
-static inline vm vm_bad(vf x) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ); }
-static inline vm vm_or(vm a, vm b) { return (vm)(a | b); }
-static inline vm vm_and(vm a, vm b) { return (vm)(a & b); }
-static inline vm vm_none(void) { return 0; }
-static inline uint32_t vm_bits(vm m) { return (uint32_t)m; }
-static inline vm vm_first(int n) { return n >= 16 ? (vm)0xFFFF : (vm)((1u << n) - 1u); }
+static inline __attribute__((always_inline)) vm vm_gt(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+static inline __attribute__((always_inline)) vm vm_ge(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+static inline __attribute__((always_inline)) vm vm_eq(vf a, vf b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+static inline __attribute__((always_inline)) vm vm_bad(vf x) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ); }
+static inline __attribute__((always_inline)) vm vm_or(vm a, vm b) { return (vm)(a | b); }
+static inline __attribute__((always_inline)) vm vm_and(vm a, vm b) { return (vm)(a & b); }
+static inline __attribute__((always_inline)) vm vm_none(void) { return 0; }
+static inline __attribute__((always_inline)) uint32_t vm_bits(vm m) { return (uint32_t)m; }
+static inline __attribute__((always_inline)) vm vm_first(int n) { return n >= 16 ? (vm)0xFFFF : (vm)((1u << n) - 1u); }
 
 /* m ? a : b; _mm512_mask_blend_ps(k, x, y) takes y where k is set. */
-static inline vf vf_select(vm m, vf a, vf b) { return _mm512_mask_blend_ps(m, b, a); }
-static inline vi vi_select(vm m, vi a, vi b) { return _mm512_mask_blend_epi32(m, b, a); }
-static inline vi vi_set1(int32_t a) { return _mm512_set1_epi32(a); }
-static inline vi vi_iota(void) {
+static inline __attribute__((always_inline)) vf vf_select(vm m, vf a, vf b) { return _mm512_mask_blend_ps(m, b, a); }
+static inline __attribute__((always_inline)) vi vi_select(vm m, vi a, vi b) { return _mm512_mask_blend_epi32(m, b, a); }
+static inline __attribute__((always_inline)) vi vi_set1(int32_t a) { return _mm512_set1_epi32(a); }
+static inline __attribute__((always_inline)) vi vi_iota(void) {
     return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 }
-static inline vi vi_add(vi a, vi b) { return _mm512_add_epi32(a, b); }
-static inline void vi_storeu(int32_t *p, vi a) { _mm512_storeu_si512((void *)p, a); }
-static inline vi vi_zero(void) { return _mm512_setzero_si512(); }
-static inline vi vi_add_mask(vi acc, vm m) { return _mm512_mask_add_epi32(acc, m, acc, _mm512_set1_epi32(1)); }
-static inline void vf_store_part(float *p, int n, vf a) { _mm512_mask_storeu_ps(p, vm_first(n), a); }
-static inline void vi_store_part(int32_t *p, int n, vi a) {
+static inline __attribute__((always_inline)) vi vi_add(vi a, vi b) { return _mm512_add_epi32(a, b); }
+static inline __attribute__((always_inline)) void vi_storeu(int32_t *p, vi a) { _mm512_storeu_si512((void *)p, a); }
+static inline __attribute__((always_inline)) vi vi_zero(void) { return _mm512_setzero_si512(); }
+static inline __attribute__((always_inline)) vi vi_max(vi a, vi b) { return _mm512_max_epi32(a, b); }
+static inline __attribute__((always_inline)) vi vi_min(vi a, vi b) { return _mm512_min_epi32(a, b); }
+static inline __attribute__((always_inline)) vi vi_and(vi a, vi b) { return _mm512_and_si512(a, b); }
+static inline __attribute__((always_inline)) vi vi_or(vi a, vi b) { return _mm512_or_si512(a, b); }
+static inline __attribute__((always_inline)) vi vi_xor(vi a, vi b) { return _mm512_xor_si512(a, b); }
+static inline __attribute__((always_inline)) vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
+static inline __attribute__((always_inline)) vi vi_sra(vi a, int n) { return _mm512_srai_epi32(a, (unsigned)n); }
+static inline __attribute__((always_inline)) vm vi_gt(vi a, vi b) { return _mm512_cmpgt_epi32_mask(a, b); }
+static inline __attribute__((always_inline)) vi vi_from_vf(vf a) { return _mm512_castps_si512(a); }
+static inline __attribute__((always_inline)) vi vi_mul(vi a, vi b) { return _mm512_mullo_epi32(a, b); }
+static inline __attribute__((always_inline)) vm vm_not(vm m) { return (vm)~m; }
+/* The float's order as an int32 with the magnitude bits outside `keep` cleared: the
+ * magnitude, negated where the sign is set (-0 maps like +0). Monotone in the float. */
+static inline __attribute__((always_inline)) vi vi_ordered_truncated(vf x, vi keep) {
+    const vi bits = _mm512_castps_si512(x);
+    const vi magnitude = _mm512_and_si512(bits, keep);
+    return _mm512_mask_sub_epi32(magnitude, _mm512_movepi32_mask(bits), _mm512_setzero_si512(), magnitude);
+}
+static inline __attribute__((always_inline)) vi vi_loadu(const int32_t *p) { return _mm512_loadu_si512((const void *)p); }
+/* base[offset[lane]] for each lane. */
+static inline __attribute__((always_inline)) vf vf_gather(const float *base, vi offset) { return _mm512_i32gather_ps(offset, base, 4); }
+static inline __attribute__((always_inline)) vi vi_add_mask(vi acc, vm m) { return _mm512_mask_add_epi32(acc, m, acc, _mm512_set1_epi32(1)); }
+static inline __attribute__((always_inline)) void vf_store_part(float *p, int n, vf a) { _mm512_mask_storeu_ps(p, vm_first(n), a); }
+static inline __attribute__((always_inline)) void vi_store_part(int32_t *p, int n, vi a) {
     _mm512_mask_storeu_epi32((void *)p, vm_first(n), a);
 }
 
 /* Masked-off lanes are not read, so this never touches p[n..]. */
-static inline vf vf_load_part(const float *p, int n, float fill) {
+static inline __attribute__((always_inline)) vf vf_load_part(const float *p, int n, float fill) {
     return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), vm_first(n), p);
 }
 
-static inline float vf_hmax(vf a) { return _mm512_reduce_max_ps(a); }
-static inline float vf_hsum(vf a) { return _mm512_reduce_add_ps(a); }
+static inline __attribute__((always_inline)) float vf_hmax(vf a) { return _mm512_reduce_max_ps(a); }
+static inline __attribute__((always_inline)) float vf_hsum(vf a) { return _mm512_reduce_add_ps(a); }
 
 /* moert_expf, lane by lane, by the same operations. */
-static inline vf vf_exp(vf x) {
+static inline __attribute__((always_inline)) vf vf_exp(vf x) {
     const vm underflow = _mm512_cmp_ps_mask(x, _mm512_set1_ps(MOERT_EXPF_X_MIN), _CMP_NGE_UQ);
     x = _mm512_min_ps(x, _mm512_set1_ps(MOERT_EXPF_X_MAX));
     const vf magic = _mm512_set1_ps(MOERT_EXPF_MAGIC);
@@ -69,12 +90,11 @@ static inline vf vf_exp(vf x) {
     vf r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(MOERT_EXPF_LN2_HI)));
     r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(MOERT_EXPF_LN2_LO)));
     vf r2 = _mm512_mul_ps(r, r);
-    vf p = _mm512_set1_ps(MOERT_EXPF_P0);
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(MOERT_EXPF_P1));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(MOERT_EXPF_P2));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(MOERT_EXPF_P3));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(MOERT_EXPF_P4));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(MOERT_EXPF_P5));
+    vf r4 = _mm512_mul_ps(r2, r2);
+    vf a = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(MOERT_EXPF_P0), r), _mm512_set1_ps(MOERT_EXPF_P1));
+    vf b = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(MOERT_EXPF_P2), r), _mm512_set1_ps(MOERT_EXPF_P3));
+    vf c = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(MOERT_EXPF_P4), r), _mm512_set1_ps(MOERT_EXPF_P5));
+    vf p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(a, r4), _mm512_mul_ps(b, r2)), c);
     p = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, r2), r), _mm512_set1_ps(1.0f));
     __m512i k = _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_castps_si512(magic));
     vf pow2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k, _mm512_set1_epi32(127)), 23));
@@ -82,7 +102,7 @@ static inline vf vf_exp(vf x) {
 }
 
 /* moert_sigmoidf, lane by lane. */
-static inline vf vf_sigmoid(vf x) {
+static inline __attribute__((always_inline)) vf vf_sigmoid(vf x) {
     vf neg_abs = _mm512_castsi512_ps(
         _mm512_or_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int32_t)0x80000000u)));
     vf e = vf_exp(neg_abs);
@@ -94,7 +114,7 @@ static inline vf vf_sigmoid(vf x) {
 /* Writes the lanes of (v, idx) selected by m, packed; returns how many. Writes a whole
  * vector (the register form of compress is the fast one), so the destinations need
  * V_W - 1 entries of slack. */
-static inline int v_compress_store(float *dv, int32_t *di, vf v, vi idx, vm m) {
+static inline __attribute__((always_inline)) int v_compress_store(float *dv, int32_t *di, vf v, vi idx, vm m) {
     _mm512_storeu_ps(dv, _mm512_maskz_compress_ps(m, v));
     _mm512_storeu_si512((void *)di, _mm512_maskz_compress_epi32(m, idx));
     return __builtin_popcount((unsigned)m);
@@ -102,12 +122,12 @@ static inline int v_compress_store(float *dv, int32_t *di, vf v, vi idx, vm m) {
 
 /* Bitonic network on 16 lanes: lane i meets lane i ^ d and keeps the max when
  * ((i & d) == 0) == ((i & size) == 0), else the min. */
-static inline vm sort16_takes_max(int size, int d) {
+static inline __attribute__((always_inline)) vm sort16_takes_max(int size, int d) {
     unsigned m = 0;
     for (int i = 0; i < 16; i++) m |= (unsigned)(((i & d) == 0) == ((i & size) == 0)) << i;
     return (vm)m;
 }
-static inline vf sort16_partner(vf a, int d) {
+static inline __attribute__((always_inline)) vf sort16_partner(vf a, int d) {
     switch (d) {
     case 8: return _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(1, 0, 3, 2));
     case 4: return _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1));
@@ -115,13 +135,13 @@ static inline vf sort16_partner(vf a, int d) {
     default: return _mm512_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1));
     }
 }
-static inline vf sort16_stage(vf a, int size, int d) {
+static inline __attribute__((always_inline)) vf sort16_stage(vf a, int size, int d) {
     vf p = sort16_partner(a, d);
     return _mm512_mask_blend_ps(sort16_takes_max(size, d), _mm512_min_ps(a, p), _mm512_max_ps(a, p));
 }
 
 /* The k-th largest (1-based, k <= 16) of the 16 values in v[0]. */
-static inline float v_kth_largest16(const vf v[1], int k) {
+static inline __attribute__((always_inline)) float v_kth_largest16(const vf v[1], int k) {
     vf a = v[0];
     a = sort16_stage(a, 2, 1);
     a = sort16_stage(a, 4, 2);
@@ -138,16 +158,22 @@ static inline float v_kth_largest16(const vf v[1], int k) {
     return sorted[k - 1];
 }
 
-/* A tile of 16 rows x ncols (<= 8) columns, transposed: cols[c] lane r = rows[r*ld + c].
- * Two 8x8 transposes in ymm halves; columns past ncols are never read. */
-static inline void avx512_transpose8(const float *rows, size_t ld, int ncols, __m256 out[8]) {
-    __m256 r[8];
-    const __mmask8 m = ncols >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << ncols) - 1u);
-    for (int i = 0; i < 8; i++) r[i] = _mm256_maskz_loadu_ps(m, rows + (size_t)i * ld);
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+/* Rows of two-entry outputs from two lane vectors: p[2i] = a[i], p[2i + 1] = b[i]. */
+static inline __attribute__((always_inline)) void vf_store_interleaved2(float *p, vf a, vf b) {
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    _mm512_storeu_ps(p, _mm512_permutex2var_ps(a, lo, b));
+    _mm512_storeu_ps(p + 16, _mm512_permutex2var_ps(a, hi, b));
+}
+static inline __attribute__((always_inline)) void vi_store_interleaved2(int32_t *p, vi a, vi b) {
+    vf_store_interleaved2((float *)p, _mm512_castsi512_ps(a), _mm512_castsi512_ps(b));
+}
+
+static inline __attribute__((always_inline)) void avx512_transpose8x8(const __m256 in[8], __m256 out[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(in[0], in[1]), t1 = _mm256_unpackhi_ps(in[0], in[1]);
+    __m256 t2 = _mm256_unpacklo_ps(in[2], in[3]), t3 = _mm256_unpackhi_ps(in[2], in[3]);
+    __m256 t4 = _mm256_unpacklo_ps(in[4], in[5]), t5 = _mm256_unpackhi_ps(in[4], in[5]);
+    __m256 t6 = _mm256_unpacklo_ps(in[6], in[7]), t7 = _mm256_unpackhi_ps(in[6], in[7]);
     __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
     __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
     __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
@@ -161,12 +187,31 @@ static inline void avx512_transpose8(const float *rows, size_t ld, int ncols, __
     out[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
     out[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
-static inline void v_load_tile8(const float *rows, size_t ld, int ncols, vf cols[8]) {
-    __m256 lo[8], hi[8];
-    avx512_transpose8(rows, ld, ncols, lo);
-    avx512_transpose8(rows + 8 * ld, ld, ncols, hi);
-    for (int c = 0; c < ncols; c++)
-        cols[c] = _mm512_insertf32x8(_mm512_castps256_ps512(lo[c]), hi[c], 1);
+
+/* A tile of 16 rows x ncols (1..8) columns, transposed: cols[c] lane r = rows[r*ld + c],
+ * two 8x8 transposes in ymm halves. Columns past ncols are never read; they are `fill`. */
+static inline __attribute__((always_inline)) void v_load_tile8(const float *rows, size_t ld, int ncols, float fill, vf cols[8]) {
+    const __mmask8 m = ncols >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << ncols) - 1u);
+    const __m256 f = _mm256_set1_ps(fill);
+    __m256 lo[8], hi[8], r[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_mask_loadu_ps(f, m, rows + (size_t)i * ld);
+    avx512_transpose8x8(r, lo);
+    for (int i = 0; i < 8; i++) r[i] = _mm256_mask_loadu_ps(f, m, rows + (size_t)(i + 8) * ld);
+    avx512_transpose8x8(r, hi);
+    for (int c = 0; c < 8; c++) cols[c] = _mm512_insertf32x8(_mm512_castps256_ps512(lo[c]), hi[c], 1);
 }
+
+/* The inverse: rows[r*ld + c] = cols[c] lane r, for c < ncols (1..8). */
+static inline __attribute__((always_inline)) void v_store_tile8(float *rows, size_t ld, int ncols, const vf cols[8]) {
+    const __mmask8 m = ncols >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << ncols) - 1u);
+    __m256 half[8], r[8];
+    for (int c = 0; c < 8; c++) half[c] = _mm512_castps512_ps256(cols[c]);
+    avx512_transpose8x8(half, r);
+    for (int i = 0; i < 8; i++) _mm256_mask_storeu_ps(rows + (size_t)i * ld, m, r[i]);
+    for (int c = 0; c < 8; c++) half[c] = _mm512_extractf32x8_ps(cols[c], 1);
+    avx512_transpose8x8(half, r);
+    for (int i = 0; i < 8; i++) _mm256_mask_storeu_ps(rows + (size_t)(i + 8) * ld, m, r[i]);
+}
+static inline __attribute__((always_inline)) vf vf_from_vi(vi a) { return _mm512_castsi512_ps(a); }
 
 #endif /* MOERT_TOPK_SIMD_AVX512_H */

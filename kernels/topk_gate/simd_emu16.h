@@ -70,6 +70,40 @@ static inline vi vi_add(vi a, vi b) {
 }
 static inline void vi_storeu(int32_t *p, vi a) { memcpy(p, a.i, sizeof a.i); }
 static inline vi vi_zero(void) { return vi_set1(0); }
+#define EMU_IMAP_(expr)                                                                     \
+    vi r_;                                                                                  \
+    for (int l_ = 0; l_ < 16; l_++) r_.i[l_] = (expr);                                      \
+    return r_
+static inline vi vi_max(vi a, vi b) { EMU_IMAP_(a.i[l_] > b.i[l_] ? a.i[l_] : b.i[l_]); }
+static inline vi vi_min(vi a, vi b) { EMU_IMAP_(a.i[l_] < b.i[l_] ? a.i[l_] : b.i[l_]); }
+static inline vi vi_and(vi a, vi b) { EMU_IMAP_(a.i[l_] & b.i[l_]); }
+static inline vi vi_or(vi a, vi b) { EMU_IMAP_(a.i[l_] | b.i[l_]); }
+static inline vi vi_xor(vi a, vi b) { EMU_IMAP_(a.i[l_] ^ b.i[l_]); }
+static inline vi vi_sub(vi a, vi b) { EMU_IMAP_((int32_t)((uint32_t)a.i[l_] - (uint32_t)b.i[l_])); }
+/* Arithmetic shift right, as the hardware (>> of a negative int is implementation-defined). */
+static inline vi vi_sra(vi a, int n) { EMU_IMAP_(a.i[l_] < 0 ? ~(~a.i[l_] >> n) : a.i[l_] >> n); }
+static inline vm vi_gt(vi a, vi b) { EMU_CMP_(a.i[l_] > b.i[l_]); }
+static inline vi vi_from_vf(vf a) {
+    vi r;
+    memcpy(r.i, a.f, sizeof r.i);
+    return r;
+}
+static inline vi vi_mul(vi a, vi b) { EMU_IMAP_((int32_t)((uint32_t)a.i[l_] * (uint32_t)b.i[l_])); }
+static inline vm vm_not(vm m) { return ~m & 0xFFFFu; }
+/* The float's order as an int32 with the magnitude bits outside `keep` cleared: the
+ * magnitude, negated where the sign is set (-0 maps like +0). Monotone in the float. */
+static inline vi vi_ordered_truncated(vf x, vi keep) {
+    vi r;
+    for (int l = 0; l < 16; l++) {
+        int32_t b;
+        memcpy(&b, &x.f[l], 4);
+        const int32_t magnitude = b & keep.i[l];
+        r.i[l] = b < 0 ? -magnitude : magnitude;
+    }
+    return r;
+}
+static inline vi vi_loadu(const int32_t *p) { EMU_IMAP_(p[l_]); }
+static inline vf vf_gather(const float *base, vi offset) { EMU_MAP_(base[offset.i[l_]]); }
 static inline vi vi_add_mask(vi acc, vm m) {
     for (int l = 0; l < 16; l++) acc.i[l] += (int32_t)((m >> l) & 1);
     return acc;
@@ -116,9 +150,25 @@ static inline float v_kth_largest16(const vf v[1], int k) {
     return s[k - 1];
 }
 
-static inline void v_load_tile8(const float *rows, size_t ld, int ncols, vf cols[8]) {
+static inline void vf_store_interleaved2(float *p, vf a, vf b) {
+    for (int l = 0; l < 16; l++) p[2 * l] = a.f[l], p[2 * l + 1] = b.f[l];
+}
+static inline void vi_store_interleaved2(int32_t *p, vi a, vi b) {
+    for (int l = 0; l < 16; l++) p[2 * l] = a.i[l], p[2 * l + 1] = b.i[l];
+}
+
+static inline void v_load_tile8(const float *rows, size_t ld, int ncols, float fill, vf cols[8]) {
+    for (int c = 0; c < 8; c++)
+        for (int r = 0; r < 16; r++) cols[c].f[r] = c < ncols ? rows[(size_t)r * ld + c] : fill;
+}
+static inline void v_store_tile8(float *rows, size_t ld, int ncols, const vf cols[8]) {
     for (int c = 0; c < ncols; c++)
-        for (int r = 0; r < 16; r++) cols[c].f[r] = rows[(size_t)r * ld + c];
+        for (int r = 0; r < 16; r++) rows[(size_t)r * ld + c] = cols[c].f[r];
+}
+static inline vf vf_from_vi(vi a) {
+    vf r;
+    memcpy(r.f, a.i, sizeof r.f);
+    return r;
 }
 
 #undef EMU_CMP_

@@ -5,22 +5,23 @@
  *
  * Tiles (experts <= TILE_MAX_EXPERTS, k <= TILE_MAX_K): V_W tokens at a time, one token
  * per lane. A tile of logits is transposed so that vector e holds expert e of V_W
- * tokens; a branch-free insertion network keeps each lane's best k. Small rows cost no
- * horizontal work at all.
+ * tokens, and a branch-free insertion network keeps each lane's best k. Small rows
+ * then cost no horizontal work at all.
  *
- * Rows (any shape): per token,
- *   sweep 1 reads the row once: NaN/+inf check, the max of each of 16 interleaved stripes
- *     of keys, and the online normaliser (a running max and rescaled sum, per block of
- *     ROW_BLOCK_VECS vectors) when softmax pre, the logsumexp or the probabilities need it;
- *   the k-th largest of the 16 stripe maxima (k <= 16) is a lower bound L for the row's
- *     k-th largest key: those maxima are 16 distinct elements;
- *   sweep 2 (the row is in L1 now) left-packs the candidates, keys >= L, in index order;
- *     on Gaussian logits that leaves about 10 of 64..256 experts for k = 8;
+ * Rows (any shape), per token:
+ *   sweep 1 reads the row once: the NaN/+inf check, the max of each of 16 disjoint
+ *     stripes of keys, and the online normaliser (running max, rescaled sum, per block
+ *     of ROW_BLOCK_VECS vectors) when softmax pre, the logsumexp or the probabilities
+ *     need it;
+ *   the k-th largest of the 16 stripe maxima (k <= 16) bounds the row's k-th largest key
+ *     from below, since those maxima are 16 distinct elements;
+ *   sweep 2 (the row is in L1 now) marks the candidates, keys >= that bound: about 10
+ *     of 64..256 Gaussian logits for k = 8;
  *   up to 16 candidates are ranked exactly by comparison masks; more go to the heap.
- * Rows with k > 16 use sweep 1 and the heap.
+ * k = 1 needs only the row max; rows with k > 16 use sweep 1 and the heap.
  *
- * Selection and the post/sigmoid weights evaluate the scalar reference's operations lane
- * by lane, so they are bit-identical to it. */
+ * Selection and the post and sigmoid weights evaluate the scalar reference's operations
+ * lane by lane, so they are bit-identical to it. */
 #ifndef MOERT_TOPK_VECTOR_IMPL_H
 #define MOERT_TOPK_VECTOR_IMPL_H
 
@@ -34,43 +35,62 @@
 #define ROW_MAX_K 16
 #define ROW_CAND_CAP 256
 #define ROW_BLOCK_VECS 16
-#define TILE_MAX_EXPERTS 32
-#define TILE_MAX_K 4
+#define TILE_MAX_K 8
+
+/* The hardware variants force inlining and unrolling so that k and the kind become
+ * constants and the networks' vectors stay in registers. The portable emu16 variant only
+ * checks the algorithm; there the same forcing would cost minutes of compile time. */
+#ifdef VEC_PORTABLE
+#define VEC_INLINE static inline
+#define VEC_UNROLL(n)
+#else
+#define VEC_INLINE static inline __attribute__((always_inline))
+#define VEC_PRAGMA_(x) _Pragma(#x)
+#define VEC_UNROLL(n) VEC_PRAGMA_(GCC unroll n)
+#endif
 
 static inline int vec_needs_normaliser(const topk_job *job) {
     return (job->score == MOERT_SCORE_SOFTMAX && job->order == MOERT_SOFTMAX_PRE) ||
            job->logsumexp != NULL || job->want_probs;
 }
 
-/* topk_weights_inplace for k <= 16, vectorised with the same per-element operations and
- * the same sequential sums. sel: the k selected logits, readable to 16 entries (lanes
- * past k are computed and dropped). */
-static inline void vec_weights16(const topk_job *job, const float *sel, float row_max,
-                                 float row_sum, float *out) {
+/* The kinds of gate. Each kernel is instantiated once per kind, so its inner loops hold
+ * only what that kind computes. */
+enum { GATE_POST, GATE_PRE, GATE_SIGMOID, GATE_SIGMOID_BIAS, GATE_KINDS };
+
+static inline int vec_gate_kind(const topk_job *job) {
+    if (job->score == MOERT_SCORE_SIGMOID) return job->bias != NULL ? GATE_SIGMOID_BIAS : GATE_SIGMOID;
+    return job->order == MOERT_SOFTMAX_PRE ? GATE_PRE : GATE_POST;
+}
+
+/* ---- weights ------------------------------------------------------------------------ */
+
+/* topk_weights_inplace on V_W lanes: w holds the selected logits (entry r * V_W + j in
+ * lane j of register r), k entries. The sums run over the k entries in order, as the
+ * scalar reference does. Returns the weights in w. */
+VEC_INLINE void vec_weights(const topk_job *job, vf *w, int regs, float row_max, float row_sum,
+                            const int kind) {
     const int k = job->k;
-    const int regs = (k + V_W - 1) / V_W;
-    vf w[STRIPE_REGS];
     float tmp[16];
-    int sum_it = 0;
-    float sum_bias = 0.0f;
-    if (job->score == MOERT_SCORE_SIGMOID) {
-        for (int r = 0; r < regs; r++) w[r] = vf_sigmoid(vf_loadu(sel + r * V_W));
+    int sum_it;
+    if (kind == GATE_SIGMOID || kind == GATE_SIGMOID_BIAS) {
+        for (int r = 0; r < regs; r++) w[r] = vf_sigmoid(w[r]);
         sum_it = job->renormalize;
-        sum_bias = 1e-20f;
-    } else if (job->order == MOERT_SOFTMAX_POST) {
-        const vf first = vf_set1(sel[0]);
-        for (int r = 0; r < regs; r++) w[r] = vf_exp(vf_sub(vf_loadu(sel + r * V_W), first));
+    } else if (kind == GATE_POST) {
+        vf_storeu(tmp, w[0]);
+        const vf first = vf_set1(tmp[0]);
+        for (int r = 0; r < regs; r++) w[r] = vf_exp(vf_sub(w[r], first));
         sum_it = 1;
     } else {
         const vf m = vf_set1(row_max), s = vf_set1(row_sum);
-        for (int r = 0; r < regs; r++) w[r] = vf_div(vf_exp(vf_sub(vf_loadu(sel + r * V_W), m)), s);
+        for (int r = 0; r < regs; r++) w[r] = vf_div(vf_exp(vf_sub(w[r], m)), s);
         sum_it = job->renormalize;
     }
     if (sum_it) {
         for (int r = 0; r < regs; r++) vf_storeu(tmp + r * V_W, w[r]);
         float sum = 0.0f;
         for (int j = 0; j < k; j++) sum += tmp[j];
-        if (sum_bias != 0.0f) sum += sum_bias;
+        if (kind == GATE_SIGMOID || kind == GATE_SIGMOID_BIAS) sum += 1e-20f;
         const vf s = vf_set1(sum);
         for (int r = 0; r < regs; r++) w[r] = vf_div(w[r], s);
     }
@@ -78,20 +98,14 @@ static inline void vec_weights16(const topk_job *job, const float *sel, float ro
         const vf s = vf_set1(job->scaling);
         for (int r = 0; r < regs; r++) w[r] = vf_mul(w[r], s);
     }
-    for (int r = 0; r < regs; r++) {
-        const int n = k - r * V_W;
-        if (n >= V_W)
-            vf_storeu(out + r * V_W, w[r]);
-        else
-            vf_store_part(out + r * V_W, n, w[r]);
-    }
 }
 
-/* The exact top-k among c <= 16 candidates (keys padded with -inf to 16, in index order).
- * Ranks first by "how many keys are greater", which is exact when keys are distinct;
- * if two keys tie, ranks collide and the tie-aware count decides: a candidate's rank is
- * then the number before it with a key >= its own plus those after it with a key > its
- * own, which sends ties to the lower index. */
+/* ---- the row kernel ------------------------------------------------------------------ */
+
+/* The exact top-k among c <= 16 candidates (keys padded with -inf to 16 entries, in index
+ * order). Ranks first by "how many keys are greater", exact when keys are distinct; if two
+ * keys tie their ranks collide, and the tie-aware count decides: the candidates before
+ * with a key >= its own plus those after with a key > its own, ties to the lower index. */
 static inline void vec_rank16(const float *cand_keys, const int32_t *cand_idx, int c, int k,
                               float *top_keys, int32_t *top_ids) {
     const int regs = (c + V_W - 1) / V_W;
@@ -107,174 +121,208 @@ static inline void vec_rank16(const float *cand_keys, const int32_t *cand_idx, i
     }
     int32_t ranks[16];
     for (int r = 0; r < regs; r++) vi_storeu(ranks + r * V_W, rank[r]);
-    float slot_key[ROW_MAX_K + 1];
-    int32_t slot_id[ROW_MAX_K + 1];
     uint32_t seen = 0;
     for (int i = 0; i < c; i++) {
         const int32_t r = ranks[i];
         seen |= 1u << r;
         const int slot = r < k ? r : ROW_MAX_K;
-        slot_key[slot] = cand_keys[i];
-        slot_id[slot] = cand_idx[i];
+        top_keys[slot] = cand_keys[i];
+        top_ids[slot] = cand_idx[i];
     }
-    if (seen != (1u << c) - 1u) { /* a tie: rank again, tie-aware */
-        for (int i = 0; i < c; i++) {
-            const vf mine = vf_set1(cand_keys[i]);
-            uint32_t ge = 0, gt = 0;
-            for (int r = 0; r < regs; r++) {
-                ge |= vm_bits(vm_ge(keys[r], mine)) << (r * V_W);
-                gt |= vm_bits(vm_gt(keys[r], mine)) << (r * V_W);
-            }
-            const uint32_t before = (1u << i) - 1u;
-            const int r = __builtin_popcount((ge & before) | (gt & ~before & ((1u << c) - 1u)));
-            const int slot = r < k ? r : ROW_MAX_K;
-            slot_key[slot] = cand_keys[i];
-            slot_id[slot] = cand_idx[i];
+    if (seen == (1u << c) - 1u) return;
+    for (int i = 0; i < c; i++) { /* a tie: rank again, tie-aware */
+        const vf mine = vf_set1(cand_keys[i]);
+        uint32_t ge = 0, gt = 0;
+        for (int r = 0; r < regs; r++) {
+            ge |= vm_bits(vm_ge(keys[r], mine)) << (r * V_W);
+            gt |= vm_bits(vm_gt(keys[r], mine)) << (r * V_W);
+        }
+        const uint32_t before = (1u << i) - 1u, all = (1u << c) - 1u;
+        const int r = __builtin_popcount((ge & before) | (gt & ~before & all));
+        const int slot = r < k ? r : ROW_MAX_K;
+        top_keys[slot] = cand_keys[i];
+        top_ids[slot] = cand_idx[i];
+    }
+}
+
+/* Candidates of a row, keys >= bound, in index order into cand_keys/cand_idx. Returns their
+ * count, or ROW_CAND_CAP + 1 when there are more than ROW_CAND_CAP. */
+static inline int vec_candidates(const float *keys, size_t full, int tail, float bound,
+                                 float *cand_keys, int32_t *cand_idx) {
+    const vf b = vf_set1(bound);
+    const size_t nvec = full + (tail > 0);
+    int c = 0;
+    for (size_t v0 = 0; v0 < nvec; v0 += 64 / V_W) { /* 64 keys to a bit word */
+        const size_t v1 = v0 + 64 / V_W < full ? v0 + 64 / V_W : full;
+        uint64_t word = 0;
+        size_t v = v0;
+        for (; v < v1; v++) word |= (uint64_t)vm_bits(vm_ge(vf_loadu(keys + v * V_W), b)) << ((v - v0) * V_W);
+        if (v == full && tail > 0 && v < v0 + 64 / V_W) {
+            const vm take = vm_and(vm_ge(vf_load_part(keys + v * V_W, tail, -INFINITY), b), vm_first(tail));
+            word |= (uint64_t)vm_bits(take) << ((v - v0) * V_W);
+        }
+        if (c + __builtin_popcountll(word) > ROW_CAND_CAP) return ROW_CAND_CAP + 1;
+        const int32_t base = (int32_t)(v0 * V_W);
+        for (; word != 0; word &= word - 1) {
+            const int32_t e = base + __builtin_ctzll(word);
+            cand_keys[c] = keys[e];
+            cand_idx[c] = e;
+            c++;
         }
     }
-    for (int j = 0; j < k; j++) {
-        top_keys[j] = slot_key[j];
-        top_ids[j] = slot_id[j];
+    return c;
+}
+
+/* The first index whose key equals `key` (which the row holds). */
+static inline int32_t vec_first_equal(const float *keys, size_t full, int tail, float key) {
+    const vf kv = vf_set1(key);
+    size_t v = 0;
+    for (; v < full; v++) {
+        const uint32_t bits = vm_bits(vm_eq(vf_loadu(keys + v * V_W), kv));
+        if (bits != 0) return (int32_t)(v * V_W) + __builtin_ctz(bits);
     }
+    const uint32_t bits = vm_bits(vm_and(vm_eq(vf_load_part(keys + v * V_W, tail, -INFINITY), kv), vm_first(tail)));
+    return (int32_t)(v * V_W) + __builtin_ctz(bits);
 }
 
 static inline vf row_load(const float *p, size_t v, size_t full, int tail) {
     return v < full ? vf_loadu(p + v * V_W) : vf_load_part(p + v * V_W, tail, -INFINITY);
 }
 
-/* One token by the row kernel. */
-static topk_row_error vec_row(const topk_job *job, size_t t, const topk_scratch *scratch) {
-    const size_t E = job->experts;
-    const int k = job->k;
-    const float *x = job->logits + t * E;
-    const int normalise = vec_needs_normaliser(job);
-    const int biased = job->bias != NULL;
-    const size_t full = E / V_W;
-    const int tail = (int)(E % V_W);
+/* Sweep 1 of a row: stripes, bad lanes, max and (when asked) the online normaliser. */
+typedef struct row_sweep {
+    vf stripe[STRIPE_REGS];
+    vm bad;
+    float row_max, row_sum;
+} row_sweep;
+
+VEC_INLINE void vec_sweep(const topk_job *job, const float *x, size_t full, int tail,
+                          const topk_scratch *scratch, row_sweep *s, const int kind) {
     const size_t nvec = full + (tail > 0);
     const vf neg_inf = vf_set1(-INFINITY);
-
-    /* Sweep 1: stripe r takes vectors r, r + STRIPE_REGS, ... of the keys. */
-    vf stripe[STRIPE_REGS];
-    for (int r = 0; r < STRIPE_REGS; r++) stripe[r] = neg_inf;
-    vf logit_max = neg_inf;
-    vm bad = vm_none();
-    float m = -INFINITY;
-    vf sum = vf_set1(0.0f);
-    if (!biased && !normalise) {
+    for (int r = 0; r < STRIPE_REGS; r++) s->stripe[r] = neg_inf;
+    s->bad = vm_none();
+    if (kind != GATE_SIGMOID_BIAS && kind != GATE_PRE && !vec_needs_normaliser(job)) {
         /* The hot path: keys are the logits and nothing else is needed. */
         size_t v = 0;
         for (; v + STRIPE_REGS <= full; v += STRIPE_REGS)
             for (int r = 0; r < STRIPE_REGS; r++) {
                 const vf xv = vf_loadu(x + (v + r) * V_W);
-                bad = vm_or(bad, vm_bad(xv));
-                stripe[r] = vf_max(stripe[r], xv);
+                s->bad = vm_or(s->bad, vm_bad(xv));
+                s->stripe[r] = vf_max(s->stripe[r], xv);
             }
-        for (; v < nvec; v++) { /* stripes stay disjoint whichever one takes these */
+        for (; v < nvec; v++) { /* the stripes stay disjoint whichever takes these */
             const vf xv = row_load(x, v, full, tail);
-            bad = vm_or(bad, vm_bad(xv));
-            stripe[0] = vf_max(stripe[0], xv);
+            s->bad = vm_or(s->bad, vm_bad(xv));
+            s->stripe[0] = vf_max(s->stripe[0], xv);
         }
-        for (int r = 0; r < STRIPE_REGS; r++) logit_max = vf_max(logit_max, stripe[r]);
-    } else {
-        const vm tail_lanes = vm_first(tail);
-        for (size_t v0 = 0; v0 < nvec; v0 += ROW_BLOCK_VECS) {
-            const size_t v1 = v0 + ROW_BLOCK_VECS < nvec ? v0 + ROW_BLOCK_VECS : nvec;
-            vf block_max = neg_inf;
-            for (size_t v = v0; v < v1; v += STRIPE_REGS)
-                for (int r = 0; r < STRIPE_REGS; r++) {
-                    if (v + r >= v1) break;
-                    const vf xv = row_load(x, v + r, full, tail);
-                    bad = vm_or(bad, vm_bad(xv));
-                    block_max = vf_max(block_max, xv);
-                    vf key = xv;
-                    if (biased) {
-                        const vf b = v + r < full ? vf_loadu(job->bias + (v + r) * V_W)
-                                                  : vf_load_part(job->bias + (v + r) * V_W, tail, 0.0f);
-                        key = vf_add(vf_sigmoid(xv), b);
-                        if (v + r == full) key = vf_select(tail_lanes, key, neg_inf);
-                        vf_storeu(scratch->keys + (v + r) * V_W, key);
-                    }
-                    stripe[r] = vf_max(stripe[r], key);
+        vf m = s->stripe[0];
+        for (int r = 1; r < STRIPE_REGS; r++) m = vf_max(m, s->stripe[r]);
+        s->row_max = vf_hmax(m);
+        s->row_sum = 0.0f;
+        return;
+    }
+    const int biased = kind == GATE_SIGMOID_BIAS, normalise = vec_needs_normaliser(job);
+    const vm tail_lanes = vm_first(tail);
+    vf logit_max = neg_inf, sum = vf_set1(0.0f);
+    float m = -INFINITY;
+    for (size_t v0 = 0; v0 < nvec; v0 += ROW_BLOCK_VECS) {
+        const size_t v1 = v0 + ROW_BLOCK_VECS < nvec ? v0 + ROW_BLOCK_VECS : nvec;
+        vf block_max = neg_inf;
+        for (size_t v = v0; v < v1; v += STRIPE_REGS)
+            for (int r = 0; r < STRIPE_REGS && v + r < v1; r++) {
+                const vf xv = row_load(x, v + r, full, tail);
+                s->bad = vm_or(s->bad, vm_bad(xv));
+                block_max = vf_max(block_max, xv);
+                vf key = xv;
+                if (biased) {
+                    const vf b = v + r < full ? vf_loadu(job->bias + (v + r) * V_W)
+                                              : vf_load_part(job->bias + (v + r) * V_W, tail, 0.0f);
+                    key = vf_add(vf_sigmoid(xv), b);
+                    if (v + r == full) key = vf_select(tail_lanes, key, neg_inf);
+                    vf_storeu(scratch->keys + (v + r) * V_W, key);
                 }
-            logit_max = vf_max(logit_max, block_max);
-            if (normalise) {
-                /* Online normaliser: rescale the running sum when the max grows. */
-                const float bm = vf_hmax(block_max);
-                if (bm > m) {
-                    if (m != -INFINITY) sum = vf_mul(sum, vf_set1(moert_expf(m - bm)));
-                    m = bm;
-                }
-                if (m != -INFINITY) {
-                    const vf mv = vf_set1(m);
-                    for (size_t v = v0; v < v1; v++)
-                        sum = vf_add(sum, vf_exp(vf_sub(row_load(x, v, full, tail), mv)));
-                }
+                s->stripe[r] = vf_max(s->stripe[r], key);
+            }
+        logit_max = vf_max(logit_max, block_max);
+        if (normalise) {
+            /* Online normaliser: rescale the running sum when the max grows. */
+            const float bm = vf_hmax(block_max);
+            if (bm > m) {
+                if (m != -INFINITY) sum = vf_mul(sum, vf_set1(moert_expf(m - bm)));
+                m = bm;
+            }
+            if (m != -INFINITY) {
+                const vf mv = vf_set1(m);
+                for (size_t v = v0; v < v1; v++) sum = vf_add(sum, vf_exp(vf_sub(row_load(x, v, full, tail), mv)));
             }
         }
     }
-    if (vm_bits(bad) != 0) return topk_find_bad(x, E, t);
-    const float row_max = vf_hmax(logit_max);
-    if (row_max == -INFINITY) return topk_find_bad(x, E, t);
-    const float row_sum = normalise ? vf_hsum(sum) : 0.0f;
+    s->row_max = vf_hmax(logit_max);
+    s->row_sum = normalise ? vf_hsum(sum) : 0.0f;
+}
+
+/* One token by the row kernel. */
+VEC_INLINE topk_row_error vec_row(const topk_job *job, size_t t, const topk_scratch *scratch,
+                                  const int kind) {
+    const size_t E = job->experts;
+    const int k = job->k;
+    const float *x = job->logits + t * E;
+    const size_t full = E / V_W;
+    const int tail = (int)(E % V_W);
+    const int biased = kind == GATE_SIGMOID_BIAS;
+
+    row_sweep s;
+    vec_sweep(job, x, full, tail, scratch, &s, kind);
+    if (vm_bits(s.bad) != 0 || s.row_max == -INFINITY) return topk_find_bad(x, E, t);
 
     int32_t *ids = job->ids + t * (size_t)k;
     float *w = job->weights + t * (size_t)k;
     const float *keys = biased ? scratch->keys : x;
-    if (k <= ROW_MAX_K) {
-        /* Sweep 2: candidate bits, 64 keys to a word, then their keys and indices. */
-        const vf bound = vf_set1(v_kth_largest16(stripe, k));
-        float cand_keys[ROW_CAND_CAP + 16];
-        int32_t cand_idx[ROW_CAND_CAP + 16];
-        int c = 0;
-        for (size_t v0 = 0; v0 < nvec && c <= ROW_CAND_CAP; v0 += 64 / V_W) {
-            const size_t v1 = v0 + 64 / V_W < nvec ? v0 + 64 / V_W : nvec;
-            uint64_t word = 0;
-            for (size_t v = v0; v < v1; v++) {
-                vm take = vm_ge(row_load(keys, v, full, tail), bound);
-                if (v == full) take = vm_and(take, vm_first(tail));
-                word |= (uint64_t)vm_bits(take) << ((v - v0) * V_W);
-            }
-            if (c + __builtin_popcountll(word) > ROW_CAND_CAP) {
-                c = ROW_CAND_CAP + 1;
-                break;
-            }
-            const size_t base = v0 * V_W;
-            for (; word != 0; word &= word - 1) {
-                const size_t e = base + (size_t)__builtin_ctzll(word);
-                cand_keys[c] = keys[e];
-                cand_idx[c] = (int32_t)e;
-                c++;
-            }
-        }
-        float top_keys[ROW_MAX_K];
-        if (c <= 16) {
-            vf_storeu(cand_keys + c, neg_inf);
-            if (V_W < 16) vf_storeu(cand_keys + c + V_W, neg_inf);
-            vec_rank16(cand_keys, cand_idx, c, k, top_keys, ids);
-        } else if (c <= ROW_CAND_CAP) {
-            topk_select_heap(cand_keys, cand_idx, (size_t)c, k, top_keys, ids);
-        } else {
-            topk_select_heap(keys, NULL, E, k, w, ids);
-            for (int j = 0; j < k; j++) top_keys[j] = x[ids[j]];
-        }
-        float sel[16 + V_W];
-        if (biased)
-            for (int j = 0; j < k; j++) sel[j] = x[ids[j]];
-        else
-            memcpy(sel, top_keys, sizeof top_keys);
-        for (int j = k; j < 16; j++) sel[j] = sel[0];
-        vec_weights16(job, sel, row_max, row_sum, w);
-    } else {
+    if (k > ROW_MAX_K) {
         topk_select_heap(keys, NULL, E, k, w, ids);
         for (int j = 0; j < k; j++) w[j] = x[ids[j]];
-        topk_weights_inplace(job, w, row_max, row_sum);
+        topk_weights_inplace(job, w, s.row_max, s.row_sum);
+    } else {
+        float top[ROW_MAX_K + 1 + 16]; /* keys, then the logits of the selected */
+        int32_t top_ids[ROW_MAX_K + 1];  /* slot ROW_MAX_K takes the unselected */
+        if (k == 1) {
+            top[0] = biased ? v_kth_largest16(s.stripe, 1) : s.row_max;
+            top_ids[0] = vec_first_equal(keys, full, tail, top[0]);
+        } else {
+            float cand_keys[ROW_CAND_CAP + 2 * 16];
+            int32_t cand_idx[ROW_CAND_CAP + 16];
+            const float bound = v_kth_largest16(s.stripe, k);
+            const int c = vec_candidates(keys, full, tail, bound, cand_keys, cand_idx);
+            if (c <= 16) {
+                for (int r = 0; r < STRIPE_REGS; r++) vf_storeu(cand_keys + c + r * V_W, vf_set1(-INFINITY));
+                vec_rank16(cand_keys, cand_idx, c, k, top, top_ids);
+            } else if (c <= ROW_CAND_CAP) {
+                topk_select_heap(cand_keys, cand_idx, (size_t)c, k, top, top_ids);
+            } else {
+                topk_select_heap(keys, NULL, E, k, top, top_ids);
+            }
+        }
+        memcpy(ids, top_ids, (size_t)k * sizeof(int32_t));
+        if (biased)
+            for (int j = 0; j < k; j++) top[j] = x[ids[j]];
+        const int regs = (k + V_W - 1) / V_W;
+        vf wv[STRIPE_REGS];
+        for (int r = 0; r < regs; r++) wv[r] = vf_loadu(top + r * V_W); /* lanes past k: unused */
+        vec_weights(job, wv, regs, s.row_max, s.row_sum, kind);
+        for (int r = 0; r < regs; r++) {
+            if (k - r * V_W >= V_W)
+                vf_storeu(w + r * V_W, wv[r]);
+            else
+                vf_store_part(w + r * V_W, k - r * V_W, wv[r]);
+        }
     }
 
-    if (job->logsumexp != NULL) job->logsumexp[t] = row_max + logf(row_sum);
+    if (job->logsumexp != NULL) job->logsumexp[t] = s.row_max + logf(s.row_sum);
     if (job->want_probs) {
-        const vf mv = vf_set1(row_max), sv = vf_set1(row_sum);
+        const vf mv = vf_set1(s.row_max), sv = vf_set1(s.row_sum);
         float *acc = scratch->prob_block; /* has V_W of slack past E */
+        const size_t nvec = full + (tail > 0);
         for (size_t v = 0; v < nvec; v++)
             vf_storeu(acc + v * V_W, vf_add(vf_loadu(acc + v * V_W),
                                             vf_div(vf_exp(vf_sub(row_load(x, v, full, tail), mv)), sv)));
@@ -282,143 +330,406 @@ static topk_row_error vec_row(const topk_job *job, size_t t, const topk_scratch 
     return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }
 
+/* ---- the tile kernel ------------------------------------------------------------------- */
+
+/* The tile kernel packs each key and its expert index into one int32 whose order is the
+ * selection order: the key's sign and magnitude as a two's complement integer, with the
+ * magnitude's low `bits` bits replaced by (2^bits - 1 - index). Comparators are then one max and one min. Keys that
+ * differ only in those low bits compare by index instead; the check after the selection
+ * catches that (see vec_tile), so the answer stays exact. */
+#define TILE_MAX_EXPERTS 512
+#define TILE_NONE INT32_MIN /* below every packed key */
+#define EXACT_MAX_K 3        /* up to this k, the exact insertion network */
+
 static inline int vec_uses_tiles(const topk_job *job) {
-    return job->experts <= TILE_MAX_EXPERTS && job->k <= TILE_MAX_K;
+    return job->k <= TILE_MAX_K && job->experts <= TILE_MAX_EXPERTS;
 }
 
-/* V_W tokens from row t by the tile kernel. Returns 0, or 1 without writing anything
- * when the tile holds bad data (the caller then finds it row by row). */
-static int vec_tile(const topk_job *job, size_t t, const topk_scratch *scratch) {
-    const int E = (int)job->experts;
-    const int k = job->k;
-    const int biased = job->bias != NULL;
-    const float *base = job->logits + t * (size_t)E;
+/* Index bits for E experts: enough for every column of the last block of 8 (so >= 3). */
+static inline int vec_index_bits(size_t E) {
+    int bits = 3;
+    while (((size_t)1 << bits) < E) bits++;
+    return bits;
+}
 
-    vf X[TILE_MAX_EXPERTS];
-    for (int c0 = 0; c0 < E; c0 += 8) v_load_tile8(base + c0, (size_t)E, E - c0 < 8 ? E - c0 : 8, X + c0);
+VEC_INLINE vi vec_pack(vf key, vi index_code, vi keep) {
+    return vi_or(vi_ordered_truncated(key, keep), index_code);
+}
 
-    vm bad = vm_bad(X[0]);
-    vf M = X[0];
-    for (int e = 1; e < E; e++) {
-        bad = vm_or(bad, vm_bad(X[e]));
-        M = vf_max(M, X[e]);
+/* Sorts 8 packed keys per lane, descending: Batcher's 19-comparator network (depth 6). */
+VEC_INLINE void vec_sort8(vi *P) {
+    static const unsigned char net[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6},
+                                             {3, 7}, {0, 1}, {2, 3}, {4, 5}, {6, 7}, {2, 4}, {3, 5},
+                                             {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+    VEC_UNROLL(19)
+    for (int i = 0; i < 19; i++) {
+        const vi a = P[net[i][0]], b = P[net[i][1]];
+        P[net[i][0]] = vi_max(a, b);
+        P[net[i][1]] = vi_min(a, b);
     }
-    if (vm_bits(bad) != 0 || vm_bits(vm_eq(M, vf_set1(-INFINITY))) != 0) return 1;
+}
 
-    /* Insertion network: lane by lane, B[0..k) holds the best keys so far in selection
-     * order. A new key enters above the first entry it strictly beats (an equal key has a
-     * lower index, so it stays ahead); from there down every entry shifts one level. */
-    vf B[TILE_MAX_K], BX[TILE_MAX_K];
-    vi I[TILE_MAX_K];
-    for (int e = 0; e < E; e++) {
-        vf key = X[e], logit = X[e];
-        if (biased) key = vf_add(vf_sigmoid(X[e]), vf_set1(job->bias[e]));
-        vi id = vi_set1(e);
-        const int levels = e < k ? e : k;
-        vm moved = vm_none();
-        for (int j = 0; j < levels; j++) {
-            const vm gt = vm_or(moved, vm_gt(key, B[j]));
-            moved = gt;
-            const vf nb = vf_select(gt, key, B[j]);
-            key = vf_select(gt, B[j], key);
-            B[j] = nb;
-            const vi ni = vi_select(gt, id, I[j]);
-            id = vi_select(gt, I[j], id);
-            I[j] = ni;
-            if (biased) {
-                const vf nx = vf_select(gt, logit, BX[j]);
-                logit = vf_select(gt, BX[j], logit);
-                BX[j] = nx;
+/* R (8 per lane, sorted) becomes the top 8 of R and G (sorted): the lane-wise max of R[i]
+ * and G[7 - i] is a bitonic sequence holding the top 8, which three half-cleaner stages
+ * sort. With track_dropped, the best of what drops out is kept in *dropped. */
+VEC_INLINE void vec_merge8(vi *R, const vi *G, vi *dropped, const int track_dropped) {
+    VEC_UNROLL(8)
+    for (int i = 0; i < 8; i++) {
+        const vi r = R[i], g = G[7 - i];
+        R[i] = vi_max(r, g);
+        if (track_dropped) *dropped = vi_max(*dropped, vi_min(r, g));
+    }
+    static const unsigned char half[12][2] = {{0, 4}, {1, 5}, {2, 6}, {3, 7}, {0, 2}, {1, 3},
+                                              {4, 6}, {5, 7}, {0, 1}, {2, 3}, {4, 5}, {6, 7}};
+    VEC_UNROLL(12)
+    for (int i = 0; i < 12; i++) {
+        const vi a = R[half[i][0]], b = R[half[i][1]];
+        R[half[i][0]] = vi_max(a, b);
+        R[half[i][1]] = vi_min(a, b);
+    }
+}
+
+/* One expert into the exact top `levels` kept lane by lane in B (keys, in selection
+ * order), I (ids) and BX (logits). The key lands in level j when it strictly beats B[j]
+ * and not B[j-1] (an equal key has a lower index, so it stays ahead); every level from
+ * there down takes the entry above it. Each level's comparison is against the old B, so
+ * they all run in parallel. With `drop`, the last level's entry falls out; otherwise the
+ * caller puts what fell out of B[levels-1] into level `levels` (from *key, *id, *logit).
+ * For small k this costs less than packing keys, and needs neither the check nor the
+ * gather. */
+VEC_INLINE void vec_insert_exact(vf *B, vi *I, vf *BX, vf *key, vi *id, vf *logit, const int levels,
+                                 const int drop, const int biased) {
+    vm gt[8];
+    VEC_UNROLL(8)
+    for (int j = 0; j < levels; j++) gt[j] = vm_gt(*key, B[j]);
+    /* What leaves the last level, before it is overwritten. */
+    vf out_key = vf_min(B[levels > 0 ? levels - 1 : 0], *key);
+    vi out_id = levels > 0 ? vi_select(gt[levels - 1], I[levels - 1], *id) : *id;
+    vf out_logit = levels > 0 && biased ? vf_select(gt[levels - 1], BX[levels - 1], *logit) : *logit;
+    VEC_UNROLL(8)
+    for (int j = levels - 1; j >= 0; j--) {
+        if (j > 0) {
+            B[j] = vf_max(B[j], vf_min(B[j - 1], *key));
+            I[j] = vi_select(gt[j - 1], I[j - 1], vi_select(gt[j], *id, I[j]));
+            if (biased) BX[j] = vf_select(gt[j - 1], BX[j - 1], vf_select(gt[j], *logit, BX[j]));
+        } else {
+            B[0] = vf_max(B[0], *key);
+            I[0] = vi_select(gt[0], *id, I[0]);
+            if (biased) BX[0] = vf_select(gt[0], *logit, BX[0]);
+        }
+    }
+    if (!drop) {
+        *key = levels > 0 ? out_key : *key;
+        *id = out_id;
+        *logit = out_logit;
+    }
+}
+
+enum { TILE_BAD = -1 }; /* the tile holds bad data and nothing was written */
+
+/* V_W tokens from row t, one per lane. The experts are read 8 at a time (a transposed
+ * block of 8 columns; missing columns are -inf), with a running max and rescaled sum per
+ * lane when the normaliser is needed. k <= 4 inserts each packed key into the sorted top
+ * k; 5 <= k <= 8 sorts each block and merges it into the running top 8.
+ *
+ * The packed selection is the exact one when, lane by lane, the chosen keys' high parts
+ * (the packed value without its index bits) strictly decrease and stay strictly above
+ * every key left out: then every comparison that mattered was decided by the keys
+ * themselves. Lanes where that fails (keys equal in all but their lowest bits, or exact
+ * ties) are written anyway and returned as a bit mask, for the caller to route exactly.
+ * k, the kind and (for the common E = 8) the expert count are compile-time constants
+ * after inlining. Returns the mask, or
+ * TILE_BAD without writing anything when the tile holds NaN, +inf or an all -inf row. */
+/* A tile's selection, handed from vec_tile_select to vec_tile_finish. */
+typedef struct tile_state {
+    vi I[8];    /* ids of the chosen, in selection order */
+    vf W[8];    /* their logits */
+    vf M, S;    /* row max and sum of exp(logit - max), when the normaliser ran */
+    vm inexact; /* lanes the packed selection could not settle */
+    int bad;    /* NaN, +inf or an all -inf row somewhere in the tile */
+} tile_state;
+
+VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k, const int kind,
+                                const size_t fixed_experts, tile_state *st) {
+    const size_t E = fixed_experts ? fixed_experts : job->experts;
+    const int biased = kind == GATE_SIGMOID_BIAS;
+    const int normalise = kind == GATE_PRE || job->logsumexp != NULL || job->want_probs;
+    const float *base = job->logits + t * E;
+    const vf neg_inf = vf_set1(-INFINITY);
+    const int bits = vec_index_bits(E);
+    const int32_t index_mask = (1 << bits) - 1;
+    const vi keep = vi_set1(0x7FFFFFFF & ~index_mask); /* magnitude bits above the index */
+
+    /* The tile reads V_W rows side by side, which the hardware prefetchers follow poorly:
+     * fetch the next tile's rows, one cache line per row every 16 experts. (Tiles of
+     * short rows are contiguous, and the prefetchers do follow those.) */
+    const float *next = E >= 32 && t + 2 * V_W <= job->tokens ? base + V_W * E : NULL;
+
+    vi R[8], dropped = vi_set1(TILE_NONE); /* packed path */
+    vf B[EXACT_MAX_K], BX[EXACT_MAX_K];     /* exact path: keys, logits */
+    vi BI[EXACT_MAX_K];
+    vm bad = vm_none();
+    vf M = neg_inf, S = vf_set1(0.0f);
+    for (size_t c0 = 0; c0 < E; c0 += 8) {
+        const int n = E - c0 < 8 ? (int)(E - c0) : 8;
+        if (next != NULL && (c0 & 15) == 0)
+            for (int r = 0; r < V_W; r++) __builtin_prefetch(next + (size_t)r * E + c0);
+        /* All 8 columns are processed alike: a missing one is -inf, which is not bad data,
+         * adds nothing to the normaliser and never enters the selection. */
+        vf X[8];
+        v_load_tile8(base + c0, E, n, -INFINITY, X);
+        /* NaN or +inf anywhere makes the sum NaN or +inf (and a finite sum that overflows
+         * only sends the tile to the row kernel, which finds nothing wrong). */
+        const vf sum8 = vf_add(vf_add(vf_add(X[0], X[1]), vf_add(X[2], X[3])),
+                               vf_add(vf_add(X[4], X[5]), vf_add(X[6], X[7])));
+        bad = vm_or(bad, vm_bad(sum8));
+        if (normalise) { /* the online normaliser, lane by lane */
+            vf gmax = X[0];
+            for (int c = 1; c < 8; c++) gmax = vf_max(gmax, X[c]);
+            const vf m_new = vf_max(M, gmax);
+            S = vf_mul(S, vf_exp(vf_sub(M, m_new))); /* exp(-inf - -inf) is NaN -> 0 */
+            for (int c = 0; c < 8; c++) S = vf_add(S, vf_exp(vf_sub(X[c], m_new)));
+            M = m_new;
+        } else if (biased) { /* else the top logit is the row max */
+            for (int c = 0; c < 8; c++) M = vf_max(M, X[c]);
+        }
+        if (k <= EXACT_MAX_K) {
+            vi next_id = vi_set1((int32_t)c0);
+            for (int c = 0; c < 8; c++) {
+                vf key = biased && c < n ? vf_add(vf_sigmoid(X[c]), vf_set1(job->bias[c0 + c])) : X[c];
+                vf logit = X[c];
+                vi id = next_id;
+                next_id = vi_add(next_id, vi_set1(1));
+                if (c0 == 0 && c < k) { /* the first k fill the levels */
+                    vec_insert_exact(B, BI, BX, &key, &id, &logit, c, 0, biased);
+                    B[c] = key, BI[c] = id, BX[c] = logit;
+                } else {
+                    vec_insert_exact(B, BI, BX, &key, &id, &logit, k, 1, biased);
+                }
             }
+            continue;
         }
-        if (e < k) {
-            B[e] = key;
-            I[e] = id;
-            BX[e] = logit;
+        vi P[8];
+        vi code = vi_set1(index_mask - (int32_t)c0);
+        for (int c = 0; c < 8; c++) {
+            const vf key = biased && c < n ? vf_add(vf_sigmoid(X[c]), vf_set1(job->bias[c0 + c])) : X[c];
+            P[c] = vec_pack(key, code, keep);
+            code = vi_sub(code, vi_set1(1));
+        }
+        vec_sort8(P);
+        if (c0 == 0) {
+            for (int c = 0; c < 8; c++) R[c] = P[c];
+        } else if (k == 8) {
+            vec_merge8(R, P, &dropped, 1);
+        } else {
+            vec_merge8(R, P, &dropped, 0); /* R[k] bounds what drops: no need to track it */
         }
     }
-    const vf *sel = biased ? BX : B;
 
-    vf S = vf_set1(0.0f);
-    if (vec_needs_normaliser(job))
-        for (int e = 0; e < E; e++) S = vf_add(S, vf_exp(vf_sub(X[e], M)));
+    vi I[8];
+    vf W[8];
+    vm inexact = vm_none();
+    if (k <= EXACT_MAX_K) {
+        for (int j = 0; j < k; j++) I[j] = BI[j], W[j] = biased ? BX[j] : B[j];
+    } else {
+        /* The check, lane by lane: high parts strictly decreasing, above all the rest. */
+        if (k < 8) dropped = vi_max(dropped, R[k]);
+        for (int j = 0; j < k; j++) {
+            const vi below = j + 1 < k ? R[j + 1] : dropped;
+            inexact = vm_or(inexact, vm_not(vi_gt(vi_sra(R[j], bits), vi_sra(below, bits))));
+        }
+        /* Expert ids, and the exact logits of the chosen (the packed keys lost low bits). */
+        const vi row_offset = vi_mul(vi_iota(), vi_set1((int32_t)E));
+        const vi last = vi_set1((int32_t)E - 1);
+        for (int j = 0; j < k; j++) {
+            I[j] = vi_sub(vi_set1(index_mask), vi_and(R[j], vi_set1(index_mask)));
+            W[j] = vf_gather(base, vi_add(row_offset, vi_min(I[j], last)));
+        }
+    }
+
+    if (!normalise && !biased) M = W[0]; /* the top logit */
+    st->bad = vm_bits(vm_or(bad, vm_eq(M, neg_inf))) != 0;
+    for (int j = 0; j < k; j++) st->I[j] = I[j], st->W[j] = W[j];
+    st->M = M, st->S = S, st->inexact = inexact;
+}
+
+/* The second half of a tile: weights, outputs and statistics from the selection. Returns
+ * the lanes to route again, or TILE_BAD without writing anything. */
+VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch *scratch, const int k,
+                               const int kind, const size_t fixed_experts, const tile_state *st) {
+    if (st->bad) return TILE_BAD;
+    const size_t E = fixed_experts ? fixed_experts : job->experts;
+    const float *base = job->logits + t * E;
+    vi I[8];
+    vf W[8];
+    for (int j = 0; j < k; j++) I[j] = st->I[j], W[j] = st->W[j];
+    const vf M = st->M, S = st->S;
+    const vm inexact = st->inexact;
 
     /* Weights: topk_weights_inplace, lane by lane. */
-    vf W[TILE_MAX_K];
-    int sum_it = 0;
-    float sum_bias = 0.0f;
-    if (job->score == MOERT_SCORE_SIGMOID) {
-        for (int j = 0; j < k; j++) W[j] = vf_sigmoid(sel[j]);
+    int sum_it;
+    if (kind == GATE_SIGMOID || kind == GATE_SIGMOID_BIAS) {
+        for (int j = 0; j < k; j++) W[j] = vf_sigmoid(W[j]);
         sum_it = job->renormalize;
-        sum_bias = 1e-20f;
-    } else if (job->order == MOERT_SOFTMAX_POST) {
-        for (int j = 0; j < k; j++) W[j] = vf_exp(vf_sub(sel[j], sel[0]));
+    } else if (kind == GATE_POST) {
+        /* exp(W[0] - W[0]) is exactly 1, as the reference computes it. */
+        for (int j = 1; j < k; j++) W[j] = vf_exp(vf_sub(W[j], W[0]));
+        W[0] = vf_set1(1.0f);
         sum_it = 1;
     } else {
-        for (int j = 0; j < k; j++) W[j] = vf_div(vf_exp(vf_sub(sel[j], M)), S);
+        for (int j = 0; j < k; j++) W[j] = vf_div(vf_exp(vf_sub(W[j], M)), S);
         sum_it = job->renormalize;
     }
     if (sum_it) {
-        vf sum = vf_set1(0.0f);
-        for (int j = 0; j < k; j++) sum = vf_add(sum, W[j]);
-        if (sum_bias != 0.0f) sum = vf_add(sum, vf_set1(sum_bias));
+        vf sum = W[0]; /* 0 + w[0] + w[1] + ..., in order */
+        for (int j = 1; j < k; j++) sum = vf_add(sum, W[j]);
+        if (kind == GATE_SIGMOID || kind == GATE_SIGMOID_BIAS) sum = vf_add(sum, vf_set1(1e-20f));
         for (int j = 0; j < k; j++) W[j] = vf_div(W[j], sum);
     }
     if (job->scaling != 1.0f)
         for (int j = 0; j < k; j++) W[j] = vf_mul(W[j], vf_set1(job->scaling));
 
     /* Lanes back to rows: out[(t + lane) * k + j]. */
-    float wt[TILE_MAX_K][V_W];
-    int32_t it[TILE_MAX_K][V_W];
-    for (int j = 0; j < k; j++) {
-        vf_storeu(wt[j], W[j]);
-        vi_storeu(it[j], I[j]);
-    }
     float *wo = job->weights + t * (size_t)k;
     int32_t *io = job->ids + t * (size_t)k;
-    for (int lane = 0; lane < V_W; lane++)
-        for (int j = 0; j < k; j++) {
-            wo[lane * k + j] = wt[j][lane];
-            io[lane * k + j] = it[j][lane];
-        }
+    if (k == 1) {
+        vf_storeu(wo, W[0]);
+        vi_storeu(io, I[0]);
+    } else if (k == 2) {
+        vf_store_interleaved2(wo, W[0], W[1]);
+        vi_store_interleaved2(io, I[0], I[1]);
+    } else {
+        vf ids_as_float[8];
+        for (int j = 0; j < 8; j++) ids_as_float[j] = vf_from_vi(I[j < k ? j : 0]);
+        for (int j = k; j < 8; j++) W[j] = W[0];
+        v_store_tile8(wo, (size_t)k, k, W);
+        v_store_tile8((float *)io, (size_t)k, k, ids_as_float);
+    }
 
-    if (job->logsumexp != NULL || job->want_probs) {
+    if (job->logsumexp != NULL) {
         float ml[V_W], sl[V_W];
         vf_storeu(ml, M);
         vf_storeu(sl, S);
-        if (job->logsumexp != NULL)
-            for (int lane = 0; lane < V_W; lane++) job->logsumexp[t + lane] = ml[lane] + logf(sl[lane]);
-        if (job->want_probs) {
-            /* Lane by lane in token order, as the scalar reference adds them. */
-            for (int e = 0; e < E; e++) {
-                float p[V_W];
-                vf_storeu(p, vf_div(vf_exp(vf_sub(X[e], M)), S));
-                float acc = scratch->prob_block[e];
-                for (int lane = 0; lane < V_W; lane++) acc += p[lane];
-                scratch->prob_block[e] = acc;
-            }
+        for (int lane = 0; lane < V_W; lane++) job->logsumexp[t + lane] = ml[lane] + logf(sl[lane]);
+    }
+    if (job->want_probs) {
+        /* Second sweep over the tile (in L1): each expert's probabilities, added token by
+         * token in row order, as the scalar reference adds them. */
+        for (size_t c0 = 0; c0 < E; c0 += 8) {
+            const int n = E - c0 < 8 ? (int)(E - c0) : 8;
+            vf X[8], P[8];
+            v_load_tile8(base + c0, E, n, -INFINITY, X);
+            for (int c = 0; c < 8; c++) P[c] = vf_div(vf_exp(vf_sub(X[c], M)), S);
+            float p[V_W][8];
+            v_store_tile8(&p[0][0], 8, 8, P);
+            float *acc = scratch->prob_block + c0;
+            for (int lane = 0; lane < V_W; lane++)
+                for (int c = 0; c < n; c++) acc[c] += p[lane][c];
         }
     }
-    return 0;
+    return (int)vm_bits(inexact);
 }
+
+/* The instances: one row kernel per kind, and per kind and k a loop over a block's tiles
+ * (inlined, so the tile's set-up is paid once per block, not once per tile). */
+typedef topk_row_error (*vec_rows_fn)(const topk_job *, size_t, size_t, const topk_scratch *);
+
+#define VEC_ROW_FOR_KIND_(KIND)                                                             \
+    static topk_row_error vec_row_##KIND(const topk_job *job, size_t t, const topk_scratch *s) { \
+        return vec_row(job, t, s, KIND);                                                    \
+    }                                                                                       \
+    static topk_row_error vec_rows_##KIND(const topk_job *job, size_t begin, size_t end,    \
+                                          const topk_scratch *s) {                          \
+        for (size_t t = begin; t < end; t++) {                                              \
+            topk_row_error err = vec_row_##KIND(job, t, s);                                 \
+            if (err.kind != TOPK_ROW_OK) return err;                                        \
+        }                                                                                   \
+        return (topk_row_error){TOPK_ROW_OK, 0, 0};                                         \
+    }
+VEC_ROW_FOR_KIND_(GATE_POST)
+VEC_ROW_FOR_KIND_(GATE_PRE)
+VEC_ROW_FOR_KIND_(GATE_SIGMOID)
+VEC_ROW_FOR_KIND_(GATE_SIGMOID_BIAS)
+
+/* Rows [begin, end) by tiles of V_W; lanes a tile could not settle exactly are routed
+ * again by the row kernel, without adding their probabilities a second time; rows past
+ * the last whole tile go to the row kernel. */
+VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t end,
+                                    const topk_scratch *scratch, const int k, const int kind,
+                                    const size_t fixed_experts, vec_rows_fn rows) {
+    topk_job again = *job;
+    again.want_probs = 0;
+    size_t t = begin;
+    int redo[2];
+    while (t + V_W <= end) {
+        /* Short rows: two tiles at a time, so that one tile's weights (a long chain of
+         * dependent operations) overlap the other's selection. */
+        const int pair = t + 2 * V_W <= end;
+        tile_state st[2];
+        vec_tile_select(job, t, k, kind, fixed_experts, &st[0]);
+        if (pair) vec_tile_select(job, t + V_W, k, kind, fixed_experts, &st[1]);
+        redo[0] = vec_tile_finish(job, t, scratch, k, kind, fixed_experts, &st[0]);
+        if (pair) redo[1] = vec_tile_finish(job, t + V_W, scratch, k, kind, fixed_experts, &st[1]);
+        for (int p = 0; p <= pair; p++, t += V_W) {
+            if (redo[p] == 0) continue;
+            if (redo[p] == TILE_BAD) {
+                topk_row_error err = rows(job, t, t + V_W, scratch);
+                if (err.kind != TOPK_ROW_OK) return err;
+                continue;
+            }
+            for (int lane = 0; lane < V_W; lane++)
+                if ((redo[p] >> lane) & 1) rows(&again, t + (size_t)lane, t + (size_t)lane + 1, scratch);
+        }
+    }
+    return rows(job, t, end, scratch);
+}
+
+#define VEC_TILES_FOR_(KIND, K)                                                             \
+    static topk_row_error vec_tiles_##KIND##_##K(const topk_job *job, size_t begin, size_t end, \
+                                                 const topk_scratch *s) {                   \
+        return vec_tiles(job, begin, end, s, K, KIND, 0, vec_rows_##KIND);                   \
+    }
+#define VEC_TILES_FOR_KIND_(KIND)                                                           \
+    VEC_TILES_FOR_(KIND, 1) VEC_TILES_FOR_(KIND, 2) VEC_TILES_FOR_(KIND, 3)                 \
+    VEC_TILES_FOR_(KIND, 4) VEC_TILES_FOR_(KIND, 5) VEC_TILES_FOR_(KIND, 6)                 \
+    VEC_TILES_FOR_(KIND, 7) VEC_TILES_FOR_(KIND, 8)
+VEC_TILES_FOR_KIND_(GATE_POST)
+VEC_TILES_FOR_KIND_(GATE_PRE)
+VEC_TILES_FOR_KIND_(GATE_SIGMOID)
+VEC_TILES_FOR_KIND_(GATE_SIGMOID_BIAS)
+
+#define VEC_TILES_ROW_(KIND)                                                                \
+    {vec_tiles_##KIND##_1, vec_tiles_##KIND##_2, vec_tiles_##KIND##_3, vec_tiles_##KIND##_4, \
+     vec_tiles_##KIND##_5, vec_tiles_##KIND##_6, vec_tiles_##KIND##_7, vec_tiles_##KIND##_8}
+static const vec_rows_fn vec_tile_kernels[GATE_KINDS][TILE_MAX_K] = {
+    VEC_TILES_ROW_(GATE_POST), VEC_TILES_ROW_(GATE_PRE), VEC_TILES_ROW_(GATE_SIGMOID),
+    VEC_TILES_ROW_(GATE_SIGMOID_BIAS)};
+/* Eight experts (Mixtral's count) with k <= 3, specialised: one block, no loops. */
+#define VEC_TILES_E8_(KIND, K)                                                              \
+    static topk_row_error vec_tiles_##KIND##_##K##_e8(const topk_job *job, size_t begin,     \
+                                                      size_t end, const topk_scratch *s) {  \
+        return vec_tiles(job, begin, end, s, K, KIND, 8, vec_rows_##KIND);                   \
+    }
+#define VEC_TILES_E8_FOR_KIND_(KIND) VEC_TILES_E8_(KIND, 1) VEC_TILES_E8_(KIND, 2) VEC_TILES_E8_(KIND, 3)
+VEC_TILES_E8_FOR_KIND_(GATE_POST)
+VEC_TILES_E8_FOR_KIND_(GATE_PRE)
+VEC_TILES_E8_FOR_KIND_(GATE_SIGMOID)
+VEC_TILES_E8_FOR_KIND_(GATE_SIGMOID_BIAS)
+#define VEC_TILES_E8_ROW_(KIND) {vec_tiles_##KIND##_1_e8, vec_tiles_##KIND##_2_e8, vec_tiles_##KIND##_3_e8}
+static const vec_rows_fn vec_tile_kernels_e8[GATE_KINDS][EXACT_MAX_K] = {
+    VEC_TILES_E8_ROW_(GATE_POST), VEC_TILES_E8_ROW_(GATE_PRE), VEC_TILES_E8_ROW_(GATE_SIGMOID),
+    VEC_TILES_E8_ROW_(GATE_SIGMOID_BIAS)};
+
+static const vec_rows_fn vec_row_kernels[GATE_KINDS] = {
+    vec_rows_GATE_POST, vec_rows_GATE_PRE, vec_rows_GATE_SIGMOID, vec_rows_GATE_SIGMOID_BIAS};
 
 static topk_row_error vec_rows(const topk_job *job, size_t row_begin, size_t row_end,
                                const topk_scratch *scratch) {
-    size_t t = row_begin;
-    if (vec_uses_tiles(job)) {
-        for (; t + V_W <= row_end; t += V_W) {
-            if (vec_tile(job, t, scratch) == 0) continue;
-            for (size_t r = t; r < t + V_W; r++) {
-                topk_row_error err = vec_row(job, r, scratch);
-                if (err.kind != TOPK_ROW_OK) return err;
-            }
-        }
-    }
-    for (; t < row_end; t++) {
-        topk_row_error err = vec_row(job, t, scratch);
-        if (err.kind != TOPK_ROW_OK) return err;
-    }
-    return (topk_row_error){TOPK_ROW_OK, 0, 0};
+    const int kind = vec_gate_kind(job);
+    if (job->experts == 8 && job->k <= EXACT_MAX_K)
+        return vec_tile_kernels_e8[kind][job->k - 1](job, row_begin, row_end, scratch);
+    if (vec_uses_tiles(job)) return vec_tile_kernels[kind][job->k - 1](job, row_begin, row_end, scratch);
+    return vec_row_kernels[kind](job, row_begin, row_end, scratch);
 }
 
 #endif /* MOERT_TOPK_VECTOR_IMPL_H */
