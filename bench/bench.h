@@ -16,9 +16,12 @@ void bench_fill_gaussian(float *x, size_t n, uint64_t seed);
  * bytes read plus bytes written (as the memory floors do). Best of `repeats`. */
 double bench_copy_bandwidth(size_t bytes, int threads, int repeats);
 
-/* Times fn(ctx): runs it until each of `samples` samples lasts at least min_sample_s, and
- * returns the median seconds per call. */
-double bench_seconds_per_call(void (*fn)(void *), void *ctx, int samples, double min_sample_s);
+/* One timing sample of fn(ctx): calls it until at least min_seconds have passed and
+ * returns the seconds per call. */
+double bench_sample(void (*fn)(void *), void *ctx, double min_seconds);
+
+/* The median of n values (reorders them). */
+double bench_median(double *values, int n);
 
 /* `moert bench NAME` entries. */
 int bench_softmax_topk(int argc, char **argv);

@@ -3,8 +3,10 @@
  *   scans and a renormalisation (what a straightforward C port of PyTorch's
  *   topk(softmax(x)) does), on the same threads;
  * - the memory floor: the bytes the kernel must read and write, divided by the copy
- *   bandwidth measured now with the same threads.
- * Logits are standard normal and stay warm in the last-level cache between calls. */
+ *   bandwidth (memcpy of 256 MiB, bytes read plus written) measured with the same threads.
+ * The three are measured in interleaved rounds, so a noisy neighbour slows all of them
+ * alike; each reported figure is the median over rounds, each ratio the median of the
+ * per-round ratios. Logits are standard normal and stay as warm as the cache allows. */
 #include <cjson/cJSON.h>
 #include <getopt.h>
 #include <math.h>
@@ -25,7 +27,9 @@ static const char help[] =
     "  --mode M          post | pre | pre-renorm | sigmoid | sigmoid-renorm, default post\n"
     "  --threads N       threads for the kernel, the baseline and the floor, default 1\n"
     "  --isa X           scalar | avx2 | avx512, default the variant moert chose\n"
-    "  --samples S       timing samples (median is reported), default 7\n"
+    "  --rounds R        interleaved rounds (medians are reported), default 5\n"
+    "  --scaling         also time the kernel on 1 thread in each round, and report the\n"
+    "                    speed-up of --threads N over it\n"
     "  --seed S          seed of the logits, default 1\n"
     "  --no-naive        skip the naive baseline\n"
     "  --json            also print one JSON object on the last line\n"
@@ -107,8 +111,8 @@ static int parse_mode(const char *text, moert_topk_gate_params *p) {
 }
 
 int bench_softmax_topk(int argc, char **argv) {
-    enum { OPT_TOKENS = 256, OPT_EXPERTS, OPT_K, OPT_MODE, OPT_THREADS, OPT_ISA, OPT_SAMPLES,
-           OPT_SEED, OPT_NO_NAIVE, OPT_JSON };
+    enum { OPT_TOKENS = 256, OPT_EXPERTS, OPT_K, OPT_MODE, OPT_THREADS, OPT_ISA, OPT_ROUNDS,
+           OPT_SEED, OPT_NO_NAIVE, OPT_JSON, OPT_SCALING };
     static const struct option options[] = {
         {"tokens", required_argument, NULL, OPT_TOKENS},
         {"experts", required_argument, NULL, OPT_EXPERTS},
@@ -116,7 +120,8 @@ int bench_softmax_topk(int argc, char **argv) {
         {"mode", required_argument, NULL, OPT_MODE},
         {"threads", required_argument, NULL, OPT_THREADS},
         {"isa", required_argument, NULL, OPT_ISA},
-        {"samples", required_argument, NULL, OPT_SAMPLES},
+        {"rounds", required_argument, NULL, OPT_ROUNDS},
+        {"scaling", no_argument, NULL, OPT_SCALING},
         {"seed", required_argument, NULL, OPT_SEED},
         {"no-naive", no_argument, NULL, OPT_NO_NAIVE},
         {"json", no_argument, NULL, OPT_JSON},
@@ -124,7 +129,7 @@ int bench_softmax_topk(int argc, char **argv) {
         {NULL, 0, NULL, 0},
     };
     size_t tokens = 16384, experts = 64, seed = 1;
-    int k = 8, threads = 1, samples = 7, json = 0, naive = 1, rc;
+    int k = 8, threads = 1, rounds = 5, json = 0, naive = 1, scaling = 0, rc;
     const char *mode = "post";
     moert_topk_gate_params params = moert_topk_gate_params_default();
 
@@ -146,7 +151,8 @@ int bench_softmax_topk(int argc, char **argv) {
             if (moert_isa_parse(optarg, &params.isa) != MOERT_OK)
                 rc = cli_fail(CLI_USAGE, "--isa: %s", moert_last_error());
             break;
-        case OPT_SAMPLES: rc = cli_parse_int("--samples", optarg, 1, 101, &samples); break;
+        case OPT_ROUNDS: rc = cli_parse_int("--rounds", optarg, 1, 101, &rounds); break;
+        case OPT_SCALING: scaling = 1; break;
         case OPT_SEED: rc = cli_parse_size("--seed", optarg, 0, SIZE_MAX, &seed); break;
         case OPT_NO_NAIVE: naive = 0; break;
         case OPT_JSON: json = 1; break;
@@ -178,29 +184,47 @@ int bench_softmax_topk(int argc, char **argv) {
     bench_fill_gaussian(logits, tokens * experts, (uint64_t)seed);
 
     gate_ctx g = {params, logits, tokens, experts, {ids, weights, NULL, NULL}, MOERT_OK};
-    double fused_s = bench_seconds_per_call(run_fused, &g, samples, 0.05);
-    if (g.status != MOERT_OK) {
-        free(logits), free(ids), free(weights), free(probs);
-        return cli_fail_status(g.status, "softmax-topk");
-    }
-    double naive_s = 0.0;
-    if (naive) {
-        naive_ctx n = {logits, tokens, experts, k, threads, probs, ids, weights};
-        naive_s = bench_seconds_per_call(run_naive, &n, samples < 5 ? samples : 5, 0.05);
-    }
-    const double copy_gbs = bench_copy_bandwidth((size_t)256 << 20, threads, 3);
+    gate_ctx g1 = g;
+    g1.params.threads = 1;
+    naive_ctx n = {logits, tokens, experts, k, threads, probs, ids, weights};
+    double *fused_ns = calloc((size_t)rounds, sizeof(double)), *fused1_ns = calloc((size_t)rounds, sizeof(double));
+    double *naive_ns = calloc((size_t)rounds, sizeof(double)), *floor_ns = calloc((size_t)rounds, sizeof(double));
+    double *copy_gbs = calloc((size_t)rounds, sizeof(double)), *speedup = calloc((size_t)rounds, sizeof(double));
+    double *to_floor = calloc((size_t)rounds, sizeof(double)), *scaled = calloc((size_t)rounds, sizeof(double));
     const double bytes_per_token = (double)experts * sizeof(float) + (double)k * 8.0;
+    run_fused(&g); /* warm caches and pages, and check the arguments once */
+    if (g.status != MOERT_OK) rc = cli_fail_status(g.status, "softmax-topk");
+    for (int r = 0; r < rounds && rc == CLI_OK; r++) {
+        fused_ns[r] = bench_sample(run_fused, &g, 0.05) * 1e9 / (double)tokens;
+        if (scaling) fused1_ns[r] = bench_sample(run_fused, &g1, 0.05) * 1e9 / (double)tokens;
+        if (naive) naive_ns[r] = bench_sample(run_naive, &n, 0.05) * 1e9 / (double)tokens;
+        copy_gbs[r] = bench_copy_bandwidth((size_t)256 << 20, threads, 1);
+        floor_ns[r] = bytes_per_token / copy_gbs[r];
+        speedup[r] = naive_ns[r] / fused_ns[r];
+        to_floor[r] = fused_ns[r] / floor_ns[r];
+        scaled[r] = fused1_ns[r] / fused_ns[r];
+    }
+    if (rc == CLI_OK && g.status != MOERT_OK) rc = cli_fail_status(g.status, "softmax-topk");
+    const double m_fused = bench_median(fused_ns, rounds), m_naive = bench_median(naive_ns, rounds);
+    const double m_floor = bench_median(floor_ns, rounds), m_copy = bench_median(copy_gbs, rounds);
+    const double m_speedup = bench_median(speedup, rounds), m_to_floor = bench_median(to_floor, rounds);
+    const double m_fused1 = bench_median(fused1_ns, rounds), m_scaled = bench_median(scaled, rounds);
+    free(fused_ns), free(fused1_ns), free(naive_ns), free(floor_ns), free(copy_gbs), free(speedup);
+    free(to_floor), free(scaled);
+    if (rc != CLI_OK) {
+        free(logits), free(ids), free(weights), free(probs);
+        return rc;
+    }
 
-    const double fused_ns = fused_s * 1e9 / (double)tokens;
-    const double naive_ns = naive_s * 1e9 / (double)tokens;
-    const double floor_ns = bytes_per_token / copy_gbs;
-    printf("moert bench softmax-topk: tokens=%zu experts=%d k=%d mode=%s threads=%d variant=%s\n",
-           tokens, (int)experts, k, mode, threads, moert_isa_name(isa));
-    printf("  fused  %10.2f ns/token %10.2f M tokens/s\n", fused_ns, 1e3 / fused_ns);
+    printf("moert bench softmax-topk: tokens=%zu experts=%d k=%d mode=%s threads=%d variant=%s rounds=%d\n",
+           tokens, (int)experts, k, mode, threads, moert_isa_name(isa), rounds);
+    printf("  fused  %10.2f ns/token %10.2f M tokens/s\n", m_fused, 1e3 / m_fused);
+    if (scaling)
+        printf("  1 thread %8.2f ns/token  (%d threads are %.2fx faster)\n", m_fused1, threads, m_scaled);
     if (naive)
-        printf("  naive  %10.2f ns/token  (fused is %.1fx faster)\n", naive_ns, naive_ns / fused_ns);
+        printf("  naive  %10.2f ns/token  (fused is %.1fx faster)\n", m_naive, m_speedup);
     printf("  floor  %10.2f ns/token  (%.0f bytes/token at %.1f GB/s copy; fused is %.2fx the floor)\n",
-           floor_ns, bytes_per_token, copy_gbs, fused_ns / floor_ns);
+           m_floor, bytes_per_token, m_copy, m_to_floor);
 
     if (json) {
         cJSON *o = cJSON_CreateObject();
@@ -211,18 +235,23 @@ int bench_softmax_topk(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "experts", (double)experts);
         cJSON_AddNumberToObject(o, "k", k);
         cJSON_AddNumberToObject(o, "threads", threads);
-        cJSON_AddNumberToObject(o, "ns_per_token", fused_ns);
-        cJSON_AddNumberToObject(o, "tokens_per_s", 1e9 / fused_ns);
+        cJSON_AddNumberToObject(o, "rounds", rounds);
+        cJSON_AddNumberToObject(o, "ns_per_token", m_fused);
+        cJSON_AddNumberToObject(o, "tokens_per_s", 1e9 / m_fused);
         if (naive) {
-            cJSON_AddNumberToObject(o, "naive_ns_per_token", naive_ns);
-            cJSON_AddNumberToObject(o, "speedup_vs_naive", naive_ns / fused_ns);
+            cJSON_AddNumberToObject(o, "naive_ns_per_token", m_naive);
+            cJSON_AddNumberToObject(o, "speedup_vs_naive", m_speedup);
         } else {
             cJSON_AddNullToObject(o, "naive_ns_per_token");
             cJSON_AddNullToObject(o, "speedup_vs_naive");
         }
-        cJSON_AddNumberToObject(o, "floor_ns_per_token", floor_ns);
-        cJSON_AddNumberToObject(o, "ratio_to_floor", fused_ns / floor_ns);
-        cJSON_AddNumberToObject(o, "copy_gb_per_s", copy_gbs);
+        cJSON_AddNumberToObject(o, "floor_ns_per_token", m_floor);
+        cJSON_AddNumberToObject(o, "ratio_to_floor", m_to_floor);
+        cJSON_AddNumberToObject(o, "copy_gb_per_s", m_copy);
+        if (scaling) {
+            cJSON_AddNumberToObject(o, "one_thread_ns_per_token", m_fused1);
+            cJSON_AddNumberToObject(o, "speedup_vs_1_thread", m_scaled);
+        }
         char *text = cJSON_PrintUnformatted(o);
         if (text) puts(text);
         cJSON_free(text);

@@ -68,21 +68,19 @@ static int compare_doubles(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-double bench_seconds_per_call(void (*fn)(void *), void *ctx, int samples, double min_sample_s) {
-    fn(ctx); /* warm caches and pages */
-    double t0 = bench_now();
-    fn(ctx);
-    double once = bench_now() - t0;
-    long calls = once > 0 ? (long)(min_sample_s / once) + 1 : 1000;
-    double *per_call = malloc((size_t)samples * sizeof(double));
-    if (per_call == NULL) return once;
-    for (int s = 0; s < samples; s++) {
-        t0 = bench_now();
-        for (long c = 0; c < calls; c++) fn(ctx);
-        per_call[s] = (bench_now() - t0) / (double)calls;
-    }
-    qsort(per_call, (size_t)samples, sizeof(double), compare_doubles);
-    double median = per_call[samples / 2];
-    free(per_call);
-    return median;
+double bench_median(double *values, int n) {
+    qsort(values, (size_t)n, sizeof(double), compare_doubles);
+    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+double bench_sample(void (*fn)(void *), void *ctx, double min_seconds) {
+    long calls = 0;
+    const double t0 = bench_now();
+    double elapsed;
+    do {
+        fn(ctx);
+        calls++;
+        elapsed = bench_now() - t0;
+    } while (elapsed < min_seconds);
+    return elapsed / (double)calls;
 }

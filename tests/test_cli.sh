@@ -82,10 +82,10 @@ for key in 'gate kernel' 'max/mean' 'aux (Switch)'; do
 done
 
 for isa in scalar $(grep -q avx2=yes <("$moert" info) && echo avx2); do
-  expect 0 "$moert" bench softmax-topk --tokens 2048 --experts 64 --k 8 --samples 1 --threads 2 --isa "$isa" --json
+  expect 0 "$moert" bench softmax-topk --tokens 2048 --experts 64 --k 8 --rounds 1 --threads 2 --scaling --isa "$isa" --json
   json=$(tail -n 1 "$tmp/out")
   for key in variant tokens experts k threads ns_per_token tokens_per_s naive_ns_per_token \
-             floor_ns_per_token speedup_vs_naive ratio_to_floor; do
+             floor_ns_per_token speedup_vs_naive ratio_to_floor speedup_vs_1_thread; do
     echo "$json" | grep -q "\"$key\":" || fail "bench --json lacks $key: $json"
   done
   echo "$json" | grep -q "\"variant\":\"$isa\"" || fail "bench --isa $isa reports $json"
