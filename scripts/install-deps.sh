@@ -14,6 +14,12 @@ packages=(
   libopenblas-dev
   libcjson-dev      # JSON output and file headers
 )
+# For the set-up's own test: extra package names to require (one that does not exist
+# shows the not-root message without touching the machine).
+if [ -n "${MOERT_DEPS_EXTRA:-}" ]; then
+  read -r -a extra <<<"$MOERT_DEPS_EXTRA"
+  packages+=("${extra[@]}")
+fi
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "moert: not a Debian system; make sure these are installed: ${packages[*]}" >&2

@@ -92,6 +92,19 @@ for isa in scalar $(grep -q avx2=yes <("$moert" info) && echo avx2); do
   echo "$json" | grep -q '"threads":2' || fail "bench threads not reported: $json"
 done
 
+# The set-up script, as a user who is not root and misses a package: it names the exact
+# apt-get line and stops, changing nothing.
+setup="$(dirname "$0")/../scripts/install-deps.sh"
+if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null && command -v dpkg-query >/dev/null; then
+  MOERT_DEPS_EXTRA=moert-no-such-package setpriv --reuid=65534 --regid=65534 --clear-groups \
+    bash "$setup" >"$tmp/out" 2>"$tmp/err"
+  status=$?
+  [ "$status" -eq 1 ] || fail "install-deps.sh as non-root with a missing package exited $status"
+  grep -q 'run as root: apt-get update && apt-get install -y moert-no-such-package$' "$tmp/err" \
+    || fail "install-deps.sh does not print the apt-get line: $(cat "$tmp/err")"
+fi
+bash "$setup" >/dev/null 2>&1 || fail "install-deps.sh fails with everything installed"
+
 if [ "$failures" -ne 0 ]; then
   echo "$failures CLI check(s) failed"
   exit 1

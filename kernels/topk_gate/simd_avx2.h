@@ -133,19 +133,6 @@ static inline __attribute__((always_inline)) vf vf_sigmoid(vf x) {
     return _mm256_blendv_ps(_mm256_div_ps(e, d), _mm256_div_ps(_mm256_set1_ps(1.0f), d), nonneg);
 }
 
-/* Left-packing permutations: entry m lists the set bits of m, one index per byte. */
-extern const uint64_t moert_compress8_lut[256];
-
-/* Writes the lanes of (v, idx) selected by m, packed, at dv/di; returns how many. Writes
- * a whole vector, so the destinations need V_W - 1 entries of slack. */
-static inline __attribute__((always_inline)) int v_compress_store(float *dv, int32_t *di, vf v, vi idx, vm m) {
-    uint32_t bits = vm_bits(m);
-    __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)&moert_compress8_lut[bits]));
-    _mm256_storeu_ps(dv, _mm256_permutevar8x32_ps(v, perm));
-    _mm256_storeu_si256((__m256i *)di, _mm256_permutevar8x32_epi32(idx, perm));
-    return __builtin_popcount(bits);
-}
-
 /* One stage of the bitonic sorting network on 16 lanes held in (a, b): lane i meets
  * lane i ^ d and keeps the max when ((i & d) == 0) == ((i & size) == 0), else the min.
  * After the stages of size 2, 4 and 8, a is sorted descending and b ascending. */

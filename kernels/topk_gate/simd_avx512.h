@@ -111,15 +111,6 @@ static inline __attribute__((always_inline)) vf vf_sigmoid(vf x) {
     return _mm512_mask_blend_ps(nonneg, _mm512_div_ps(e, d), _mm512_div_ps(_mm512_set1_ps(1.0f), d));
 }
 
-/* Writes the lanes of (v, idx) selected by m, packed; returns how many. Writes a whole
- * vector (the register form of compress is the fast one), so the destinations need
- * V_W - 1 entries of slack. */
-static inline __attribute__((always_inline)) int v_compress_store(float *dv, int32_t *di, vf v, vi idx, vm m) {
-    _mm512_storeu_ps(dv, _mm512_maskz_compress_ps(m, v));
-    _mm512_storeu_si512((void *)di, _mm512_maskz_compress_epi32(m, idx));
-    return __builtin_popcount((unsigned)m);
-}
-
 /* Bitonic network on 16 lanes: lane i meets lane i ^ d and keeps the max when
  * ((i & d) == 0) == ((i & size) == 0), else the min. */
 static inline __attribute__((always_inline)) vm sort16_takes_max(int size, int d) {

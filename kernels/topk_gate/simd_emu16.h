@@ -127,17 +127,6 @@ static inline float vf_hsum(vf a) { /* pairwise, like a reduction tree */
 static inline vf vf_exp(vf x) { EMU_MAP_(moert_expf(x.f[l_])); }
 static inline vf vf_sigmoid(vf x) { EMU_MAP_(moert_sigmoidf(x.f[l_])); }
 
-static inline int v_compress_store(float *dv, int32_t *di, vf v, vi idx, vm m) {
-    int n = 0;
-    for (int l = 0; l < 16; l++)
-        if ((m >> l) & 1) {
-            dv[n] = v.f[l];
-            di[n] = idx.i[l];
-            n++;
-        }
-    return n;
-}
-
 static inline float v_kth_largest16(const vf v[1], int k) {
     float s[16];
     memcpy(s, v[0].f, sizeof s);

@@ -39,8 +39,9 @@
 
 /* The hardware variants force inlining and unrolling so that k and the kind become
  * constants and the networks' vectors stay in registers. The portable emu16 variant only
- * checks the algorithm; there the same forcing would cost minutes of compile time. */
-#ifdef VEC_PORTABLE
+ * checks the algorithm, and sanitizer builds only check memory and behaviour: there the
+ * same forcing would cost many minutes of compile time. */
+#if defined(VEC_PORTABLE) || defined(MOERT_LIGHT_INLINING)
 #define VEC_INLINE static inline
 #define VEC_UNROLL(n)
 #else
@@ -399,13 +400,14 @@ VEC_INLINE void vec_merge8(vi *R, const vi *G, vi *dropped, const int track_drop
  * gather. */
 VEC_INLINE void vec_insert_exact(vf *B, vi *I, vf *BX, vf *key, vi *id, vf *logit, const int levels,
                                  const int drop, const int biased) {
+    if (levels == 0) return; /* nothing kept yet: the key itself is what "falls out" */
     vm gt[8];
     VEC_UNROLL(8)
     for (int j = 0; j < levels; j++) gt[j] = vm_gt(*key, B[j]);
     /* What leaves the last level, before it is overwritten. */
-    vf out_key = vf_min(B[levels > 0 ? levels - 1 : 0], *key);
-    vi out_id = levels > 0 ? vi_select(gt[levels - 1], I[levels - 1], *id) : *id;
-    vf out_logit = levels > 0 && biased ? vf_select(gt[levels - 1], BX[levels - 1], *logit) : *logit;
+    const vf out_key = vf_min(B[levels - 1], *key);
+    const vi out_id = vi_select(gt[levels - 1], I[levels - 1], *id);
+    const vf out_logit = biased ? vf_select(gt[levels - 1], BX[levels - 1], *logit) : *logit;
     VEC_UNROLL(8)
     for (int j = levels - 1; j >= 0; j--) {
         if (j > 0) {
@@ -419,7 +421,7 @@ VEC_INLINE void vec_insert_exact(vf *B, vi *I, vf *BX, vf *key, vi *id, vf *logi
         }
     }
     if (!drop) {
-        *key = levels > 0 ? out_key : *key;
+        *key = out_key;
         *id = out_id;
         *logit = out_logit;
     }
@@ -449,8 +451,11 @@ typedef struct tile_state {
     int bad;    /* NaN, +inf or an all -inf row somewhere in the tile */
 } tile_state;
 
-VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k, const int kind,
+VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed, const int kind,
                                 const size_t fixed_experts, tile_state *st) {
+    /* k_fixed: k as a compile-time constant (the exact network), or 0: job->k, packed. */
+    const int k = k_fixed ? k_fixed : job->k;
+    const int exact = k_fixed != 0;
     const size_t E = fixed_experts ? fixed_experts : job->experts;
     const int biased = kind == GATE_SIGMOID_BIAS;
     const int normalise = kind == GATE_PRE || job->logsumexp != NULL || job->want_probs;
@@ -494,7 +499,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k, cons
         } else if (biased) { /* else the top logit is the row max */
             for (int c = 0; c < 8; c++) M = vf_max(M, X[c]);
         }
-        if (k <= EXACT_MAX_K) {
+        if (exact) {
             vi next_id = vi_set1((int32_t)c0);
             for (int c = 0; c < 8; c++) {
                 vf key = biased && c < n ? vf_add(vf_sigmoid(X[c]), vf_set1(job->bias[c0 + c])) : X[c];
@@ -530,7 +535,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k, cons
     vi I[8];
     vf W[8];
     vm inexact = vm_none();
-    if (k <= EXACT_MAX_K) {
+    if (exact) {
         for (int j = 0; j < k; j++) I[j] = BI[j], W[j] = biased ? BX[j] : B[j];
     } else {
         /* The check, lane by lane: high parts strictly decreasing, above all the rest. */
@@ -556,8 +561,9 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k, cons
 
 /* The second half of a tile: weights, outputs and statistics from the selection. Returns
  * the lanes to route again, or TILE_BAD without writing anything. */
-VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch *scratch, const int k,
+VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch *scratch, const int k_fixed,
                                const int kind, const size_t fixed_experts, const tile_state *st) {
+    const int k = k_fixed ? k_fixed : job->k;
     if (st->bad) return TILE_BAD;
     const size_t E = fixed_experts ? fixed_experts : job->experts;
     const float *base = job->logits + t * E;
@@ -685,26 +691,29 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
     return rows(job, t, end, scratch);
 }
 
-#define VEC_TILES_FOR_(KIND, K)                                                             \
-    static topk_row_error vec_tiles_##KIND##_##K(const topk_job *job, size_t begin, size_t end, \
-                                                 const topk_scratch *s) {                   \
+#define VEC_TILES_FOR_(KIND, K, NAME)                                                       \
+    static topk_row_error vec_tiles_##KIND##_##NAME(const topk_job *job, size_t begin, size_t end, \
+                                                    const topk_scratch *s) {                \
         return vec_tiles(job, begin, end, s, K, KIND, 0, vec_rows_##KIND);                   \
     }
+/* k = 1..3 by the exact network, each k its own instance; k = 4..8 by packed keys, one
+ * instance with k at run time (the sorting network does not depend on it). */
 #define VEC_TILES_FOR_KIND_(KIND)                                                           \
-    VEC_TILES_FOR_(KIND, 1) VEC_TILES_FOR_(KIND, 2) VEC_TILES_FOR_(KIND, 3)                 \
-    VEC_TILES_FOR_(KIND, 4) VEC_TILES_FOR_(KIND, 5) VEC_TILES_FOR_(KIND, 6)                 \
-    VEC_TILES_FOR_(KIND, 7) VEC_TILES_FOR_(KIND, 8)
+    VEC_TILES_FOR_(KIND, 1, 1) VEC_TILES_FOR_(KIND, 2, 2) VEC_TILES_FOR_(KIND, 3, 3)        \
+    VEC_TILES_FOR_(KIND, 0, packed)
 VEC_TILES_FOR_KIND_(GATE_POST)
 VEC_TILES_FOR_KIND_(GATE_PRE)
 VEC_TILES_FOR_KIND_(GATE_SIGMOID)
 VEC_TILES_FOR_KIND_(GATE_SIGMOID_BIAS)
 
 #define VEC_TILES_ROW_(KIND)                                                                \
-    {vec_tiles_##KIND##_1, vec_tiles_##KIND##_2, vec_tiles_##KIND##_3, vec_tiles_##KIND##_4, \
-     vec_tiles_##KIND##_5, vec_tiles_##KIND##_6, vec_tiles_##KIND##_7, vec_tiles_##KIND##_8}
+    {vec_tiles_##KIND##_1, vec_tiles_##KIND##_2, vec_tiles_##KIND##_3, vec_tiles_##KIND##_packed, \
+     vec_tiles_##KIND##_packed, vec_tiles_##KIND##_packed, vec_tiles_##KIND##_packed,       \
+     vec_tiles_##KIND##_packed}
 static const vec_rows_fn vec_tile_kernels[GATE_KINDS][TILE_MAX_K] = {
     VEC_TILES_ROW_(GATE_POST), VEC_TILES_ROW_(GATE_PRE), VEC_TILES_ROW_(GATE_SIGMOID),
     VEC_TILES_ROW_(GATE_SIGMOID_BIAS)};
+
 /* Eight experts (Mixtral's count) with k <= 3, specialised: one block, no loops. */
 #define VEC_TILES_E8_(KIND, K)                                                              \
     static topk_row_error vec_tiles_##KIND##_##K##_e8(const topk_job *job, size_t begin,     \
