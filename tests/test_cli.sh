@@ -96,9 +96,15 @@ done
 # apt-get line and stops, changing nothing.
 setup="$(dirname "$0")/../scripts/install-deps.sh"
 if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null && command -v dpkg-query >/dev/null; then
+  # A copy the unprivileged user can read (the checkout may sit in a private directory).
+  public=$(mktemp -d)
+  chmod 755 "$public"
+  cp "$setup" "$public/install-deps.sh"
+  chmod 644 "$public/install-deps.sh"
   MOERT_DEPS_EXTRA=moert-no-such-package setpriv --reuid=65534 --regid=65534 --clear-groups \
-    bash "$setup" >"$tmp/out" 2>"$tmp/err"
+    bash "$public/install-deps.sh" >"$tmp/out" 2>"$tmp/err"
   status=$?
+  rm -rf "$public"
   [ "$status" -eq 1 ] || fail "install-deps.sh as non-root with a missing package exited $status"
   grep -q 'run as root: apt-get update && apt-get install -y moert-no-such-package$' "$tmp/err" \
     || fail "install-deps.sh does not print the apt-get line: $(cat "$tmp/err")"

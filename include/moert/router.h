@@ -1,0 +1,110 @@
+/* moert: routing policies. A router turns logits [tokens, experts] into a plan.
+ *
+ * Token choice (top-k of E per token), as Megatron-Core's topk_softmax_with_capacity:
+ * - score softmax (post or pre, optionally renormalised) or sigmoid (with a
+ *   selection-only bias, optional renormalisation); weights times `scaling`;
+ * - group-limited selection: experts in `groups` equal groups; a group's score is the sum
+ *   of its top (k / topk_groups) scores (Megatron-Core, DeepSeek-V3) or its max
+ *   (DeepSeek-V2); the best `topk_groups` groups are kept and the top k is taken inside
+ *   them. Scores are those the selection ranks: logits (softmax post), probabilities
+ *   (softmax pre), sigmoid + bias (sigmoid);
+ * - capacity = ceil((tokens x k / experts) x capacity_factor), 0 = dropless. Over
+ *   capacity an expert keeps its highest-weight entries (drop `probs`, ties to the lower
+ *   token) or its earliest tokens (`position`); the kept weights are not renormalised.
+ *   With pad_to_capacity every expert gets exactly `capacity` slots, the unused ones
+ *   empty (token -1), so that dispatch buffers have a fixed shape.
+ * Expert choice (Zhou et al. 2022): probabilities are the softmax over experts of each
+ * token's logits; each expert takes its C = floor(tokens x capacity_factor / experts + 0.5)
+ * highest-probability tokens (ties to the lower token; C is at most tokens), weight = the
+ * probability. C = 0 is an error.
+ * ReLU routing (ReMoE, Wang et al. 2024): weights relu(logit - relu_threshold); a token
+ * goes to every expert with a positive weight.
+ *
+ * Routing groups: decisions that depend on the batch (capacity, expert choice) are made
+ * within groups of tokens. Group r of G holds tokens [floor(r T / G), floor((r+1) T / G)),
+ * so a run on G ranks is reproduced in one process with route_groups = G. Capacity and
+ * statistics such as `capacity` are then per group (the largest group's capacity is
+ * reported).
+ *
+ * Every policy is deterministic: bit-identical plans for any thread count. */
+#ifndef MOERT_ROUTER_H
+#define MOERT_ROUTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moert/cpu.h"
+#include "moert/export.h"
+#include "moert/plan.h"
+#include "moert/status.h"
+#include "moert/topk_gate.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum moert_policy {
+    MOERT_POLICY_TOKEN_CHOICE = 0,
+    MOERT_POLICY_EXPERT_CHOICE = 1,
+    MOERT_POLICY_RELU = 2,
+} moert_policy;
+
+typedef enum moert_group_score {
+    MOERT_GROUP_SCORE_TOPK_SUM = 0, /* sum of the group's top (k / topk_groups) scores */
+    MOERT_GROUP_SCORE_MAX = 1,
+} moert_group_score;
+
+typedef enum moert_drop_policy {
+    MOERT_DROP_PROBS = 0,    /* an expert keeps its highest-weight entries */
+    MOERT_DROP_POSITION = 1, /* an expert keeps its earliest tokens */
+} moert_drop_policy;
+
+typedef struct moert_router_config {
+    moert_policy policy;               /* default token choice */
+    int k;                             /* token choice: experts per token; default 2 */
+    moert_score score;                 /* token choice; default softmax */
+    moert_softmax_order softmax_order; /* default post */
+    int renormalize;                   /* default 0 */
+    float scaling;                     /* default 1 */
+    const float *bias;                 /* sigmoid: [experts], selection only; borrowed for
+                                          each route call */
+    int groups;                        /* group-limited selection: 0 = off */
+    int topk_groups;                   /* groups kept, 1..groups */
+    moert_group_score group_score;     /* default top-(k/M) sum */
+    float capacity_factor;             /* token choice: 0 = dropless; expert choice: > 0 */
+    moert_drop_policy drop_policy;     /* default probs */
+    int pad_to_capacity;               /* default 0 */
+    float relu_threshold;              /* ReLU: default 0 */
+    int route_groups;                  /* routing groups, default 1 */
+    int threads;                       /* OpenMP threads, 0 = omp_get_max_threads() */
+    moert_isa isa;                     /* kernel variant, default auto */
+} moert_router_config;
+
+MOERT_API moert_router_config moert_router_config_default(void);
+
+/* Checks a configuration for `experts` experts without routing: MOERT_EINVAL with the
+ * detail of the first problem found. */
+MOERT_API moert_status moert_router_config_check(const moert_router_config *config, size_t experts);
+
+typedef struct moert_router moert_router;
+
+/* A router for `experts` experts. The configuration is copied (the bias pointer too: it
+ * must stay valid while the router routes). The router owns its workspace and reuses it. */
+MOERT_API moert_status moert_router_create(const moert_router_config *config, size_t experts,
+                                           moert_router **router);
+MOERT_API void moert_router_destroy(moert_router *router);
+
+/* Routes logits [tokens, experts] into `plan` (its previous contents are replaced). */
+MOERT_API moert_status moert_router_route(moert_router *router, const float *logits, size_t tokens,
+                                          moert_plan *plan);
+
+/* The capacity per expert a routing group of `tokens` tokens gets under `config`
+ * (0 = dropless), as the router computes it. */
+MOERT_API moert_status moert_router_capacity(const moert_router_config *config, size_t experts,
+                                             size_t tokens, int64_t *capacity);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOERT_ROUTER_H */
