@@ -54,5 +54,19 @@ void reference_gate_row(const moert_topk_gate_params *p, const float *row, size_
         if (normalise) weights[j] /= sum;
         weights[j] *= p->scaling;
     }
+    /* Entries go by descending weight, ties to the lower id (a bias may have chosen them
+     * in another order). The weights are floats in the kernel, so the order is the order
+     * of the weights rounded to float: values that round together tie. */
+    for (int j = 0; j < k; j++) weights[j] = (double)(float)weights[j];
+    for (int i = 1; i < k; i++)
+        for (int j = i; j > 0 && (weights[j - 1] < weights[j] ||
+                                  (weights[j - 1] == weights[j] && ids[j - 1] > ids[j])); j--) {
+            double tw = weights[j];
+            weights[j] = weights[j - 1];
+            weights[j - 1] = tw;
+            int32_t ti = ids[j];
+            ids[j] = ids[j - 1];
+            ids[j - 1] = ti;
+        }
     free(r);
 }

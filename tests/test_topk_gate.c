@@ -118,6 +118,43 @@ static int shape_ks(size_t E, int *ks) {
     return n;
 }
 
+/* ---- comparing rows ------------------------------------------------------------------ */
+
+/* A row obeys the order rule: weights non-increasing, equal weights by ascending id. */
+static void assert_row_ordered(const int32_t *ids, const float *w, int k, const char *who, size_t t) {
+    for (int j = 1; j < k; j++) {
+        ck_assert_msg(w[j] <= w[j - 1], "%s t=%zu: weight %d (%.9g) above weight %d (%.9g)", who, t, j,
+                      w[j], j - 1, w[j - 1]);
+        ck_assert_msg(w[j] != w[j - 1] || ids[j] > ids[j - 1], "%s t=%zu: equal weights out of id order", who, t);
+    }
+}
+
+static int compare_int32(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The same experts, and each one's weight within `rel` (weights that round alike may be
+ * ordered differently by computations that round differently). */
+static void assert_same_entries(const int32_t *ids, const float *w, const int32_t *want_ids,
+                                const double *want_w, int k, double rel, const char *who, size_t t) {
+    int32_t *a = malloc((size_t)k * sizeof *a), *b = malloc((size_t)k * sizeof *b);
+    memcpy(a, ids, (size_t)k * sizeof *a);
+    memcpy(b, want_ids, (size_t)k * sizeof *b);
+    qsort(a, (size_t)k, sizeof *a, compare_int32);
+    qsort(b, (size_t)k, sizeof *b, compare_int32);
+    for (int j = 0; j < k; j++) ck_assert_msg(a[j] == b[j], "%s t=%zu: experts differ (%d vs %d)", who, t, a[j], b[j]);
+    for (int j = 0; j < k; j++) {
+        int found = -1;
+        for (int i = 0; i < k && found < 0; i++)
+            if (want_ids[i] == ids[j]) found = i;
+        const double want = want_w[found];
+        ck_assert_msg(fabs((double)w[j] - want) <= rel * fabs(want) + 1e-30,
+                      "%s t=%zu expert %d: weight %.9g, expected %.9g", who, t, ids[j], w[j], want);
+    }
+    free(a), free(b);
+}
+
 /* ---- the scalar reference against double precision ----------------------------------- */
 
 static void check_scalar_against_double(const float *logits, size_t T, size_t E, int k, int mode,
@@ -133,13 +170,10 @@ static void check_scalar_against_double(const float *logits, size_t T, size_t E,
         double lse;
         reference_gate_row(&p, logits + t * E, E, ids, w, &lse, probs);
         for (size_t e = 0; e < E; e++) prob_sums[e] += probs[e];
-        for (int j = 0; j < k; j++) {
-            ck_assert_msg(r.ids[t * k + j] == ids[j], "E=%zu k=%d mode=%d t=%zu j=%d: id %d, double says %d",
-                          E, k, mode, t, j, r.ids[t * k + j], ids[j]);
-            ck_assert_msg(close_rel(r.weights[t * k + j], w[j], sum_tolerance(E), 1e-30),
-                          "E=%zu k=%d mode=%d t=%zu j=%d: weight %.9g, double says %.9g", E, k, mode,
-                          t, j, r.weights[t * k + j], w[j]);
-        }
+        char who[64];
+        snprintf(who, sizeof who, "scalar E=%zu k=%d mode=%d", E, k, mode);
+        assert_row_ordered(r.ids + t * k, r.weights + t * k, k, who, t);
+        assert_same_entries(r.ids + t * k, r.weights + t * k, ids, w, k, sum_tolerance(E), who, t);
         ck_assert_msg(close_rel(r.lse[t], lse, sum_tolerance(E), 1e-6), "lse %.9g vs %.9g", r.lse[t], lse);
     }
     for (size_t e = 0; e < E; e++)
@@ -201,17 +235,27 @@ static void check_variant_against_scalar(const topk_variant *v, const float *log
     ck_assert_int_eq(run_variant(&topk_variants[0], &p, logits, &want, 1), MOERT_OK);
     ck_assert_msg(run_variant(v, &p, logits, &got, 1) == MOERT_OK, "%s: %s", v->name, moert_last_error());
     result_check_canaries(&got);
-    for (size_t i = 0; i < T * (size_t)k; i++) {
-        ck_assert_msg(got.ids[i] == want.ids[i], "%s E=%zu k=%d mode=%d entry %zu: id %d, scalar %d",
-                      v->name, E, k, mode, i, got.ids[i], want.ids[i]);
-        if (weights_bit_identical(mode))
+    if (weights_bit_identical(mode)) {
+        for (size_t i = 0; i < T * (size_t)k; i++) {
+            ck_assert_msg(got.ids[i] == want.ids[i], "%s E=%zu k=%d mode=%d entry %zu: id %d, scalar %d",
+                          v->name, E, k, mode, i, got.ids[i], want.ids[i]);
             ck_assert_msg(got.weights[i] == want.weights[i],
                           "%s E=%zu k=%d mode=%d entry %zu: weight %.9g, scalar %.9g", v->name, E, k,
                           mode, i, got.weights[i], want.weights[i]);
-        else
-            ck_assert_msg(close_rel(got.weights[i], want.weights[i], sum_tolerance(E), 1e-37),
-                          "%s E=%zu k=%d mode=%d entry %zu: weight %.9g, scalar %.9g", v->name, E, k,
-                          mode, i, got.weights[i], want.weights[i]);
+        }
+    } else {
+        /* Softmax pre sums the row in each variant's own order: weights agree to rounding,
+         * and weights that round alike in one variant may be ordered by id there. */
+        double *want_w = malloc((size_t)k * sizeof *want_w);
+        for (size_t t = 0; t < T; t++) {
+            char who[64];
+            snprintf(who, sizeof who, "%s E=%zu k=%d mode=%d", v->name, E, k, mode);
+            for (int j = 0; j < k; j++) want_w[j] = want.weights[t * k + j];
+            assert_row_ordered(got.ids + t * k, got.weights + t * k, k, who, t);
+            assert_same_entries(got.ids + t * k, got.weights + t * k, want.ids + t * k, want_w, k,
+                                sum_tolerance(E), who, t);
+        }
+        free(want_w);
     }
     for (size_t t = 0; t < T; t++)
         ck_assert_msg(close_rel(got.lse[t], want.lse[t], sum_tolerance(E), 1e-6), "%s lse", v->name);
@@ -352,16 +396,24 @@ START_TEST(hand_worked_rows) {
     ck_assert_float_eq_tol(w[0], 0.7310586f, 1e-6f); ck_assert_float_eq(w[2], 0.0f);
 
     /* Sigmoid with a selection bias: logits all 0 (sigmoid 0.5), bias [0, .1, 0, .2]:
-     * the bias picks experts 3 then 1; the weights stay 0.5, renormalised to 0.5 each,
-     * scaled by 2 to 1.0. */
+     * the bias picks experts 3 and 1; the weights stay 0.5, so the entries go 1, 3 (equal
+     * weights, lower id first); renormalised to 0.5 each, scaled by 2 to 1.0. */
     const float zeros[4] = {0, 0, 0, 0}, bias[4] = {0, 0.1f, 0, 0.2f};
     p.k = 2, p.score = MOERT_SCORE_SIGMOID, p.bias = bias;
     gate_one_row(&p, zeros, 4, ids, w);
-    ck_assert_int_eq(ids[0], 3); ck_assert_int_eq(ids[1], 1);
+    ck_assert_int_eq(ids[0], 1); ck_assert_int_eq(ids[1], 3);
     ck_assert_float_eq(w[0], 0.5f); ck_assert_float_eq(w[1], 0.5f);
     p.renormalize = 1, p.scaling = 2.0f;
     gate_one_row(&p, zeros, 4, ids, w);
     ck_assert_float_eq_tol(w[0], 1.0f, 1e-7f); ck_assert_float_eq_tol(w[1], 1.0f, 1e-7f);
+    /* [2, 1, 0, -1] with bias [0, 0, .5, 0]: keys sigmoid + bias = .881, .731, 1.0, .269
+     * choose experts 2 and 0; their weights .5 and .881 put expert 0 first. */
+    const float row[4] = {2, 1, 0, -1}, bias2[4] = {0, 0, 0.5f, 0};
+    p.bias = bias2, p.renormalize = 0, p.scaling = 1.0f;
+    gate_one_row(&p, row, 4, ids, w);
+    ck_assert_int_eq(ids[0], 0); ck_assert_int_eq(ids[1], 2);
+    ck_assert_float_eq_tol(w[0], 0.8807971f, 1e-6f); ck_assert_float_eq_tol(w[1], 0.5f, 1e-6f);
+    p.renormalize = 0, p.scaling = 1.0f;
 
     /* Sigmoid without a bias: [0, ln 3] -> sigmoid = 0.5, 0.75; top-1 is expert 1. */
     const float two[2] = {0.0f, 1.0986123f};

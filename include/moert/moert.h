@@ -7,5 +7,8 @@
 #include "moert/version.h"
 #include "moert/cpu.h"
 #include "moert/topk_gate.h"
+#include "moert/plan.h"
+#include "moert/router.h"
+#include "moert/balancer.h"
 
 #endif /* MOERT_H */

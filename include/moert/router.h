@@ -49,11 +49,6 @@ typedef enum moert_policy {
     MOERT_POLICY_RELU = 2,
 } moert_policy;
 
-typedef enum moert_group_score {
-    MOERT_GROUP_SCORE_TOPK_SUM = 0, /* sum of the group's top (k / topk_groups) scores */
-    MOERT_GROUP_SCORE_MAX = 1,
-} moert_group_score;
-
 typedef enum moert_drop_policy {
     MOERT_DROP_PROBS = 0,    /* an expert keeps its highest-weight entries */
     MOERT_DROP_POSITION = 1, /* an expert keeps its earliest tokens */

@@ -14,10 +14,15 @@
  *   weights are the sigmoid values, divided by their sum (+1e-20, as Megatron-Core) when
  *   `renormalize` is set.
  * - every weight is then multiplied by `scaling`.
+ * - group-limited (Megatron-Core, DeepSeek-V2/V3): the experts form `groups` equal
+ *   groups; a group's score is the sum of its top (k / topk_groups) scores, or its max;
+ *   only the best `topk_groups` groups (ties to the lower group) may be chosen. The
+ *   scores are what the selection ranks: logits (post), probabilities (pre), sigmoid +
+ *   bias (sigmoid). With the sum, k must be a multiple of topk_groups.
  * Selection ranks by the logit (or by sigmoid + bias when a bias is given), which orders
  * experts exactly as the scores do without rounding ties. Within a row the k entries go
- * by descending weight, ties to the lower expert id, identically for every variant and
- * every thread count.
+ * by descending weight (with a bias, not necessarily the order they were chosen in), ties
+ * to the lower expert id, identically for every variant and every thread count.
  *
  * Bad data: a NaN or +inf logit is MOERT_EBADDATA naming the first such element in row
  * order; -inf means a masked expert; a row that is all -inf is MOERT_EBADDATA. On error
@@ -48,6 +53,11 @@ typedef enum moert_softmax_order {
     MOERT_SOFTMAX_PRE = 1,  /* softmax over all experts, then top-k */
 } moert_softmax_order;
 
+typedef enum moert_group_score {
+    MOERT_GROUP_SCORE_TOPK_SUM = 0, /* sum of the group's top (k / topk_groups) scores */
+    MOERT_GROUP_SCORE_MAX = 1,      /* the group's best score */
+} moert_group_score;
+
 typedef struct moert_topk_gate_params {
     int k;                             /* experts per token, 1..experts; default 2 */
     moert_score score;                 /* default softmax */
@@ -56,6 +66,10 @@ typedef struct moert_topk_gate_params {
     float scaling;                     /* > 0, multiplies every weight; default 1 */
     const float *bias;                 /* sigmoid only: [experts] finite, or NULL.
                                           Borrowed for the call. */
+    int groups;                        /* group-limited selection: experts in `groups`
+                                          equal groups, 0 = off */
+    int topk_groups;                   /* the best `topk_groups` groups are kept */
+    moert_group_score group_score;     /* default top-(k/topk_groups) sum */
     int threads;                       /* OpenMP threads, 0 = omp_get_max_threads() */
     moert_isa isa;                     /* kernel variant; default MOERT_ISA_AUTO */
 } moert_topk_gate_params;

@@ -21,6 +21,8 @@ typedef struct topk_job {
     float *weights;    /* [tokens, k] */
     float *logsumexp;  /* [tokens] or NULL */
     int want_probs;    /* accumulate softmax probabilities per expert */
+    int groups, topk_groups; /* group-limited selection, groups = 0: off */
+    moert_group_score group_score;
 } topk_job;
 
 /* What went wrong in a row; kind TOPK_ROW_OK means nothing did. */
@@ -42,22 +44,37 @@ typedef struct topk_row_error {
 typedef struct topk_scratch {
     float *keys;       /* [experts + 64] */
     float *prob_block; /* [experts + 64] */
+    float *grouped;    /* [TOPK_GROUPED_SCRATCH(experts, groups)], group-limited rows */
 } topk_scratch;
+
+/* Floats of scratch a group-limited row needs: group keys, selection keys and ids of the
+ * allowed experts, group scores and ids, a group's top entries. */
+#define TOPK_GROUPED_SCRATCH(experts, groups) (4 * (size_t)(experts) + 4 * (size_t)(groups) + 64)
+
+/* One group-limited row, the same in every variant (plain C). */
+topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratch *scratch);
 
 /* Routes rows [row_begin, row_end). Adds each row's softmax probabilities into
  * scratch->prob_block when job->want_probs. Stops at the first bad row and reports it. */
 typedef topk_row_error (*topk_rows_fn)(const topk_job *job, size_t row_begin,
                                        size_t row_end, const topk_scratch *scratch);
 
+/* Full softmax of rows [row_begin, row_end): probs[t * experts + e] and lse[t]; stops at
+ * the first bad row and reports it, as topk_rows_fn. */
+typedef topk_row_error (*topk_softmax_fn)(const float *logits, size_t experts, size_t row_begin,
+                                          size_t row_end, float *probs, float *lse);
+
 typedef struct topk_variant {
     const char *name;
     moert_isa isa;       /* what the CPU must support to run it */
     topk_rows_fn rows;
+    topk_softmax_fn softmax;
 } topk_variant;
 
 /* The variants, best last; see variants.inc. Tests and benchmarks iterate this table. */
 #define TOPK_VARIANT_DECLARE_(name, isa) \
-    topk_row_error topk_rows_##name(const topk_job *, size_t, size_t, const topk_scratch *);
+    topk_row_error topk_rows_##name(const topk_job *, size_t, size_t, const topk_scratch *); \
+    topk_row_error topk_softmax_##name(const float *, size_t, size_t, size_t, float *, float *);
 #include "kernels/topk_gate/variants.inc"
 #undef TOPK_VARIANT_DECLARE_
 
@@ -72,6 +89,12 @@ const topk_variant *topk_variant_for(moert_isa isa);
 moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_params *params,
                            const float *logits, size_t tokens, size_t experts,
                            const moert_topk_gate_output *out);
+
+/* Full softmax over experts of logits [tokens, experts] into probs [tokens, experts] and
+ * lse [tokens], with the variant `isa` chooses, on `threads` threads. Bad data as
+ * moert_topk_gate (MOERT_EBADDATA naming the first bad element, all -inf rows). */
+moert_status topk_softmax_rows(moert_isa isa, const float *logits, size_t tokens, size_t experts,
+                               float *probs, float *lse, int threads);
 
 /* ---- pieces shared by the variants ---- */
 

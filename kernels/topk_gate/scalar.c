@@ -20,6 +20,11 @@ topk_row_error topk_rows_scalar(const topk_job *job, size_t row_begin, size_t ro
     const int normalise = needs_normaliser(job);
 
     for (size_t t = row_begin; t < row_end; t++) {
+        if (job->groups > 0) {
+            topk_row_error err = topk_row_grouped(job, t, scratch);
+            if (err.kind != TOPK_ROW_OK) return err;
+            continue;
+        }
         const float *x = job->logits + t * E;
 
         float m = -INFINITY, s = 0.0f;
@@ -50,6 +55,28 @@ topk_row_error topk_rows_scalar(const topk_job *job, size_t row_begin, size_t ro
         if (job->logsumexp != NULL) job->logsumexp[t] = m + logf(s);
         if (job->want_probs)
             for (size_t e = 0; e < E; e++) scratch->prob_block[e] += moert_expf(x[e] - m) / s;
+    }
+    return (topk_row_error){TOPK_ROW_OK, 0, 0};
+}
+
+topk_row_error topk_softmax_scalar(const float *logits, size_t experts, size_t row_begin,
+                                   size_t row_end, float *probs, float *lse) {
+    for (size_t t = row_begin; t < row_end; t++) {
+        const float *x = logits + t * experts;
+        float *p = probs + t * experts;
+        float m = -INFINITY;
+        for (size_t e = 0; e < experts; e++) {
+            if (isnan(x[e]) || x[e] == INFINITY) return topk_find_bad(x, experts, t);
+            m = x[e] > m ? x[e] : m;
+        }
+        if (m == -INFINITY) return topk_find_bad(x, experts, t);
+        float s = 0.0f;
+        for (size_t e = 0; e < experts; e++) {
+            p[e] = moert_expf(x[e] - m);
+            s += p[e];
+        }
+        for (size_t e = 0; e < experts; e++) p[e] = p[e] / s;
+        lse[t] = m + logf(s);
     }
     return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }

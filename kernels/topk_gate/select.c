@@ -1,6 +1,7 @@
 /* Pieces of the top-k gate shared by all variants: exact heap selection, the bad-data
  * scan that names the first offending element, and the weights of one row. */
 #include <math.h>
+#include <string.h>
 
 #include "kernels/expf.h"
 #include "kernels/topk_gate/internal.h"
@@ -98,4 +99,83 @@ void topk_weights_inplace(const topk_job *job, float *w, float row_max, float ro
     }
     if (job->scaling != 1.0f)
         for (int j = 0; j < k; j++) w[j] = w[j] * job->scaling;
+}
+
+topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratch *scratch) {
+    const size_t E = job->experts, G = (size_t)job->groups, M = (size_t)job->topk_groups;
+    const size_t per_group = E / G;
+    const int k = job->k;
+    const float *x = job->logits + t * E;
+    const int sigmoid = job->score == MOERT_SCORE_SIGMOID;
+
+    /* The row's max and sum of exp(x - max), as the scalar reference computes them. */
+    float m = -INFINITY, s = 0.0f;
+    for (size_t e = 0; e < E; e++) {
+        const float xe = x[e];
+        if (isnan(xe) || xe == INFINITY) return topk_find_bad(x, E, t);
+        if (xe > m) {
+            s = s * moert_expf(m - xe) + 1.0f;
+            m = xe;
+        } else if (xe != -INFINITY) {
+            s += moert_expf(xe - m);
+        }
+    }
+    if (m == -INFINITY) return topk_find_bad(x, E, t);
+
+    /* The scores the groups are judged by, and the keys the selection ranks by. */
+    float *group_keys = scratch->grouped;             /* [E] */
+    float *allowed_keys = group_keys + E;             /* [E] */
+    int32_t *allowed_ids = (int32_t *)(allowed_keys + E); /* [E] */
+    float *group_scores = (float *)(allowed_ids + E);  /* [G] */
+    float *top_keys = group_scores + G;                /* [G] */
+    int32_t *top_ids = (int32_t *)(top_keys + G);      /* [G] */
+    uint8_t *kept = (uint8_t *)(top_ids + G);          /* [G] */
+    for (size_t e = 0; e < E; e++) {
+        if (sigmoid)
+            group_keys[e] = moert_sigmoidf(x[e]) + (job->bias ? job->bias[e] : 0.0f);
+        else if (job->order == MOERT_SOFTMAX_PRE)
+            group_keys[e] = moert_expf(x[e] - m) / s;
+        else
+            group_keys[e] = x[e];
+    }
+
+    /* Group scores: the sum of each group's top (k / M), taken best first, or its max. */
+    for (size_t g = 0; g < G; g++) {
+        const float *gk = group_keys + g * per_group;
+        float score = gk[0];
+        if (job->group_score == MOERT_GROUP_SCORE_MAX) {
+            for (size_t i = 1; i < per_group; i++) score = gk[i] > score ? gk[i] : score;
+        } else {
+            const int take = k / (int)M;
+            /* The allowed arrays are free until the groups are chosen. */
+            topk_select_heap(gk, NULL, per_group, take, allowed_keys, allowed_ids);
+            score = 0.0f;
+            for (int i = 0; i < take; i++) score += allowed_keys[i];
+        }
+        group_scores[g] = score;
+    }
+    topk_select_heap(group_scores, NULL, G, (int)M, top_keys, top_ids);
+    memset(kept, 0, G);
+    for (size_t i = 0; i < M; i++) kept[top_ids[i]] = 1;
+
+    /* The top k among the experts of the kept groups only. */
+    size_t allowed = 0;
+    for (size_t g = 0; g < G; g++) {
+        if (!kept[g]) continue;
+        for (size_t e = g * per_group; e < (g + 1) * per_group; e++) {
+            allowed_keys[allowed] = job->bias ? group_keys[e] : x[e];
+            allowed_ids[allowed] = (int32_t)e;
+            allowed++;
+        }
+    }
+    int32_t *ids = job->ids + t * (size_t)k;
+    float *w = job->weights + t * (size_t)k;
+    topk_select_heap(allowed_keys, allowed_ids, allowed, k, w, ids);
+    for (int j = 0; j < k; j++) w[j] = x[ids[j]];
+    topk_weights_inplace(job, w, m, s);
+
+    if (job->logsumexp != NULL) job->logsumexp[t] = m + logf(s);
+    if (job->want_probs)
+        for (size_t e = 0; e < E; e++) scratch->prob_block[e] += moert_expf(x[e] - m) / s;
+    return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }

@@ -18,7 +18,7 @@
 #define TOPK_FIXED_POINT_ONE 4294967296.0 /* 2^32 */
 
 const topk_variant topk_variants[] = {
-#define TOPK_VARIANT_DECLARE_(name, isa) {#name, isa, topk_rows_##name},
+#define TOPK_VARIANT_DECLARE_(name, isa) {#name, isa, topk_rows_##name, topk_softmax_##name},
 #include "kernels/topk_gate/variants.inc"
 #undef TOPK_VARIANT_DECLARE_
 };
@@ -40,6 +40,9 @@ moert_topk_gate_params moert_topk_gate_params_default(void) {
         .renormalize = 0,
         .scaling = 1.0f,
         .bias = NULL,
+        .groups = 0,
+        .topk_groups = 0,
+        .group_score = MOERT_GROUP_SCORE_TOPK_SUM,
         .threads = 0,
         .isa = MOERT_ISA_AUTO,
     };
@@ -72,6 +75,25 @@ static moert_status validate(const moert_topk_gate_params *p, const float *logit
                                   "bias[%zu] is %g; it must be finite", e,
                                   (double)p->bias[e]);
     }
+    if (p->groups != 0) {
+        MOERT_RETURN_ERROR_IF(p->groups < 0 || (size_t)p->groups > experts ||
+                                  experts % (size_t)p->groups != 0,
+                              MOERT_EINVAL, "groups=%d does not divide experts=%zu", p->groups,
+                              experts);
+        MOERT_RETURN_ERROR_IF(p->topk_groups < 1 || p->topk_groups > p->groups, MOERT_EINVAL,
+                              "topk_groups=%d is outside 1..groups=%d", p->topk_groups, p->groups);
+        MOERT_RETURN_ERROR_IF(p->group_score != MOERT_GROUP_SCORE_TOPK_SUM &&
+                                  p->group_score != MOERT_GROUP_SCORE_MAX,
+                              MOERT_EINVAL, "group_score=%d is not topk-sum (0) or max (1)",
+                              (int)p->group_score);
+        MOERT_RETURN_ERROR_IF(p->group_score == MOERT_GROUP_SCORE_TOPK_SUM && p->k % p->topk_groups != 0,
+                              MOERT_EINVAL,
+                              "k=%d is not a multiple of topk_groups=%d (a group's score sums its "
+                              "top k/topk_groups)", p->k, p->topk_groups);
+        MOERT_RETURN_ERROR_IF((size_t)p->k > (size_t)p->topk_groups * (experts / (size_t)p->groups),
+                              MOERT_EINVAL, "k=%d exceeds the %zu experts of the topk_groups=%d kept groups",
+                              p->k, (size_t)p->topk_groups * (experts / (size_t)p->groups), p->topk_groups);
+    }
     size_t elements;
     MOERT_RETURN_ERROR_IF(moert_mul3_overflows(tokens, experts, sizeof(float), &elements),
                           MOERT_EOVERFLOW, "tokens=%zu x experts=%zu logits overflow size_t",
@@ -89,6 +111,37 @@ static moert_status validate(const moert_topk_gate_params *p, const float *logit
     return MOERT_OK;
 }
 
+static moert_status report_bad_row(topk_row_error err);
+
+moert_status topk_softmax_rows(moert_isa isa, const float *logits, size_t tokens, size_t experts,
+                               float *probs, float *lse, int threads) {
+    MOERT_FORWARD_IF_ERROR(moert_isa_check(isa));
+    const topk_variant *variant = topk_variant_for(isa);
+    MOERT_RETURN_ERROR_IF(variant == NULL, MOERT_EINVAL, "softmax: no variant");
+    if (tokens == 0) return MOERT_OK;
+    const size_t blocks = (tokens + TOPK_BLOCK_ROWS - 1) / TOPK_BLOCK_ROWS;
+    if (threads <= 0) threads = omp_get_max_threads();
+    if ((size_t)threads > blocks) threads = (int)blocks;
+    topk_row_error first_bad = {TOPK_ROW_OK, 0, 0};
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        topk_row_error my_bad = {TOPK_ROW_OK, 0, 0};
+#pragma omp for schedule(static)
+        for (size_t b = 0; b < blocks; b++) {
+            if (my_bad.kind != TOPK_ROW_OK) continue;
+            const size_t begin = b * TOPK_BLOCK_ROWS;
+            const size_t end = begin + TOPK_BLOCK_ROWS < tokens ? begin + TOPK_BLOCK_ROWS : tokens;
+            my_bad = variant->softmax(logits, experts, begin, end, probs, lse);
+        }
+        if (my_bad.kind != TOPK_ROW_OK) {
+#pragma omp critical(moert_softmax_error)
+            if (first_bad.kind == TOPK_ROW_OK || my_bad.row < first_bad.row) first_bad = my_bad;
+        }
+    }
+    if (first_bad.kind != TOPK_ROW_OK) return report_bad_row(first_bad);
+    return MOERT_OK;
+}
+
 static moert_status report_bad_row(topk_row_error err) {
     switch (err.kind) {
     case TOPK_ROW_NAN:
@@ -101,6 +154,46 @@ static moert_status report_bad_row(topk_row_error err) {
     case TOPK_ROW_OK: break;
     }
     return moert_set_error(MOERT_EINTERNAL, "top-k gate: bad row report");
+}
+
+/* With a selection bias the chosen order (by sigmoid + bias) is not the weights' order:
+ * put each row's entries by descending weight, ties to the lower expert id. */
+static void sort_by_weight(const topk_job *job, size_t begin, size_t end) {
+    const int k = job->k;
+    for (size_t t = begin; t < end; t++) {
+        int32_t *ids = job->ids + t * (size_t)k;
+        float *w = job->weights + t * (size_t)k;
+        for (int i = 1; i < k; i++) {
+            const float wi = w[i];
+            const int32_t id = ids[i];
+            int j = i;
+            while (j > 0 && (w[j - 1] < wi || (w[j - 1] == wi && ids[j - 1] > id))) {
+                w[j] = w[j - 1];
+                ids[j] = ids[j - 1];
+                j--;
+            }
+            w[j] = wi;
+            ids[j] = id;
+        }
+    }
+}
+
+/* Without a bias the entries come in the order of their logits, which is the order of
+ * their weights, except where different logits round to the same weight (exp or sigmoid
+ * saturating): put such runs in ascending expert id, as the rule says. */
+static void order_equal_weights(const topk_job *job, size_t begin, size_t end) {
+    const int k = job->k;
+    for (size_t t = begin; t < end; t++) {
+        int32_t *ids = job->ids + t * (size_t)k;
+        const float *w = job->weights + t * (size_t)k;
+        for (int i = 1; i < k; i++) {
+            if (w[i] != w[i - 1] || ids[i] > ids[i - 1]) continue;
+            const int32_t id = ids[i];
+            int j = i;
+            for (; j > 0 && w[j - 1] == w[i] && ids[j - 1] > id; j--) ids[j] = ids[j - 1];
+            ids[j] = id;
+        }
+    }
 }
 
 moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_params *p,
@@ -128,6 +221,9 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
         .weights = out->weights,
         .logsumexp = out->logsumexp,
         .want_probs = want_probs,
+        .groups = p->groups,
+        .topk_groups = p->topk_groups,
+        .group_score = p->group_score,
     };
 
     const size_t blocks = (tokens + TOPK_BLOCK_ROWS - 1) / TOPK_BLOCK_ROWS;
@@ -138,8 +234,9 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
     const size_t key_floats = p->bias != NULL ? experts + 64 : 0;
     const size_t block_floats = want_probs ? experts + 64 : 0; /* slack for vector tails */
     const size_t acc_words = want_probs ? experts : 0;
-    const size_t per_thread =
-        key_floats * sizeof(float) + block_floats * sizeof(float) + acc_words * sizeof(int64_t);
+    const size_t grouped_floats = p->groups > 0 ? TOPK_GROUPED_SCRATCH(experts, p->groups) : 0;
+    const size_t per_thread = key_floats * sizeof(float) + block_floats * sizeof(float) +
+                              acc_words * sizeof(int64_t) + grouped_floats * sizeof(float);
     unsigned char *workspace = NULL;
     if (per_thread > 0) {
         workspace = calloc((size_t)threads, per_thread);
@@ -160,6 +257,9 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
             .keys = key_floats ? (float *)(mine + acc_words * sizeof(int64_t) +
                                            block_floats * sizeof(float))
                                : NULL,
+            .grouped = grouped_floats ? (float *)(mine + acc_words * sizeof(int64_t) +
+                                                  (block_floats + key_floats) * sizeof(float))
+                                      : NULL,
         };
         topk_row_error my_bad = {TOPK_ROW_OK, 0, 0};
 
@@ -172,6 +272,12 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
             const size_t end = begin + TOPK_BLOCK_ROWS < tokens ? begin + TOPK_BLOCK_ROWS : tokens;
             if (want_probs) memset(scratch.prob_block, 0, experts * sizeof(float));
             my_bad = variant->rows(&job, begin, end, &scratch);
+            if (my_bad.kind == TOPK_ROW_OK) {
+                if (job.bias != NULL)
+                    sort_by_weight(&job, begin, end);
+                else
+                    order_equal_weights(&job, begin, end);
+            }
             if (my_bad.kind == TOPK_ROW_OK && want_probs)
                 for (size_t e = 0; e < experts; e++)
                     acc[e] += llrint((double)scratch.prob_block[e] * TOPK_FIXED_POINT_ONE);

@@ -738,11 +738,56 @@ static const vec_rows_fn vec_row_kernels[GATE_KINDS] = {
 
 static topk_row_error vec_rows(const topk_job *job, size_t row_begin, size_t row_end,
                                const topk_scratch *scratch) {
+    if (job->groups > 0) {
+        for (size_t t = row_begin; t < row_end; t++) {
+            topk_row_error err = topk_row_grouped(job, t, scratch);
+            if (err.kind != TOPK_ROW_OK) return err;
+        }
+        return (topk_row_error){TOPK_ROW_OK, 0, 0};
+    }
     const int kind = vec_gate_kind(job);
     if (job->experts == 8 && job->k <= EXACT_MAX_K)
         return vec_tile_kernels_e8[kind][job->k - 1](job, row_begin, row_end, scratch);
     if (vec_uses_tiles(job)) return vec_tile_kernels[kind][job->k - 1](job, row_begin, row_end, scratch);
     return vec_row_kernels[kind](job, row_begin, row_end, scratch);
+}
+
+/* Full softmax of rows: max and bad-data check, then exp and sum, then the division, each
+ * a sweep over the row (in L1 after the first). */
+static topk_row_error vec_softmax(const float *logits, size_t experts, size_t row_begin,
+                                  size_t row_end, float *probs, float *lse) {
+    const size_t full = experts / V_W;
+    const int tail = (int)(experts % V_W);
+    const size_t nvec = full + (tail > 0);
+    for (size_t t = row_begin; t < row_end; t++) {
+        const float *x = logits + t * experts;
+        float *p = probs + t * experts;
+        vf mv = vf_set1(-INFINITY);
+        vm bad = vm_none();
+        for (size_t v = 0; v < nvec; v++) {
+            const vf xv = row_load(x, v, full, tail);
+            bad = vm_or(bad, vm_bad(xv));
+            mv = vf_max(mv, xv);
+        }
+        const float m = vf_hmax(mv);
+        if (vm_bits(bad) != 0 || m == -INFINITY) return topk_find_bad(x, experts, t);
+        const vf mb = vf_set1(m);
+        vf sum = vf_set1(0.0f);
+        for (size_t v = 0; v < nvec; v++) {
+            const vf ev = vf_exp(vf_sub(row_load(x, v, full, tail), mb));
+            sum = vf_add(sum, ev);
+            if (v < full)
+                vf_storeu(p + v * V_W, ev);
+            else
+                vf_store_part(p + v * V_W, tail, ev);
+        }
+        const float s = vf_hsum(sum);
+        const vf sv = vf_set1(s);
+        for (size_t v = 0; v < full; v++) vf_storeu(p + v * V_W, vf_div(vf_loadu(p + v * V_W), sv));
+        for (size_t e = full * V_W; e < experts; e++) p[e] = p[e] / s;
+        lse[t] = m + logf(s);
+    }
+    return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }
 
 #endif /* MOERT_TOPK_VECTOR_IMPL_H */

@@ -1,0 +1,96 @@
+/* Internal: the plan's storage and the pieces the routing policies share. */
+#ifndef MOERT_ROUTER_INTERNAL_H
+#define MOERT_ROUTER_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moert/plan.h"
+#include "moert/router.h"
+
+struct moert_plan {
+    size_t tokens, experts, entries, slots;
+    int64_t capacity; /* per expert, 0 = none */
+    int padded;       /* slots are experts x capacity */
+
+    /* token-major */
+    int64_t *token_offsets; /* [tokens + 1] */
+    int32_t *expert_ids;    /* [entries] */
+    float *weights;         /* [entries] */
+    /* expert-major */
+    int64_t *expert_offsets; /* [experts + 1] */
+    int32_t *slot_tokens;    /* [slots] */
+    int64_t *slot_entries;   /* [slots] */
+
+    /* statistics */
+    moert_plan_stats stats;
+    int64_t *expert_counts;     /* [experts] */
+    int64_t *expert_routed;     /* [experts] */
+    int64_t *experts_per_token; /* [experts + 1] */
+
+    /* scratch */
+    int64_t *thread_counts; /* [threads x experts] for the counting sort */
+    uint8_t *keep;          /* [entries] capacity decisions */
+    double *prob_sums;      /* [experts] */
+    float *logsumexp;       /* [tokens] */
+
+    size_t cap_tokens, cap_entries, cap_experts, cap_slots, cap_thread_counts;
+};
+
+/* Makes room for `tokens` tokens, `entries` token-major entries, `experts` experts and
+ * `slots` expert-major slots; keeps what is there. MOERT_ENOMEM with the size asked. */
+moert_status plan_reserve(moert_plan *plan, size_t tokens, size_t entries, size_t experts,
+                          size_t slots, int threads);
+
+/* Builds the expert-major order from the token-major arrays: a counting sort over tokens
+ * cut into `threads` contiguous ranges, so within an expert the slots follow the tokens
+ * and the result is the same for any thread count. With capacity > 0 and pad set, every
+ * expert gets exactly `capacity` slots (callers have already dropped what exceeds it). */
+moert_status plan_build_expert_major(moert_plan *plan, int threads, int64_t capacity, int pad);
+
+/* Fills plan->stats from the plan's arrays, plan->expert_routed (set by the caller; the
+ * kept counts when nothing was dropped), and the optional per-expert softmax sums and
+ * per-token logsumexp (NULL: those losses are 0). */
+void plan_compute_stats(moert_plan *plan, const double *prob_sums, const float *logsumexp);
+
+/* Marks the `count` largest of values[i * stride], i < n, ties to the lower i, by setting
+ * keep[i * keep_stride] = 1 (and the others 0). Linear time: a radix select on the
+ * values' order-preserving bit patterns. count <= n <= UINT32_MAX; scratch holds
+ * ROUTER_SELECT_SCRATCH(n) bytes. */
+#define ROUTER_SELECT_SCRATCH(n) ((size_t)(n) * 8u)
+void router_select_largest(const float *values, size_t n, size_t stride, size_t count,
+                           uint8_t *keep, size_t keep_stride, void *scratch);
+
+/* Scratch memory a router keeps between calls; it only grows. */
+typedef struct router_workspace {
+    void *bytes;
+    size_t size;
+} router_workspace;
+
+moert_status router_workspace_reserve(router_workspace *ws, size_t bytes);
+
+/* The gate parameters a token-choice router uses. */
+moert_topk_gate_params router_gate_params(const moert_router_config *config);
+
+/* The plan of one routing group, made by a policy: tokens [0, tokens) of `logits`. Each
+ * fills the token-major arrays, plan->expert_routed, plan->prob_sums and
+ * plan->logsumexp, builds the expert-major order and computes the statistics. */
+moert_status router_token_choice(const moert_router_config *config, const float *logits,
+                                 size_t tokens, size_t experts, moert_plan *plan,
+                                 router_workspace *ws);
+moert_status router_expert_choice(const moert_router_config *config, const float *logits,
+                                  size_t tokens, size_t experts, moert_plan *plan,
+                                  router_workspace *ws);
+moert_status router_relu(const moert_router_config *config, const float *logits, size_t tokens,
+                         size_t experts, moert_plan *plan, router_workspace *ws);
+
+/* Applies capacity to a plan whose token-major arrays are set: the entries of an expert
+ * beyond `capacity` are dropped by the drop policy and the token-major arrays compacted;
+ * plan->expert_routed gets the counts before the drops. */
+moert_status router_apply_capacity(moert_plan *plan, int64_t capacity, moert_drop_policy policy,
+                                   int threads, router_workspace *ws);
+
+/* The router's thread count for a call. */
+int router_threads(int requested);
+
+#endif /* MOERT_ROUTER_INTERNAL_H */

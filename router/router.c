@@ -1,0 +1,209 @@
+/* The router object: configuration, workspace, routing groups, and the policies'
+ * dispatch. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "common/size.h"
+#include "router/internal.h"
+
+struct moert_router {
+    moert_router_config config;
+    size_t experts;
+    moert_plan *group_plan; /* one routing group's plan, when there are several */
+    router_workspace ws;
+};
+
+int router_threads(int requested) { return requested > 0 ? requested : omp_get_max_threads(); }
+
+moert_status router_workspace_reserve(router_workspace *ws, size_t bytes) {
+    if (bytes <= ws->size && ws->bytes != NULL) return MOERT_OK;
+    void *p = realloc(ws->bytes, bytes);
+    MOERT_RETURN_ERROR_IF(p == NULL, MOERT_ENOMEM, "router: cannot allocate %zu bytes of workspace", bytes);
+    ws->bytes = p;
+    ws->size = bytes;
+    return MOERT_OK;
+}
+
+moert_router_config moert_router_config_default(void) {
+    return (moert_router_config){
+        .policy = MOERT_POLICY_TOKEN_CHOICE,
+        .k = 2,
+        .score = MOERT_SCORE_SOFTMAX,
+        .softmax_order = MOERT_SOFTMAX_POST,
+        .renormalize = 0,
+        .scaling = 1.0f,
+        .bias = NULL,
+        .groups = 0,
+        .topk_groups = 0,
+        .group_score = MOERT_GROUP_SCORE_TOPK_SUM,
+        .capacity_factor = 0.0f,
+        .drop_policy = MOERT_DROP_PROBS,
+        .pad_to_capacity = 0,
+        .relu_threshold = 0.0f,
+        .route_groups = 1,
+        .threads = 0,
+        .isa = MOERT_ISA_AUTO,
+    };
+}
+
+moert_topk_gate_params router_gate_params(const moert_router_config *c) {
+    moert_topk_gate_params p = moert_topk_gate_params_default();
+    p.k = c->k;
+    p.score = c->score;
+    p.softmax_order = c->softmax_order;
+    p.renormalize = c->renormalize;
+    p.scaling = c->scaling;
+    p.bias = c->bias;
+    p.groups = c->groups;
+    p.topk_groups = c->topk_groups;
+    p.group_score = c->group_score;
+    p.threads = c->threads;
+    p.isa = c->isa;
+    return p;
+}
+
+moert_status moert_router_config_check(const moert_router_config *c, size_t experts) {
+    MOERT_RETURN_ERROR_IF(c == NULL, MOERT_EINVAL, "router: config is NULL");
+    MOERT_RETURN_ERROR_IF(experts == 0 || experts > MOERT_MAX_EXPERTS, MOERT_EINVAL,
+                          "experts=%zu is outside 1..%d", experts, MOERT_MAX_EXPERTS);
+    MOERT_RETURN_ERROR_IF(c->policy != MOERT_POLICY_TOKEN_CHOICE && c->policy != MOERT_POLICY_EXPERT_CHOICE &&
+                              c->policy != MOERT_POLICY_RELU,
+                          MOERT_EINVAL, "policy=%d is not token choice, expert choice or relu", (int)c->policy);
+    MOERT_RETURN_ERROR_IF(!isfinite(c->capacity_factor) || c->capacity_factor < 0.0f, MOERT_EINVAL,
+                          "capacity factor %g must be finite and not negative", (double)c->capacity_factor);
+    MOERT_RETURN_ERROR_IF(c->drop_policy != MOERT_DROP_PROBS && c->drop_policy != MOERT_DROP_POSITION,
+                          MOERT_EINVAL, "drop policy %d is not probs (0) or position (1)", (int)c->drop_policy);
+    MOERT_RETURN_ERROR_IF(c->route_groups < 1, MOERT_EINVAL, "route_groups=%d must be at least 1",
+                          c->route_groups);
+    MOERT_RETURN_ERROR_IF(c->threads < 0, MOERT_EINVAL, "threads=%d must not be negative", c->threads);
+    MOERT_RETURN_ERROR_IF(c->isa != MOERT_ISA_AUTO && c->isa != MOERT_ISA_SCALAR && c->isa != MOERT_ISA_AVX2 &&
+                              c->isa != MOERT_ISA_AVX512,
+                          MOERT_EINVAL, "isa=%d is not a kernel variant", (int)c->isa);
+    if (c->policy == MOERT_POLICY_TOKEN_CHOICE) {
+        /* The gate checks k, scores, bias and groups; run its checks on no tokens. */
+        const moert_topk_gate_params p = router_gate_params(c);
+        moert_topk_gate_output none = {NULL, NULL, NULL, NULL};
+        MOERT_FORWARD_IF_ERROR(moert_topk_gate(&p, NULL, 0, experts, &none));
+        MOERT_RETURN_ERROR_IF(c->pad_to_capacity && c->capacity_factor == 0.0f, MOERT_EINVAL,
+                              "padding to capacity needs a capacity factor");
+    } else if (c->policy == MOERT_POLICY_EXPERT_CHOICE) {
+        MOERT_RETURN_ERROR_IF(c->capacity_factor <= 0.0f, MOERT_EINVAL,
+                              "expert choice needs a capacity factor above 0");
+    } else {
+        MOERT_RETURN_ERROR_IF(!isfinite(c->relu_threshold), MOERT_EINVAL, "relu threshold %g must be finite",
+                              (double)c->relu_threshold);
+    }
+    return MOERT_OK;
+}
+
+moert_status moert_router_capacity(const moert_router_config *c, size_t experts, size_t tokens,
+                                   int64_t *capacity) {
+    MOERT_RETURN_ERROR_IF(c == NULL || capacity == NULL, MOERT_EINVAL, "moert_router_capacity: NULL argument");
+    MOERT_RETURN_ERROR_IF(experts == 0, MOERT_EINVAL, "experts=0");
+    *capacity = 0;
+    if (c->policy == MOERT_POLICY_TOKEN_CHOICE && c->capacity_factor > 0.0f) {
+        /* Megatron-Core's get_capacity: ceil((tokens x k / experts) x capacity_factor). */
+        *capacity = (int64_t)ceil(((double)tokens * (double)c->k / (double)experts) * (double)c->capacity_factor);
+    } else if (c->policy == MOERT_POLICY_EXPERT_CHOICE) {
+        /* Expert Choice: C = round(tokens x capacity_factor / experts), at most tokens. */
+        *capacity = (int64_t)floor((double)tokens * (double)c->capacity_factor / (double)experts + 0.5);
+        if (*capacity > (int64_t)tokens) *capacity = (int64_t)tokens;
+    }
+    return MOERT_OK;
+}
+
+moert_status moert_router_create(const moert_router_config *config, size_t experts, moert_router **router) {
+    MOERT_RETURN_ERROR_IF(router == NULL, MOERT_EINVAL, "moert_router_create: router is NULL");
+    *router = NULL;
+    MOERT_FORWARD_IF_ERROR(moert_router_config_check(config, experts));
+    moert_router *r = calloc(1, sizeof *r);
+    MOERT_RETURN_ERROR_IF(r == NULL, MOERT_ENOMEM, "cannot allocate a router (%zu bytes)", sizeof *r);
+    r->config = *config;
+    r->experts = experts;
+    *router = r;
+    return MOERT_OK;
+}
+
+void moert_router_destroy(moert_router *router) {
+    if (router == NULL) return;
+    moert_plan_destroy(router->group_plan);
+    free(router->ws.bytes);
+    free(router);
+}
+
+static moert_status route_policy(moert_router *r, const float *logits, size_t tokens, moert_plan *plan) {
+    switch (r->config.policy) {
+    case MOERT_POLICY_TOKEN_CHOICE: return router_token_choice(&r->config, logits, tokens, r->experts, plan, &r->ws);
+    case MOERT_POLICY_EXPERT_CHOICE: return router_expert_choice(&r->config, logits, tokens, r->experts, plan, &r->ws);
+    case MOERT_POLICY_RELU: return router_relu(&r->config, logits, tokens, r->experts, plan, &r->ws);
+    }
+    return moert_set_error(MOERT_EINTERNAL, "router: unknown policy");
+}
+
+/* Several routing groups: each is routed alone into the group plan, and its token-major
+ * entries, counts and losses are appended to the whole plan. */
+static moert_status route_groups(moert_router *r, const float *logits, size_t tokens, moert_plan *plan) {
+    const size_t E = r->experts, G = (size_t)r->config.route_groups;
+    const int threads = router_threads(r->config.threads);
+    if (r->group_plan == NULL) MOERT_FORWARD_IF_ERROR(moert_plan_create(&r->group_plan));
+    moert_plan *gp = r->group_plan;
+
+    MOERT_FORWARD_IF_ERROR(plan_reserve(plan, tokens, 0, E, 0, threads));
+    int64_t *routed = calloc(E, sizeof *routed);
+    double *prob_sums = calloc(E, sizeof *prob_sums);
+    moert_status st = routed && prob_sums ? MOERT_OK
+                                          : moert_set_error(MOERT_ENOMEM, "router: cannot allocate %zu bytes",
+                                                            E * (sizeof *routed + sizeof *prob_sums));
+    int64_t capacity_sum = 0, capacity_max = 0, entries = 0;
+    plan->token_offsets[0] = 0;
+    for (size_t g = 0; g < G && st == MOERT_OK; g++) {
+        const size_t t0 = tokens * g / G, t1 = tokens * (g + 1) / G;
+        st = route_policy(r, logits + t0 * E, t1 - t0, gp);
+        if (st != MOERT_OK) {
+            /* Name the token in the whole batch, not in the group. */
+            break;
+        }
+        st = plan_reserve(plan, tokens, (size_t)entries + gp->entries, E, 0, threads);
+        if (st != MOERT_OK) break;
+        memcpy(plan->expert_ids + entries, gp->expert_ids, gp->entries * sizeof(int32_t));
+        memcpy(plan->weights + entries, gp->weights, gp->entries * sizeof(float));
+        for (size_t t = 0; t < t1 - t0; t++) plan->token_offsets[t0 + t + 1] = entries + gp->token_offsets[t + 1];
+        if (t1 > t0) memcpy(plan->logsumexp + t0, gp->logsumexp, (t1 - t0) * sizeof(float));
+        for (size_t e = 0; e < E; e++) {
+            routed[e] += gp->expert_routed[e];
+            prob_sums[e] += gp->prob_sums[e];
+        }
+        entries += (int64_t)gp->entries;
+        capacity_sum += gp->capacity;
+        capacity_max = gp->capacity > capacity_max ? gp->capacity : capacity_max;
+    }
+    if (st == MOERT_OK) {
+        plan->tokens = tokens, plan->experts = E, plan->entries = (size_t)entries;
+        const int pad = r->config.pad_to_capacity && capacity_sum > 0;
+        st = plan_reserve(plan, tokens, (size_t)entries, E, pad ? (size_t)capacity_sum * E : (size_t)entries, threads);
+        if (st == MOERT_OK) st = plan_build_expert_major(plan, threads, pad ? capacity_sum : 0, pad);
+        if (st == MOERT_OK) {
+            memcpy(plan->expert_routed, routed, E * sizeof *routed);
+            memcpy(plan->prob_sums, prob_sums, E * sizeof *prob_sums);
+            plan->capacity = capacity_max;
+            plan_compute_stats(plan, plan->prob_sums, plan->logsumexp);
+        }
+    }
+    free(routed);
+    free(prob_sums);
+    return st;
+}
+
+moert_status moert_router_route(moert_router *r, const float *logits, size_t tokens, moert_plan *plan) {
+    MOERT_RETURN_ERROR_IF(r == NULL || plan == NULL, MOERT_EINVAL, "moert_router_route: NULL router or plan");
+    MOERT_RETURN_ERROR_IF(tokens > 0 && logits == NULL, MOERT_EINVAL, "moert_router_route: logits is NULL");
+    MOERT_RETURN_ERROR_IF(tokens > INT32_MAX, MOERT_EINVAL, "tokens=%zu exceeds %d", tokens, INT32_MAX);
+    size_t elements;
+    MOERT_RETURN_ERROR_IF(moert_mul3_overflows(tokens, r->experts, sizeof(float), &elements), MOERT_EOVERFLOW,
+                          "tokens=%zu x experts=%zu logits overflow size_t", tokens, r->experts);
+    if (r->config.route_groups > 1) return route_groups(r, logits, tokens, plan);
+    return route_policy(r, logits, tokens, plan);
+}
