@@ -143,6 +143,25 @@ static moert_status route_policy(moert_router *r, const float *logits, size_t to
     return moert_set_error(MOERT_EINTERNAL, "router: unknown policy");
 }
 
+/* The first NaN, +inf or all -inf row of logits [tokens, experts], named as row
+ * first_row + t; `status` (with its detail) when there is none. */
+static moert_status report_bad_logits(const float *logits, size_t tokens, size_t E, size_t first_row,
+                                      moert_status status) {
+    for (size_t t = 0; t < tokens; t++) {
+        const float *x = logits + t * E;
+        int finite = 0;
+        for (size_t e = 0; e < E; e++) {
+            if (isnan(x[e])) return moert_set_error(MOERT_EBADDATA, "logits[%zu,%zu] is NaN", first_row + t, e);
+            if (x[e] == INFINITY) return moert_set_error(MOERT_EBADDATA, "logits[%zu,%zu] is +inf", first_row + t, e);
+            finite |= x[e] != -INFINITY;
+        }
+        if (!finite)
+            return moert_set_error(MOERT_EBADDATA, "logits row %zu is all -inf: no expert can be chosen",
+                                   first_row + t);
+    }
+    return status;
+}
+
 /* Several routing groups: each is routed alone into the group plan, and its token-major
  * entries, counts and losses are appended to the whole plan. */
 static moert_status route_groups(moert_router *r, const float *logits, size_t tokens, moert_plan *plan) {
@@ -162,10 +181,12 @@ static moert_status route_groups(moert_router *r, const float *logits, size_t to
     for (size_t g = 0; g < G && st == MOERT_OK; g++) {
         const size_t t0 = tokens * g / G, t1 = tokens * (g + 1) / G;
         st = route_policy(r, logits + t0 * E, t1 - t0, gp);
-        if (st != MOERT_OK) {
-            /* Name the token in the whole batch, not in the group. */
+        if (st == MOERT_EBADDATA) {
+            /* The detail names a row of the group: name the token in the whole batch. */
+            st = report_bad_logits(logits + t0 * E, t1 - t0, E, t0, st);
             break;
         }
+        if (st != MOERT_OK) break;
         st = plan_reserve(plan, tokens, (size_t)entries + gp->entries, E, 0, threads);
         if (st != MOERT_OK) break;
         memcpy(plan->expert_ids + entries, gp->expert_ids, gp->entries * sizeof(int32_t));

@@ -28,12 +28,43 @@ void reference_gate_row(const moert_topk_gate_params *p, const float *row, size_
         for (size_t e = 0; e < experts; e++) probs[e] = exp((double)row[e] - *lse);
 
     ranked *r = malloc(experts * sizeof *r);
-    for (size_t e = 0; e < experts; e++) {
-        r[e].id = (int32_t)e;
-        r[e].key = row[e];
-        if (p->bias) r[e].key = sigmoid(row[e]) + p->bias[e];
+    size_t candidates = 0;
+    int *group_kept = calloc(p->groups > 0 ? (size_t)p->groups : 1, sizeof(int));
+    if (p->groups > 0) {
+        /* Group-limited: judge each group by its scores, keep the best topk_groups. */
+        const size_t G = (size_t)p->groups, n = experts / G;
+        ranked *groups = malloc(G * sizeof *groups), *g = malloc(n * sizeof *g);
+        for (size_t gi = 0; gi < G; gi++) {
+            for (size_t i = 0; i < n; i++) {
+                const size_t e = gi * n + i;
+                double score = row[e];
+                if (p->score == MOERT_SCORE_SIGMOID)
+                    score = sigmoid(row[e]) + (p->bias ? p->bias[e] : 0.0);
+                else if (p->softmax_order == MOERT_SOFTMAX_PRE)
+                    score = exp((double)row[e] - *lse);
+                g[i] = (ranked){score, (int32_t)e};
+            }
+            qsort(g, n, sizeof *g, by_rank);
+            double score = g[0].key;
+            if (p->group_score == MOERT_GROUP_SCORE_TOPK_SUM) {
+                score = 0.0;
+                for (int i = 0; i < p->k / p->topk_groups; i++) score += g[i].key;
+            }
+            groups[gi] = (ranked){score, (int32_t)gi};
+        }
+        qsort(groups, G, sizeof *groups, by_rank);
+        for (int i = 0; i < p->topk_groups; i++) group_kept[groups[i].id] = 1;
+        free(groups), free(g);
     }
-    qsort(r, experts, sizeof *r, by_rank);
+    for (size_t e = 0; e < experts; e++) {
+        if (p->groups > 0 && !group_kept[e / (experts / (size_t)p->groups)]) continue;
+        r[candidates].id = (int32_t)e;
+        r[candidates].key = row[e];
+        if (p->bias) r[candidates].key = sigmoid(row[e]) + p->bias[e];
+        candidates++;
+    }
+    free(group_kept);
+    qsort(r, candidates, sizeof *r, by_rank);
     const int k = p->k;
     double sum = 0.0;
     for (int j = 0; j < k; j++) {
