@@ -8,10 +8,6 @@
 
 #include "moert/status.h"
 
-/* Records the detail for moert_last_error() on this thread and returns `status`. */
-moert_status moert_set_error(moert_status status, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
 #define MOERT_RETURN_ERROR_IF(cond, status, ...)                                       \
     do {                                                                               \
         if (cond) return moert_set_error((status), __VA_ARGS__);                       \

@@ -27,5 +27,6 @@ int cli_parse_float(const char *option, const char *text, double min, double max
 int cmd_info(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_route(int argc, char **argv);
 
 #endif /* MOERT_TOOLS_CLI_H */

@@ -14,6 +14,7 @@ typedef struct bench_entry {
 static const bench_entry benches[] = {
     {"softmax-topk", bench_softmax_topk,
      "the fused gate kernel vs a naive 3-pass baseline and the memory floor"},
+    {"route", bench_route, "a routing policy with its plan and statistics vs the kernel alone"},
 };
 
 static void print_help(FILE *out) {

@@ -13,6 +13,7 @@ typedef struct cli_command {
 
 static const cli_command commands[] = {
     {"demo", cmd_demo, "route a batch of synthetic logits and show what was measured"},
+    {"route", cmd_route, "route a .npy of logits; write the plan (.npy) and its statistics"},
     {"info", cmd_info, "the machine, the kernel variant chosen, threads and NUMA nodes"},
     {"bench", cmd_bench, "benchmarks against baselines and the machine's limits"},
 };

@@ -43,6 +43,14 @@ MOERT_API const char *moert_status_name(moert_status status);
  * overwritten by the next failure on this thread. */
 MOERT_API const char *moert_last_error(void);
 
+/* Records the detail for moert_last_error() on this thread and returns `status`: for code
+ * built on moert (tools, bindings, layers of its own) to report errors the same way. */
+MOERT_API moert_status moert_set_error(moert_status status, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
 #ifdef __cplusplus
 }
 #endif
