@@ -226,6 +226,20 @@ START_TEST(expf_is_accurate) {
 }
 END_TEST
 
+START_TEST(exp2_stat_is_accurate) {
+    /* The statistics' 2^y against exp2 in double: within 2e-7 relative down to 2^-126, then
+     * exactly 0 (the sums it feeds need no subnormals), and 0 for -inf. */
+    for (float y = -126.0f; y <= 0.0f; y += 0.00731f) {
+        const double want = exp2((double)y), got = moert_exp2_stat(y);
+        ck_assert_msg(fabs(got - want) <= 2e-7 * want, "2^%g = %.9g, want %.9g", y, got, want);
+    }
+    ck_assert_float_eq(moert_exp2_stat(0.0f), 1.0f);
+    ck_assert_float_eq(moert_exp2_stat(-127.0f), 0.0f);
+    ck_assert_float_eq(moert_exp2_stat(-1000.0f), 0.0f);
+    ck_assert_float_eq(moert_exp2_stat(-INFINITY), 0.0f);
+}
+END_TEST
+
 /* ---- every vector variant against the scalar reference --------------------------------- */
 
 static void check_variant_against_scalar(const topk_variant *v, const float *logits, size_t T,
@@ -680,6 +694,7 @@ static Suite *topk_gate_suite(void) {
     tcase_add_test(ref, scalar_matches_double_at_extremes);
     tcase_add_test(ref, scalar_matches_double_on_ties);
     tcase_add_test(ref, expf_is_accurate);
+    tcase_add_test(ref, exp2_stat_is_accurate);
     tcase_add_test(ref, hand_worked_rows);
     tcase_set_timeout(ref, 120);
     suite_add_tcase(s, ref);

@@ -39,10 +39,15 @@ typedef struct topk_row_error {
 } topk_row_error;
 
 /* Per-thread scratch, owned by the driver. `keys` holds one row's selection keys when
- * they differ from the logits (sigmoid with a bias); `prob_block` accumulates the
- * probabilities of the rows of one block. Either may be NULL when not needed. */
+ * they differ from the logits (sigmoid with a bias); `tiles` two tiles of transposed
+ * logits when the tile kernel needs the normaliser; `prob_lanes` the tile kernel's
+ * probability sums lane by lane; `prob_block` accumulates the probabilities of the rows
+ * of one block. Each may be NULL when not needed. */
+#define TOPK_TILE_FLOATS(experts) (((size_t)(experts) + 8) * 16) /* a tile, any width */
 typedef struct topk_scratch {
     float *keys;       /* [experts + 64] */
+    float *tiles;      /* [2 * TOPK_TILE_FLOATS(experts)] */
+    float *prob_lanes; /* [TOPK_TILE_FLOATS(experts)], zero between blocks */
     float *prob_block; /* [experts + 64] */
     float *grouped;    /* [TOPK_GROUPED_SCRATCH(experts, groups)], group-limited rows */
 } topk_scratch;

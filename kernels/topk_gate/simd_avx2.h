@@ -124,6 +124,23 @@ static inline __attribute__((always_inline)) vf vf_exp(vf x) {
     return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, pow2));
 }
 
+static inline __attribute__((always_inline)) vf vf_fmadd(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+
+/* moert_exp2_stat, lane by lane. */
+static inline __attribute__((always_inline)) vf vf_exp2_stat(vf y) {
+    const vf magic = _mm256_set1_ps(MOERT_EXP2_STAT_MAGIC);
+    y = _mm256_max_ps(y, _mm256_set1_ps(-127.0f)); /* -inf too: the first operand is y */
+    const vf t = _mm256_add_ps(y, magic);
+    const vf f = _mm256_sub_ps(y, _mm256_sub_ps(t, magic));
+    vf p = _mm256_fmadd_ps(_mm256_set1_ps(MOERT_EXP2_STAT_C6), f, _mm256_set1_ps(MOERT_EXP2_STAT_C5));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MOERT_EXP2_STAT_C4));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MOERT_EXP2_STAT_C3));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MOERT_EXP2_STAT_C2));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MOERT_EXP2_STAT_C1));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(MOERT_EXP2_STAT_C0));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(t), 23)));
+}
+
 /* moert_sigmoidf, lane by lane. */
 static inline __attribute__((always_inline)) vf vf_sigmoid(vf x) {
     const vf sign = _mm256_set1_ps(-0.0f);

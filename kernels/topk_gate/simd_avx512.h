@@ -101,6 +101,23 @@ static inline __attribute__((always_inline)) vf vf_exp(vf x) {
     return _mm512_maskz_mul_ps((vm)~underflow, p, pow2);
 }
 
+static inline __attribute__((always_inline)) vf vf_fmadd(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+
+/* moert_exp2_stat, lane by lane. */
+static inline __attribute__((always_inline)) vf vf_exp2_stat(vf y) {
+    const vf magic = _mm512_set1_ps(MOERT_EXP2_STAT_MAGIC);
+    y = _mm512_max_ps(y, _mm512_set1_ps(-127.0f));
+    const vf t = _mm512_add_ps(y, magic);
+    const vf f = _mm512_sub_ps(y, _mm512_sub_ps(t, magic));
+    vf p = _mm512_fmadd_ps(_mm512_set1_ps(MOERT_EXP2_STAT_C6), f, _mm512_set1_ps(MOERT_EXP2_STAT_C5));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MOERT_EXP2_STAT_C4));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MOERT_EXP2_STAT_C3));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MOERT_EXP2_STAT_C2));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MOERT_EXP2_STAT_C1));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(MOERT_EXP2_STAT_C0));
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(t), 23)));
+}
+
 /* moert_sigmoidf, lane by lane. */
 static inline __attribute__((always_inline)) vf vf_sigmoid(vf x) {
     vf neg_abs = _mm512_castsi512_ps(

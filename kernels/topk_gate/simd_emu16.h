@@ -125,6 +125,8 @@ static inline float vf_hsum(vf a) { /* pairwise, like a reduction tree */
 }
 
 static inline vf vf_exp(vf x) { EMU_MAP_(moert_expf(x.f[l_])); }
+static inline vf vf_exp2_stat(vf y) { EMU_MAP_(moert_exp2_stat(y.f[l_])); }
+static inline vf vf_fmadd(vf a, vf b, vf c) { EMU_MAP_(__builtin_fmaf(a.f[l_], b.f[l_], c.f[l_])); }
 static inline vf vf_sigmoid(vf x) { EMU_MAP_(moert_sigmoidf(x.f[l_])); }
 
 static inline float v_kth_largest16(const vf v[1], int k) {

@@ -6,7 +6,9 @@
  * Tiles (experts <= TILE_MAX_EXPERTS, k <= TILE_MAX_K): V_W tokens at a time, one token
  * per lane. A tile of logits is transposed so that vector e holds expert e of V_W
  * tokens, and a branch-free insertion network keeps each lane's best k. Small rows
- * then cost no horizontal work at all.
+ * then cost no horizontal work at all. The normaliser (softmax pre, logsumexp,
+ * probability sums) is a second pass over the transposed tile, against the row max that
+ * the selection found; the statistics use a cheaper exp (moert_exp2_stat).
  *
  * Rows (any shape), per token:
  *   sweep 1 reads the row once: the NaN/+inf check, the max of each of 16 disjoint
@@ -431,9 +433,10 @@ VEC_INLINE void vec_insert_exact(vf *B, vi *I, vf *BX, vf *key, vi *id, vf *logi
 enum { TILE_BAD = -1 }; /* the tile holds bad data and nothing was written */
 
 /* V_W tokens from row t, one per lane. The experts are read 8 at a time (a transposed
- * block of 8 columns; missing columns are -inf), with a running max and rescaled sum per
- * lane when the normaliser is needed. k <= 4 inserts each packed key into the sorted top
- * k; 5 <= k <= 8 sorts each block and merges it into the running top 8.
+ * block of 8 columns; missing columns are -inf), and kept transposed in tile_x when the
+ * normaliser is needed (vec_tile_finish sums it once the max is known). k <= 3 inserts
+ * each key into the exact top k; 4 <= k <= 8 sorts each block of packed keys and merges
+ * it into the running top 8.
  *
  * The packed selection is the exact one when, lane by lane, the chosen keys' high parts
  * (the packed value without its index bits) strictly decrease and stay strictly above
@@ -447,19 +450,18 @@ enum { TILE_BAD = -1 }; /* the tile holds bad data and nothing was written */
 typedef struct tile_state {
     vi I[8];    /* ids of the chosen, in selection order */
     vf W[8];    /* their logits */
-    vf M, S;    /* row max and sum of exp(logit - max), when the normaliser ran */
+    vf M;       /* row max */
     vm inexact; /* lanes the packed selection could not settle */
     int bad;    /* NaN, +inf or an all -inf row somewhere in the tile */
 } tile_state;
 
 VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed, const int kind,
-                                const size_t fixed_experts, tile_state *st) {
+                                const size_t fixed_experts, float *tile_x, tile_state *st) {
     /* k_fixed: k as a compile-time constant (the exact network), or 0: job->k, packed. */
     const int k = k_fixed ? k_fixed : job->k;
     const int exact = k_fixed != 0;
     const size_t E = fixed_experts ? fixed_experts : job->experts;
     const int biased = kind == GATE_SIGMOID_BIAS;
-    const int normalise = kind == GATE_PRE || job->logsumexp != NULL || job->want_probs;
     const float *base = job->logits + t * E;
     const vf neg_inf = vf_set1(-INFINITY);
     const int bits = vec_index_bits(E);
@@ -478,7 +480,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
     vf B[EXACT_MAX_K], BX[EXACT_MAX_K];     /* exact path: keys, logits */
     vi BI[EXACT_MAX_K];
     vm bad = vm_none();
-    vf M = neg_inf, S = vf_set1(0.0f);
+    vf M = neg_inf;
     for (size_t c0 = 0; c0 < E; c0 += 8) {
         const int n = E - c0 < 8 ? (int)(E - c0) : 8;
         if (next != NULL && (c0 & 15) == 0)
@@ -487,21 +489,15 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
          * adds nothing to the normaliser and never enters the selection. */
         vf X[8];
         v_load_tile8(base + c0, E, n, -INFINITY, X);
+        if (tile_x != NULL) /* kept for the normaliser, transposed */
+            for (int c = 0; c < 8; c++) vf_storeu(tile_x + (c0 + c) * V_W, X[c]);
         /* NaN or +inf anywhere makes the sum NaN or +inf (and a finite sum that overflows
          * only sends the tile to the row kernel, which finds nothing wrong). */
         const vf sum8 = vf_add(vf_add(vf_add(X[0], X[1]), vf_add(X[2], X[3])),
                                vf_add(vf_add(X[4], X[5]), vf_add(X[6], X[7])));
         bad = vm_or(bad, vm_bad(sum8));
-        if (normalise) { /* the online normaliser, lane by lane */
-            vf gmax = X[0];
-            for (int c = 1; c < 8; c++) gmax = vf_max(gmax, X[c]);
-            const vf m_new = vf_max(M, gmax);
-            S = vf_mul(S, vf_exp(vf_sub(M, m_new))); /* exp(-inf - -inf) is NaN -> 0 */
-            for (int c = 0; c < 8; c++) S = vf_add(S, vf_exp(vf_sub(X[c], m_new)));
-            M = m_new;
-        } else if (biased) { /* else the top logit is the row max */
+        if (biased) /* else the top logit is the row max */
             for (int c = 0; c < 8; c++) M = vf_max(M, X[c]);
-        }
         if (exact) {
             vi next_id = vi_set1((int32_t)c0);
             for (int c = 0; c < 8; c++) {
@@ -556,16 +552,17 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
         }
     }
 
-    if (!normalise && !biased) M = W[0]; /* the top logit */
+    if (!biased) M = W[0]; /* the top logit */
     st->bad = vm_bits(vm_or(bad, vm_eq(M, neg_inf))) != 0;
     for (int j = 0; j < k; j++) st->I[j] = I[j], st->W[j] = W[j];
-    st->M = M, st->S = S, st->inexact = inexact;
+    st->M = M, st->inexact = inexact;
 }
 
 /* The second half of a tile: weights, outputs and statistics from the selection. Returns
  * the lanes to route again, or TILE_BAD without writing anything. */
 VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch *scratch, const int k_fixed,
-                               const int kind, const size_t fixed_experts, const tile_state *st) {
+                               const int kind, const size_t fixed_experts, float *tile_x,
+                               const tile_state *st) {
     const int k = k_fixed ? k_fixed : job->k;
     if (st->bad) return TILE_BAD;
     const size_t E = fixed_experts ? fixed_experts : job->experts;
@@ -573,8 +570,40 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
     vi I[8];
     vf W[8];
     for (int j = 0; j < k; j++) I[j] = st->I[j], W[j] = st->W[j];
-    const vf M = st->M, S = st->S;
+    const vf M = st->M;
     const vm inexact = st->inexact;
+
+    /* The normaliser from the tile's transposed logits, lane by lane: S = sum of
+     * exp(logit - max), every exp against the row's final max, with no horizontal work;
+     * the probabilities go to per-lane sums. Missing columns are -inf: exp gives 0. */
+    vf S = vf_set1(0.0f);
+    if (tile_x != NULL) {
+        const size_t cols = (E + 7) & ~(size_t)7;
+        const vf log2e = vf_set1(MOERT_EXPF_LOG2E), minus_m_log2e = vf_mul(M, vf_set1(-MOERT_EXPF_LOG2E));
+        vf S1 = S;
+        for (size_t c = 0; c < cols; c += 2) {
+            const vf x0 = vf_loadu(tile_x + c * V_W), x1 = vf_loadu(tile_x + (c + 1) * V_W);
+            vf e0, e1;
+            if (kind == GATE_PRE) { /* its weights divide by S: the exact exp */
+                e0 = vf_exp(vf_sub(x0, M));
+                e1 = vf_exp(vf_sub(x1, M));
+            } else {
+                e0 = vf_exp2_stat(vf_fmadd(x0, log2e, minus_m_log2e));
+                e1 = vf_exp2_stat(vf_fmadd(x1, log2e, minus_m_log2e));
+            }
+            vf_storeu(tile_x + c * V_W, e0);
+            vf_storeu(tile_x + (c + 1) * V_W, e1);
+            S = vf_add(S, e0);
+            S1 = vf_add(S1, e1);
+        }
+        S = vf_add(S, S1);
+        if (job->want_probs) {
+            const vf inv = vf_div(vf_set1(1.0f), S);
+            float *acc = scratch->prob_lanes;
+            for (size_t c = 0; c < cols; c++)
+                vf_storeu(acc + c * V_W, vf_fmadd(vf_loadu(tile_x + c * V_W), inv, vf_loadu(acc + c * V_W)));
+        }
+    }
 
     /* Weights: topk_weights_inplace, lane by lane. */
     int sum_it;
@@ -622,21 +651,6 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
         vf_storeu(sl, S);
         for (int lane = 0; lane < V_W; lane++) job->logsumexp[t + lane] = ml[lane] + logf(sl[lane]);
     }
-    if (job->want_probs) {
-        /* Second sweep over the tile (in L1): each expert's probabilities, added token by
-         * token in row order, as the scalar reference adds them. */
-        for (size_t c0 = 0; c0 < E; c0 += 8) {
-            const int n = E - c0 < 8 ? (int)(E - c0) : 8;
-            vf X[8], P[8];
-            v_load_tile8(base + c0, E, n, -INFINITY, X);
-            for (int c = 0; c < 8; c++) P[c] = vf_div(vf_exp(vf_sub(X[c], M)), S);
-            float p[V_W][8];
-            v_store_tile8(&p[0][0], 8, 8, P);
-            float *acc = scratch->prob_block + c0;
-            for (int lane = 0; lane < V_W; lane++)
-                for (int c = 0; c < n; c++) acc[c] += p[lane][c];
-        }
-    }
     return (int)vm_bits(inexact);
 }
 
@@ -669,6 +683,9 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
                                     const size_t fixed_experts, vec_rows_fn rows) {
     topk_job again = *job;
     again.want_probs = 0;
+    const size_t E = fixed_experts ? fixed_experts : job->experts;
+    float *tile_x[2] = {NULL, NULL};
+    if (vec_needs_normaliser(job)) tile_x[0] = scratch->tiles, tile_x[1] = scratch->tiles + TOPK_TILE_FLOATS(E);
     size_t t = begin;
     int redo[2];
     while (t + V_W <= end) {
@@ -676,10 +693,10 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
          * dependent operations) overlap the other's selection. */
         const int pair = t + 2 * V_W <= end;
         tile_state st[2];
-        vec_tile_select(job, t, k, kind, fixed_experts, &st[0]);
-        if (pair) vec_tile_select(job, t + V_W, k, kind, fixed_experts, &st[1]);
-        redo[0] = vec_tile_finish(job, t, scratch, k, kind, fixed_experts, &st[0]);
-        if (pair) redo[1] = vec_tile_finish(job, t + V_W, scratch, k, kind, fixed_experts, &st[1]);
+        vec_tile_select(job, t, k, kind, fixed_experts, tile_x[0], &st[0]);
+        if (pair) vec_tile_select(job, t + V_W, k, kind, fixed_experts, tile_x[1], &st[1]);
+        redo[0] = vec_tile_finish(job, t, scratch, k, kind, fixed_experts, tile_x[0], &st[0]);
+        if (pair) redo[1] = vec_tile_finish(job, t + V_W, scratch, k, kind, fixed_experts, tile_x[1], &st[1]);
         for (int p = 0; p <= pair; p++, t += V_W) {
             if (redo[p] == 0) continue;
             if (redo[p] == TILE_BAD) {
@@ -689,6 +706,17 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
             }
             for (int lane = 0; lane < V_W; lane++)
                 if ((redo[p] >> lane) & 1) rows(&again, t + (size_t)lane, t + (size_t)lane + 1, scratch);
+        }
+    }
+    if (job->want_probs) { /* the lanes' sums into the block's, and zero for the next block */
+        float *acc = scratch->prob_lanes;
+        for (size_t c = 0; c < E; c++) {
+            float lanes[V_W];
+            vf_storeu(lanes, vf_loadu(acc + c * V_W));
+            vf_storeu(acc + c * V_W, vf_set1(0.0f));
+            float sum = 0.0f;
+            for (int lane = 0; lane < V_W; lane++) sum += lanes[lane];
+            scratch->prob_block[c] += sum;
         }
     }
     return rows(job, t, end, scratch);
