@@ -157,9 +157,10 @@ static void assert_same_entries(const int32_t *ids, const float *w, const int32_
 
 /* ---- the scalar reference against double precision ----------------------------------- */
 
-static void check_scalar_against_double(const float *logits, size_t T, size_t E, int k, int mode,
-                                        const float *bias) {
-    const moert_topk_gate_params p = params_for(mode, k, bias);
+static void check_scalar_params_against_double(const float *logits, size_t T, size_t E,
+                                               const moert_topk_gate_params *pp, int mode) {
+    const moert_topk_gate_params p = *pp;
+    const int k = p.k;
     gate_result r = result_alloc(T, E, k);
     ck_assert_int_eq(run_variant(&topk_variants[0], &p, logits, &r, 1), MOERT_OK);
     result_check_canaries(&r);
@@ -181,6 +182,12 @@ static void check_scalar_against_double(const float *logits, size_t T, size_t E,
                       "E=%zu prob_sums[%zu] %.9g vs %.9g", E, e, r.prob_sums[e], prob_sums[e]);
     free(ids), free(w), free(probs), free(prob_sums);
     result_free(&r);
+}
+
+static void check_scalar_against_double(const float *logits, size_t T, size_t E, int k, int mode,
+                                        const float *bias) {
+    const moert_topk_gate_params p = params_for(mode, k, bias);
+    check_scalar_params_against_double(logits, T, E, &p, mode);
 }
 
 START_TEST(scalar_matches_double_precision) {
@@ -242,9 +249,10 @@ END_TEST
 
 /* ---- every vector variant against the scalar reference --------------------------------- */
 
-static void check_variant_against_scalar(const topk_variant *v, const float *logits, size_t T,
-                                         size_t E, int k, int mode, const float *bias) {
-    const moert_topk_gate_params p = params_for(mode, k, bias);
+static void check_variant_params_against_scalar(const topk_variant *v, const float *logits, size_t T,
+                                                size_t E, const moert_topk_gate_params *pp, int mode) {
+    const moert_topk_gate_params p = *pp;
+    const int k = p.k;
     gate_result want = result_alloc(T, E, k), got = result_alloc(T, E, k);
     ck_assert_int_eq(run_variant(&topk_variants[0], &p, logits, &want, 1), MOERT_OK);
     ck_assert_msg(run_variant(v, &p, logits, &got, 1) == MOERT_OK, "%s: %s", v->name, moert_last_error());
@@ -280,6 +288,12 @@ static void check_variant_against_scalar(const topk_variant *v, const float *log
     result_free(&want), result_free(&got);
 }
 
+static void check_variant_against_scalar(const topk_variant *v, const float *logits, size_t T,
+                                         size_t E, int k, int mode, const float *bias) {
+    const moert_topk_gate_params p = params_for(mode, k, bias);
+    check_variant_params_against_scalar(v, logits, T, E, &p, mode);
+}
+
 static void for_each_vector_variant(void (*check)(const topk_variant *)) {
     for (size_t i = 1; i < topk_variant_count; i++) {
         if (!variant_runs_here(&topk_variants[i])) {
@@ -305,6 +319,57 @@ static void random_shapes(const topk_variant *v) {
     }
 }
 START_TEST(variants_match_scalar_on_random_rows) { for_each_vector_variant(random_shapes); }
+END_TEST
+
+/* ---- group-limited selection ----------------------------------------------------------- */
+
+/* Shapes of group-limited selection: groups of 8, 16 and 32 experts (the tile kernel), of
+ * 4 and 12 (the row path), and DeepSeek-V3's 256 experts in 8 groups, keep 4, k = 8. */
+static const struct { size_t E; int G, M; } group_shapes[] = {
+    {256, 8, 4}, {64, 8, 2}, {64, 4, 1}, {64, 2, 2}, {128, 16, 4}, {96, 3, 1}, {64, 16, 4}, {48, 4, 2},
+};
+#define N_GROUP_SHAPES (sizeof group_shapes / sizeof group_shapes[0])
+static const int group_modes[] = {MODE_POST, MODE_PRE_RENORM, MODE_SIGMOID_RENORM_SCALED, MODE_SIGMOID_BIAS};
+
+/* Calls check for every group shape, mode, group score and k (k a multiple of M for the
+ * top-k sum), on Gaussian rows and on coarse rows full of exact ties. */
+static void for_each_group_case(const topk_variant *v,
+                                void (*check)(const topk_variant *, const float *, size_t, size_t,
+                                              const moert_topk_gate_params *, int),
+                                size_t T) {
+    for (size_t s = 0; s < N_GROUP_SHAPES; s++) {
+        const size_t E = group_shapes[s].E;
+        float *x = random_logits(T * E, 300 + E, 2.0f);
+        float *coarse = random_logits(T * E, 400 + E, 2.0f);
+        for (size_t i = 0; i < T * E; i++) coarse[i] = roundf(coarse[i] * 4.0f) / 4.0f;
+        float *bias = random_logits(E, 500 + E, 0.05f);
+        for (size_t m = 0; m < sizeof group_modes / sizeof group_modes[0]; m++)
+            for (int score = 0; score < 2; score++)
+                for (int k = 1; k <= 8; k++) {
+                    moert_topk_gate_params p = params_for(group_modes[m], k, bias);
+                    p.groups = group_shapes[s].G, p.topk_groups = group_shapes[s].M;
+                    p.group_score = score ? MOERT_GROUP_SCORE_MAX : MOERT_GROUP_SCORE_TOPK_SUM;
+                    if (p.group_score == MOERT_GROUP_SCORE_TOPK_SUM && k % p.topk_groups != 0) continue;
+                    if ((size_t)k > (size_t)p.topk_groups * (E / (size_t)p.groups)) continue;
+                    check(v, x, T, E, &p, group_modes[m]);
+                    check(v, coarse, T, E, &p, group_modes[m]);
+                }
+        free(x), free(coarse), free(bias);
+    }
+}
+
+static void scalar_group_check(const topk_variant *v, const float *x, size_t T, size_t E,
+                               const moert_topk_gate_params *p, int mode) {
+    (void)v;
+    check_scalar_params_against_double(x, T, E, p, mode);
+}
+START_TEST(scalar_group_limited_matches_double) { for_each_group_case(NULL, scalar_group_check, 11); }
+END_TEST
+
+static void variant_groups(const topk_variant *v) {
+    for_each_group_case(v, check_variant_params_against_scalar, 45);
+}
+START_TEST(variants_match_scalar_on_group_limited_rows) { for_each_vector_variant(variant_groups); }
 END_TEST
 
 /* Adversarial rows: many exact ties, coarse values, sorted rows, +-80, masked experts. */
@@ -695,6 +760,7 @@ static Suite *topk_gate_suite(void) {
     tcase_add_test(ref, scalar_matches_double_on_ties);
     tcase_add_test(ref, expf_is_accurate);
     tcase_add_test(ref, exp2_stat_is_accurate);
+    tcase_add_test(ref, scalar_group_limited_matches_double);
     tcase_add_test(ref, hand_worked_rows);
     tcase_set_timeout(ref, 120);
     suite_add_tcase(s, ref);
@@ -702,6 +768,7 @@ static Suite *topk_gate_suite(void) {
     TCase *variants = tcase_create("variants");
     tcase_add_test(variants, variants_match_scalar_on_random_rows);
     tcase_add_test(variants, variants_match_scalar_on_adversarial_rows);
+    tcase_add_test(variants, variants_match_scalar_on_group_limited_rows);
     tcase_add_test(variants, unaligned_pointers_give_the_same_result);
     tcase_add_test(variants, threads_give_bit_identical_results);
     tcase_add_test(variants, largest_expert_counts);

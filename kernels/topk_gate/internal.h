@@ -50,11 +50,14 @@ typedef struct topk_scratch {
     float *prob_lanes; /* [TOPK_TILE_FLOATS(experts)], zero between blocks */
     float *prob_block; /* [experts + 64] */
     float *grouped;    /* [TOPK_GROUPED_SCRATCH(experts, groups)], group-limited rows */
+    int32_t *group_lists; /* [TOPK_GROUP_LISTS(groups)], group-limited tiles */
 } topk_scratch;
 
 /* Floats of scratch a group-limited row needs: group keys, selection keys and ids of the
  * allowed experts, group scores and ids, a group's top entries. */
 #define TOPK_GROUPED_SCRATCH(experts, groups) (4 * (size_t)(experts) + 4 * (size_t)(groups) + 64)
+/* Int32s a group-limited tile needs: each group's top 8 and best dropped, 16 lanes. */
+#define TOPK_GROUP_LISTS(groups) ((size_t)(groups) * 9 * 16)
 
 /* One group-limited row, the same in every variant (plain C). */
 topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratch *scratch);

@@ -238,8 +238,9 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
     const size_t lane_floats = want_probs ? TOPK_TILE_FLOATS(experts) : 0;
     const size_t block_floats = want_probs ? experts + 64 : 0; /* slack for vector tails */
     const size_t acc_words = want_probs ? experts : 0;
+    const size_t list_words = p->groups > 0 ? TOPK_GROUP_LISTS(p->groups) : 0;
     const size_t grouped_floats = p->groups > 0 ? TOPK_GROUPED_SCRATCH(experts, p->groups) : 0;
-    const size_t per_thread = acc_words * sizeof(int64_t) +
+    const size_t per_thread = acc_words * sizeof(int64_t) + list_words * sizeof(int32_t) +
                               (block_floats + key_floats + tile_floats + lane_floats + grouped_floats) * sizeof(float);
     unsigned char *workspace = NULL;
     if (per_thread > 0) {
@@ -256,12 +257,13 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
         /* Accumulators first: int64 alignment, then the float arrays. */
         unsigned char *mine = workspace ? workspace + (size_t)tid * per_thread : NULL;
         int64_t *acc = want_probs ? (int64_t *)mine : NULL;
-        float *floats = mine ? (float *)(mine + acc_words * sizeof(int64_t)) : NULL;
+        float *floats = mine ? (float *)(mine + acc_words * sizeof(int64_t) + list_words * sizeof(int32_t)) : NULL;
         topk_scratch scratch = {
             .prob_block = block_floats ? floats : NULL,
             .keys = key_floats ? floats + block_floats : NULL,
             .tiles = tile_floats ? floats + block_floats + key_floats : NULL,
             .prob_lanes = lane_floats ? floats + block_floats + key_floats + tile_floats : NULL,
+            .group_lists = list_words ? (int32_t *)(mine + acc_words * sizeof(int64_t)) : NULL,
             .grouped = grouped_floats ? floats + block_floats + key_floats + tile_floats + lane_floats : NULL,
         };
         topk_row_error my_bad = {TOPK_ROW_OK, 0, 0};

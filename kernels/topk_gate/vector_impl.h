@@ -344,6 +344,7 @@ VEC_INLINE topk_row_error vec_row(const topk_job *job, size_t t, const topk_scra
 #define TILE_PREFETCH_TILES 4
 #define TILE_NONE INT32_MIN /* below every packed key */
 #define EXACT_MAX_K 3        /* up to this k, the exact insertion network */
+#define TILE_MAX_GROUPS 64   /* group-limited selection by tiles: at most this many groups */
 
 static inline int vec_uses_tiles(const topk_job *job) {
     return job->k <= TILE_MAX_K && job->experts <= TILE_MAX_EXPERTS;
@@ -446,6 +447,52 @@ enum { TILE_BAD = -1 }; /* the tile holds bad data and nothing was written */
  * k, the kind and (for the common E = 8) the expert count are compile-time constants
  * after inlining. Returns the mask, or
  * TILE_BAD without writing anything when the tile holds NaN, +inf or an all -inf row. */
+/* Group-limited selection on a tile, from each group's packed top 8 (and the best key
+ * below them) in group_lists: each lane scores its groups by the exact keys of their top
+ * k / M (or their max), keeps the best M (ties to the lower group), and merges the kept
+ * groups' lists into R, the best key left out into *dropped. Lanes where a group's score
+ * rests on keys the packing could not order go to *inexact; the caller's check covers
+ * the final top k. */
+VEC_INLINE void vec_tile_groups(const topk_job *job, const float *base, const int k, const int kind,
+                                const int bits, const int32_t *group_lists, vi *R, vi *dropped,
+                                vm *inexact) {
+    const int G = job->groups, M = job->topk_groups;
+    const int take = job->group_score == MOERT_GROUP_SCORE_MAX ? 1 : k / M;
+    const size_t E = job->experts;
+    const int32_t index_mask = (1 << bits) - 1;
+    const vi row_offset = vi_mul(vi_iota(), vi_set1((int32_t)E));
+    vf scores[TILE_MAX_GROUPS];
+    for (int g = 0; g < G; g++) {
+        const int32_t *list = group_lists + (size_t)g * 9 * V_W;
+        vf score = vf_set1(0.0f); /* 0 + key 0 + key 1 + ..., as the reference adds */
+        for (int j = 0; j < take; j++) {
+            const vi entry = vi_loadu(list + j * V_W);
+            const vi below = vi_loadu(list + (j + 1) * V_W); /* j + 1 <= 8: the dropped */
+            *inexact = vm_or(*inexact, vm_not(vi_gt(vi_sra(entry, bits), vi_sra(below, bits))));
+            const vi id = vi_sub(vi_set1(index_mask), vi_and(entry, vi_set1(index_mask)));
+            vf key = vf_gather(base, vi_add(row_offset, id));
+            if (kind == GATE_SIGMOID || kind == GATE_SIGMOID_BIAS) key = vf_sigmoid(key);
+            if (kind == GATE_SIGMOID_BIAS) key = vf_add(key, vf_gather(job->bias, id));
+            score = job->group_score == MOERT_GROUP_SCORE_MAX ? key : vf_add(score, key);
+        }
+        scores[g] = score;
+    }
+    for (int j = 0; j < 8; j++) R[j] = vi_set1(TILE_NONE);
+    *dropped = vi_set1(TILE_NONE);
+    for (int g = 0; g < G; g++) {
+        /* Kept when fewer than M groups rank before it. */
+        vi rank = vi_zero();
+        for (int h = 0; h < G; h++)
+            if (h != g) rank = vi_add_mask(rank, h < g ? vm_ge(scores[h], scores[g]) : vm_gt(scores[h], scores[g]));
+        const vm kept = vi_gt(vi_set1(M), rank);
+        const int32_t *list = group_lists + (size_t)g * 9 * V_W;
+        vi L[8];
+        for (int j = 0; j < 8; j++) L[j] = vi_select(kept, vi_loadu(list + j * V_W), vi_set1(TILE_NONE));
+        vec_merge8(R, L, dropped, 1);
+        *dropped = vi_max(*dropped, vi_select(kept, vi_loadu(list + 8 * V_W), vi_set1(TILE_NONE)));
+    }
+}
+
 /* A tile's selection, handed from vec_tile_select to vec_tile_finish. */
 typedef struct tile_state {
     vi I[8];    /* ids of the chosen, in selection order */
@@ -456,12 +503,16 @@ typedef struct tile_state {
 } tile_state;
 
 VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed, const int kind,
-                                const size_t fixed_experts, float *tile_x, tile_state *st) {
-    /* k_fixed: k as a compile-time constant (the exact network), or 0: job->k, packed. */
+                                const size_t fixed_experts, float *tile_x, int32_t *group_lists,
+                                tile_state *st) {
+    /* k_fixed: k as a compile-time constant (the exact network), or 0: job->k, packed.
+     * group_lists: NULL, or room for the group-limited selection (packed, k_fixed = 0). */
     const int k = k_fixed ? k_fixed : job->k;
     const int exact = k_fixed != 0;
     const size_t E = fixed_experts ? fixed_experts : job->experts;
     const int biased = kind == GATE_SIGMOID_BIAS;
+    const int grouped = group_lists != NULL;
+    const size_t per_group = grouped ? E / (size_t)job->groups : E;
     const float *base = job->logits + t * E;
     const vf neg_inf = vf_set1(-INFINITY);
     const int bits = vec_index_bits(E);
@@ -496,7 +547,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
         const vf sum8 = vf_add(vf_add(vf_add(X[0], X[1]), vf_add(X[2], X[3])),
                                vf_add(vf_add(X[4], X[5]), vf_add(X[6], X[7])));
         bad = vm_or(bad, vm_bad(sum8));
-        if (biased) /* else the top logit is the row max */
+        if (biased || grouped) /* else the top logit is the row max */
             for (int c = 0; c < 8; c++) M = vf_max(M, X[c]);
         if (exact) {
             vi next_id = vi_set1((int32_t)c0);
@@ -522,18 +573,25 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
             code = vi_sub(code, vi_set1(1));
         }
         vec_sort8(P);
-        if (c0 == 0) {
+        if (c0 % per_group == 0) { /* a group (or the row) starts */
             for (int c = 0; c < 8; c++) R[c] = P[c];
-        } else if (k == 8) {
+            dropped = vi_set1(TILE_NONE);
+        } else if (k == 8 || grouped) {
             vec_merge8(R, P, &dropped, 1);
         } else {
             vec_merge8(R, P, &dropped, 0); /* R[k] bounds what drops: no need to track it */
         }
+        if (grouped && (c0 + 8) % per_group == 0) { /* a group ends: keep its top 8 */
+            int32_t *list = group_lists + (c0 / per_group) * 9 * V_W;
+            for (int c = 0; c < 8; c++) vi_storeu(list + c * V_W, R[c]);
+            vi_storeu(list + 8 * V_W, dropped);
+        }
     }
+    vm inexact = vm_none();
+    if (grouped) vec_tile_groups(job, base, k, kind, bits, group_lists, R, &dropped, &inexact);
 
     vi I[8];
     vf W[8];
-    vm inexact = vm_none();
     if (exact) {
         for (int j = 0; j < k; j++) I[j] = BI[j], W[j] = biased ? BX[j] : B[j];
     } else {
@@ -552,7 +610,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
         }
     }
 
-    if (!biased) M = W[0]; /* the top logit */
+    if (!biased && !grouped) M = W[0]; /* the top logit */
     st->bad = vm_bits(vm_or(bad, vm_eq(M, neg_inf))) != 0;
     for (int j = 0; j < k; j++) st->I[j] = I[j], st->W[j] = W[j];
     st->M = M, st->inexact = inexact;
@@ -680,12 +738,13 @@ VEC_ROW_FOR_KIND_(GATE_SIGMOID_BIAS)
  * the last whole tile go to the row kernel. */
 VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t end,
                                     const topk_scratch *scratch, const int k, const int kind,
-                                    const size_t fixed_experts, vec_rows_fn rows) {
+                                    const size_t fixed_experts, const int grouped, vec_rows_fn rows) {
     topk_job again = *job;
     again.want_probs = 0;
     const size_t E = fixed_experts ? fixed_experts : job->experts;
     float *tile_x[2] = {NULL, NULL};
     if (vec_needs_normaliser(job)) tile_x[0] = scratch->tiles, tile_x[1] = scratch->tiles + TOPK_TILE_FLOATS(E);
+    int32_t *group_lists = grouped ? scratch->group_lists : NULL;
     size_t t = begin;
     int redo[2];
     while (t + V_W <= end) {
@@ -693,8 +752,8 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
          * dependent operations) overlap the other's selection. */
         const int pair = t + 2 * V_W <= end;
         tile_state st[2];
-        vec_tile_select(job, t, k, kind, fixed_experts, tile_x[0], &st[0]);
-        if (pair) vec_tile_select(job, t + V_W, k, kind, fixed_experts, tile_x[1], &st[1]);
+        vec_tile_select(job, t, k, kind, fixed_experts, tile_x[0], group_lists, &st[0]);
+        if (pair) vec_tile_select(job, t + V_W, k, kind, fixed_experts, tile_x[1], group_lists, &st[1]);
         redo[0] = vec_tile_finish(job, t, scratch, k, kind, fixed_experts, tile_x[0], &st[0]);
         if (pair) redo[1] = vec_tile_finish(job, t + V_W, scratch, k, kind, fixed_experts, tile_x[1], &st[1]);
         for (int p = 0; p <= pair; p++, t += V_W) {
@@ -725,7 +784,7 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
 #define VEC_TILES_FOR_(KIND, K, NAME)                                                       \
     static topk_row_error vec_tiles_##KIND##_##NAME(const topk_job *job, size_t begin, size_t end, \
                                                     const topk_scratch *s) {                \
-        return vec_tiles(job, begin, end, s, K, KIND, 0, vec_rows_##KIND);                   \
+        return vec_tiles(job, begin, end, s, K, KIND, 0, 0, vec_rows_##KIND);                \
     }
 /* k = 1..3 by the exact network, each k its own instance; k = 4..8 by packed keys, one
  * instance with k at run time (the sorting network does not depend on it). */
@@ -749,7 +808,7 @@ static const vec_rows_fn vec_tile_kernels[GATE_KINDS][TILE_MAX_K] = {
 #define VEC_TILES_E8_(KIND, K)                                                              \
     static topk_row_error vec_tiles_##KIND##_##K##_e8(const topk_job *job, size_t begin,     \
                                                       size_t end, const topk_scratch *s) {  \
-        return vec_tiles(job, begin, end, s, K, KIND, 8, vec_rows_##KIND);                   \
+        return vec_tiles(job, begin, end, s, K, KIND, 8, 0, vec_rows_##KIND);                \
     }
 #define VEC_TILES_E8_FOR_KIND_(KIND) VEC_TILES_E8_(KIND, 1) VEC_TILES_E8_(KIND, 2) VEC_TILES_E8_(KIND, 3)
 VEC_TILES_E8_FOR_KIND_(GATE_POST)
@@ -761,19 +820,42 @@ static const vec_rows_fn vec_tile_kernels_e8[GATE_KINDS][EXACT_MAX_K] = {
     VEC_TILES_E8_ROW_(GATE_POST), VEC_TILES_E8_ROW_(GATE_PRE), VEC_TILES_E8_ROW_(GATE_SIGMOID),
     VEC_TILES_E8_ROW_(GATE_SIGMOID_BIAS)};
 
+/* Group-limited selection by tiles (packed keys, any k <= 8), for the kinds whose keys
+ * are known before the normaliser; the groups' top 8 go to scratch. */
+static topk_row_error vec_rows_grouped(const topk_job *job, size_t begin, size_t end, const topk_scratch *s) {
+    for (size_t t = begin; t < end; t++) {
+        topk_row_error err = topk_row_grouped(job, t, s);
+        if (err.kind != TOPK_ROW_OK) return err;
+    }
+    return (topk_row_error){TOPK_ROW_OK, 0, 0};
+}
+#define VEC_TILES_GROUPED_(KIND)                                                            \
+    static topk_row_error vec_tiles_grouped_##KIND(const topk_job *job, size_t begin, size_t end, \
+                                                   const topk_scratch *s) {                 \
+        return vec_tiles(job, begin, end, s, 0, KIND, 0, 1, vec_rows_grouped);              \
+    }
+VEC_TILES_GROUPED_(GATE_POST)
+VEC_TILES_GROUPED_(GATE_SIGMOID)
+VEC_TILES_GROUPED_(GATE_SIGMOID_BIAS)
+
+static inline int vec_groups_use_tiles(const topk_job *job) {
+    const size_t per_group = job->experts / (size_t)job->groups;
+    return vec_gate_kind(job) != GATE_PRE && vec_uses_tiles(job) && job->groups <= TILE_MAX_GROUPS &&
+           per_group % 8 == 0;
+}
+
 static const vec_rows_fn vec_row_kernels[GATE_KINDS] = {
     vec_rows_GATE_POST, vec_rows_GATE_PRE, vec_rows_GATE_SIGMOID, vec_rows_GATE_SIGMOID_BIAS};
 
 static topk_row_error vec_rows(const topk_job *job, size_t row_begin, size_t row_end,
                                const topk_scratch *scratch) {
-    if (job->groups > 0) {
-        for (size_t t = row_begin; t < row_end; t++) {
-            topk_row_error err = topk_row_grouped(job, t, scratch);
-            if (err.kind != TOPK_ROW_OK) return err;
-        }
-        return (topk_row_error){TOPK_ROW_OK, 0, 0};
-    }
     const int kind = vec_gate_kind(job);
+    if (job->groups > 0) {
+        if (!vec_groups_use_tiles(job)) return vec_rows_grouped(job, row_begin, row_end, scratch);
+        if (kind == GATE_POST) return vec_tiles_grouped_GATE_POST(job, row_begin, row_end, scratch);
+        if (kind == GATE_SIGMOID) return vec_tiles_grouped_GATE_SIGMOID(job, row_begin, row_end, scratch);
+        return vec_tiles_grouped_GATE_SIGMOID_BIAS(job, row_begin, row_end, scratch);
+    }
     if (job->experts == 8 && job->k <= EXACT_MAX_K)
         return vec_tile_kernels_e8[kind][job->k - 1](job, row_begin, row_end, scratch);
     if (vec_uses_tiles(job)) return vec_tile_kernels[kind][job->k - 1](job, row_begin, row_end, scratch);
