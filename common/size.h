@@ -16,4 +16,8 @@ static inline bool moert_mul3_overflows(size_t a, size_t b, size_t c, size_t *ou
     return __builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, out);
 }
 
+/* n rounded up to a whole cache line: per-thread workspace slices stay aligned for any
+ * element type and never share a line. */
+static inline size_t moert_round_up_64(size_t n) { return (n + 63) & ~(size_t)63; }
+
 #endif /* MOERT_COMMON_SIZE_H */

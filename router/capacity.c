@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/size.h"
 #include "router/internal.h"
 
 moert_status router_apply_capacity(moert_plan *plan, int64_t capacity, moert_drop_policy policy,
@@ -19,7 +20,8 @@ moert_status router_apply_capacity(moert_plan *plan, int64_t capacity, moert_dro
     if (largest <= capacity) return MOERT_OK;
 
     /* Per thread: the over-full expert's weights, its marks, and the selection's scratch. */
-    const size_t per_thread = (size_t)largest * (sizeof(float) + 1) + ROUTER_SELECT_SCRATCH(largest) + 64;
+    const size_t per_thread =
+        moert_round_up_64((size_t)largest * (sizeof(float) + 1) + ROUTER_SELECT_SCRATCH(largest));
     if ((size_t)threads > E) threads = (int)E;
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, per_thread * (size_t)threads));
 

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/topk_gate/internal.h"
 #include "moert/plan.h"
 #include "moert/router.h"
 
@@ -60,6 +61,23 @@ void plan_compute_stats(moert_plan *plan, const double *prob_sums, const float *
 #define ROUTER_SELECT_SCRATCH(n) ((size_t)(n) * 8u)
 void router_select_largest(const float *values, size_t n, size_t stride, size_t count,
                            uint8_t *keep, size_t keep_stride, void *scratch);
+
+/* The `count` largest of values[0, n), ties to the lower index, as their indices in
+ * ascending order into chosen[0, min(count, n)). compact is the gate variant's vector
+ * filter. scratch: ROUTER_TOP_SCRATCH(n) bytes. */
+#define ROUTER_TOP_SCRATCH(n) ((size_t)(n) * 17u + 128u)
+void router_select_top(const float *values, size_t n, size_t count, topk_compact_fn compact,
+                       int32_t *chosen, void *scratch);
+
+/* The r-th largest (1 <= r <= n) of a[0, n) (NaN-free), reordering a. */
+float router_nth_largest(float *a, size_t n, size_t r);
+
+/* The `count` largest of values[0, m) (finite), ties to the earlier position: their ids
+ * (ids[j] for values[j]) and values, in position order, into chosen[0, min(count, m)) and
+ * chosen_values. scratch: ROUTER_TOP_OF_BINS + 2 * m + 2 floats. Linear in m. */
+#define ROUTER_TOP_OF_BINS 4096
+void router_select_top_of(const int32_t *ids, const float *values, size_t m, size_t count, int32_t *chosen,
+                          float *chosen_values, float *scratch);
 
 /* Scratch memory a router keeps between calls; it only grows. */
 typedef struct router_workspace {

@@ -1,6 +1,8 @@
 /* Selecting the `count` largest of n values, ties to the lower index, in linear time:
- * a radix select on order-preserving bit patterns. Used for each expert's column in
- * expert choice and for each over-full expert under the `probs` drop policy. */
+ * a radix select on order-preserving bit patterns (for each over-full expert under the
+ * `probs` drop policy), and, for expert choice's columns, a sampled bound that narrows
+ * the column to a few candidates in one vector pass before the radix select. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,4 +73,123 @@ void router_select_largest(const float *values, size_t n, size_t stride, size_t 
     }
     qsort(c, m, sizeof *c, by_rank);
     for (size_t i = 0; i < need && i < m; i++) keep[c[i].index * keep_stride] = 1;
+}
+
+/* The r-th largest (1-based) of a[0, n), reordering a: quickselect with a three-way
+ * partition (greater, equal, less than the middle element). */
+float router_nth_largest(float *a, size_t n, size_t r) {
+    size_t lo = 0, hi = n;
+    const size_t want = r - 1;
+    while (hi - lo > 1) {
+        const float pivot = a[lo + (hi - lo) / 2];
+        size_t greater = lo, i = lo, less = hi;
+        while (i < less) {
+            const float v = a[i];
+            if (v > pivot) {
+                a[i++] = a[greater];
+                a[greater++] = v;
+            } else if (v < pivot) {
+                a[i] = a[--less];
+                a[less] = v;
+            } else {
+                i++;
+            }
+        }
+        if (want < greater)
+            hi = greater;
+        else if (want >= less)
+            lo = less;
+        else
+            return pivot;
+    }
+    return a[lo];
+}
+
+/* router_select_top samples a bound that a few more than `count` values reach: those are
+ * collected in one vector pass, and the exact top `count` chosen among them. Only worth
+ * it when count is a small part of n. */
+#define ROUTER_TOP_SAMPLES 256
+
+void router_select_top(const float *values, size_t n, size_t count, topk_compact_fn compact,
+                       int32_t *chosen, void *scratch) {
+    if (count >= n) {
+        for (size_t i = 0; i < n; i++) chosen[i] = (int32_t)i;
+        return;
+    }
+    if (count == 0) return;
+    int32_t *cand = scratch;                     /* [n] */
+    float *cand_values = (float *)(cand + n);    /* [n] */
+    uint8_t *marks = (uint8_t *)(cand_values + n); /* [n] */
+    void *radix = (uint8_t *)scratch + 8 * n + ((n + 63) & ~(size_t)63); /* ROUTER_SELECT_SCRATCH(n) */
+    size_t m = 0;
+    if (n >= 8 * ROUTER_TOP_SAMPLES && count * 16 <= n) {
+        /* A deterministic sample; the bound is its r-th largest with r several standard
+         * deviations above the expected count * s / n, so that, but for unlikely luck,
+         * at least count values reach it. */
+        float sample[ROUTER_TOP_SAMPLES];
+        for (size_t i = 0; i < ROUTER_TOP_SAMPLES; i++) sample[i] = values[i * n / ROUTER_TOP_SAMPLES];
+        const double expected = (double)count * ROUTER_TOP_SAMPLES / (double)n;
+        const size_t r = (size_t)(expected + 4.0 * sqrt(expected) + 4.0);
+        if (r < ROUTER_TOP_SAMPLES) {
+            const float bound = router_nth_largest(sample, ROUTER_TOP_SAMPLES, r);
+            m = compact(values, n, bound, cand);
+            if (m < count) m = 0; /* unlucky: everything below */
+        }
+    }
+    if (m == 0) {
+        router_select_largest(values, n, 1, count, marks, 1, radix);
+        size_t out = 0;
+        for (size_t i = 0; i < n; i++)
+            if (marks[i]) chosen[out++] = (int32_t)i;
+        return;
+    }
+    for (size_t j = 0; j < m; j++) cand_values[j] = values[cand[j]];
+    router_select_largest(cand_values, m, 1, count, marks, 1, radix);
+    size_t out = 0;
+    for (size_t j = 0; j < m; j++)
+        if (marks[j]) chosen[out++] = cand[j];
+}
+
+void router_select_top_of(const int32_t *ids, const float *values, size_t m, size_t count, int32_t *chosen,
+                          float *chosen_values, float *scratch) {
+    if (count > m) count = m;
+    if (count == 0) return;
+    /* Bin the values by a histogram over [min, max] (the bin, (v - min) * scale in float,
+     * is monotone in v: a higher bin never holds a smaller value); every value in a bin
+     * above the one holding the count-th largest is chosen; that bin's few values decide
+     * the rest. */
+    float lo = values[0], hi = values[0];
+    for (size_t j = 1; j < m; j++) {
+        lo = values[j] < lo ? values[j] : lo;
+        hi = values[j] > hi ? values[j] : hi;
+    }
+    size_t bins = 64;
+    while (bins < m && bins < ROUTER_TOP_OF_BINS) bins *= 2;
+    /* (hi - lo) in double: it may overflow float */
+    const float scale = hi > lo ? (float)((double)(bins - 1) / ((double)hi - (double)lo)) : 0.0f;
+    uint32_t *hist = (uint32_t *)scratch;
+    uint16_t *bin = (uint16_t *)(hist + ROUTER_TOP_OF_BINS);
+    float *in_bin = (float *)(bin + m + 2);
+    memset(hist, 0, bins * sizeof(uint32_t));
+    for (size_t j = 0; j < m; j++) {
+        float b = (values[j] - lo) * scale; /* inf - inf is NaN: clamped below */
+        b = b < (float)(bins - 1) ? b : (float)(bins - 1);
+        bin[j] = (uint16_t)(b > 0.0f ? b : 0.0f);
+        hist[bin[j]]++;
+    }
+    size_t b = bins - 1, above = 0;
+    while (above + hist[b] < count) above += hist[b--];
+    size_t n_in_bin = 0;
+    for (size_t j = 0; j < m; j++)
+        if (bin[j] == b) in_bin[n_in_bin++] = values[j];
+    const size_t need = count - above;
+    const float threshold = router_nth_largest(in_bin, n_in_bin, need);
+    size_t greater = 0;
+    for (size_t j = 0; j < n_in_bin; j++) greater += in_bin[j] > threshold;
+    size_t equal_left = need - greater, out = 0;
+    for (size_t j = 0; j < m; j++) {
+        int take = bin[j] > b || (bin[j] == b && values[j] > threshold);
+        if (!take && bin[j] == b && values[j] == threshold && equal_left > 0) take = 1, equal_left--;
+        if (take) chosen[out] = ids[j], chosen_values[out] = values[j], out++;
+    }
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/expf.h"
 #include "moert/moert.h"
 #include "tests/reference_gate.h"
 #include "tests/test_util.h"
@@ -428,6 +429,83 @@ START_TEST(expert_choice_matches_reference) {
 }
 END_TEST
 
+/* Expert choice at sizes where the router samples bounds: the reference computes each
+ * probability with the same float operations (so ties are the same ties), sorts every
+ * expert's tokens by (probability desc, token asc) and keeps the first C. Shapes: plain
+ * random rows; an expert whose sampled rows mislead its bound (too few candidates); all
+ * probabilities equal (every token a candidate: the buffers overflow); coarse rows. */
+typedef struct ec_ranked {
+    float p;
+    int32_t t;
+} ec_ranked;
+
+static int ec_by_rank(const void *a, const void *b) {
+    const ec_ranked *x = a, *y = b;
+    if (x->p != y->p) return x->p > y->p ? -1 : 1;
+    return (x->t > y->t) - (x->t < y->t);
+}
+
+static void check_expert_choice_exact(const float *x, size_t T, size_t E, float cf, int threads, moert_isa isa) {
+    moert_router_config c = moert_router_config_default();
+    c.policy = MOERT_POLICY_EXPERT_CHOICE, c.capacity_factor = cf, c.threads = threads, c.isa = isa;
+    routed r = {0};
+    ck_assert_msg(route(&c, x, T, E, &r) == MOERT_OK, "%s", moert_last_error());
+    check_plan_invariants(&r);
+    int64_t C = (int64_t)floor((double)T * cf / (double)E + 0.5);
+    if (C > (int64_t)T) C = (int64_t)T;
+    float *p = malloc(T * E * sizeof *p);
+    for (size_t t = 0; t < T; t++) {
+        float m = -INFINITY, sum = 0.0f;
+        for (size_t e = 0; e < E; e++) m = x[t * E + e] > m ? x[t * E + e] : m;
+        for (size_t e = 0; e < E; e++) sum += moert_expf(x[t * E + e] - m);
+        for (size_t e = 0; e < E; e++) p[t * E + e] = moert_expf(x[t * E + e] - m) / sum;
+    }
+    /* chosen[t * E + e]: the weight expert e gives token t, or -1 */
+    float *chosen = malloc(T * E * sizeof *chosen);
+    ec_ranked *col = malloc(T * sizeof *col);
+    for (size_t i = 0; i < T * E; i++) chosen[i] = -1.0f;
+    for (size_t e = 0; e < E; e++) {
+        for (size_t t = 0; t < T; t++) col[t] = (ec_ranked){p[t * E + e], (int32_t)t};
+        qsort(col, T, sizeof *col, ec_by_rank);
+        for (int64_t i = 0; i < C; i++) chosen[(size_t)col[i].t * E + e] = col[i].p;
+    }
+    for (size_t t = 0; t < T; t++) {
+        int64_t n = 0;
+        for (size_t e = 0; e < E; e++) n += chosen[t * E + e] >= 0.0f;
+        ck_assert_msg(r.v.token_offsets[t + 1] - r.v.token_offsets[t] == n, "T=%zu token %zu: %lld experts, want %lld",
+                      T, t, (long long)(r.v.token_offsets[t + 1] - r.v.token_offsets[t]), (long long)n);
+        for (int64_t i = r.v.token_offsets[t]; i < r.v.token_offsets[t + 1]; i++)
+            ck_assert_msg(chosen[t * E + (size_t)r.v.expert_ids[i]] == r.v.weights[i],
+                          "T=%zu token %zu expert %d: weight %.9g, want %.9g", T, t, r.v.expert_ids[i],
+                          (double)r.v.weights[i], (double)chosen[t * E + (size_t)r.v.expert_ids[i]]);
+    }
+    for (size_t e = 0; e < E; e++) ck_assert_int_eq(r.s.expert_counts[e], C);
+    free(p), free(chosen), free(col);
+    routed_free(&r);
+}
+
+START_TEST(expert_choice_exact_at_scale) {
+    const size_t T = 5000, E = 32;
+    float *x = random_logits(T * E, 21);
+    for (int threads = 1; threads <= 4; threads *= 2) check_expert_choice_exact(x, T, E, 2.0f, threads, MOERT_ISA_AUTO);
+    check_expert_choice_exact(x, T, E, 2.0f, 1, MOERT_ISA_SCALAR);
+    check_expert_choice_exact(x, T, E, 1.0f, 2, MOERT_ISA_AUTO);
+    /* Expert 0 looks strong on exactly the rows a sample of 256 reads, weak elsewhere. */
+    for (size_t t = 0; t < T; t++) x[t * E] = -5.0f;
+    for (size_t i = 0; i < 256; i++) x[(i * T / 256) * E] = 5.0f;
+    check_expert_choice_exact(x, T, E, 2.0f, 1, MOERT_ISA_AUTO);
+    check_expert_choice_exact(x, T, E, 2.0f, 3, MOERT_ISA_AUTO);
+    /* Every probability the same: ties everywhere, decided by token order. */
+    for (size_t i = 0; i < T * E; i++) x[i] = 0.5f;
+    check_expert_choice_exact(x, T, E, 2.0f, 2, MOERT_ISA_AUTO);
+    /* Coarse values: many ties at each expert's boundary. */
+    for (size_t i = 0; i < T * E; i++) x[i] = (float)((i * 7919u) % 5u);
+    check_expert_choice_exact(x, T, E, 2.0f, 1, MOERT_ISA_AUTO);
+    check_expert_choice_exact(x, T, E, 24.0f, 2, MOERT_ISA_AUTO); /* C = 3750: no sampling */
+    free(x);
+}
+END_TEST
+
 /* ---- determinism ------------------------------------------------------------------------- */
 
 static void assert_same_plan(const routed *a, const routed *b) {
@@ -655,6 +733,7 @@ int main(void) {
     tcase_add_test(ref, token_choice_matches_reference);
     tcase_add_test(ref, capacity_matches_reference);
     tcase_add_test(ref, expert_choice_matches_reference);
+    tcase_add_test(ref, expert_choice_exact_at_scale);
     tcase_add_test(ref, plans_are_bit_identical_for_1_2_4_threads);
     tcase_add_test(ref, routing_groups);
     tcase_set_timeout(ref, 300);

@@ -129,8 +129,14 @@ static void assert_row_ordered(const int32_t *ids, const float *w, int k, const 
     }
 }
 
-static int compare_int32(const void *a, const void *b) {
-    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+/* An entry of a row: expert id and weight, to compare rows as sets sorted by id. */
+typedef struct id_weight {
+    int32_t id;
+    double weight;
+} id_weight;
+
+static int compare_by_id(const void *a, const void *b) {
+    const int32_t x = ((const id_weight *)a)->id, y = ((const id_weight *)b)->id;
     return (x > y) - (x < y);
 }
 
@@ -138,19 +144,14 @@ static int compare_int32(const void *a, const void *b) {
  * ordered differently by computations that round differently). */
 static void assert_same_entries(const int32_t *ids, const float *w, const int32_t *want_ids,
                                 const double *want_w, int k, double rel, const char *who, size_t t) {
-    int32_t *a = malloc((size_t)k * sizeof *a), *b = malloc((size_t)k * sizeof *b);
-    memcpy(a, ids, (size_t)k * sizeof *a);
-    memcpy(b, want_ids, (size_t)k * sizeof *b);
-    qsort(a, (size_t)k, sizeof *a, compare_int32);
-    qsort(b, (size_t)k, sizeof *b, compare_int32);
-    for (int j = 0; j < k; j++) ck_assert_msg(a[j] == b[j], "%s t=%zu: experts differ (%d vs %d)", who, t, a[j], b[j]);
+    id_weight *a = malloc((size_t)k * sizeof *a), *b = malloc((size_t)k * sizeof *b);
+    for (int j = 0; j < k; j++) a[j] = (id_weight){ids[j], w[j]}, b[j] = (id_weight){want_ids[j], want_w[j]};
+    qsort(a, (size_t)k, sizeof *a, compare_by_id);
+    qsort(b, (size_t)k, sizeof *b, compare_by_id);
     for (int j = 0; j < k; j++) {
-        int found = -1;
-        for (int i = 0; i < k && found < 0; i++)
-            if (want_ids[i] == ids[j]) found = i;
-        const double want = want_w[found];
-        ck_assert_msg(fabs((double)w[j] - want) <= rel * fabs(want) + 1e-30,
-                      "%s t=%zu expert %d: weight %.9g, expected %.9g", who, t, ids[j], w[j], want);
+        ck_assert_msg(a[j].id == b[j].id, "%s t=%zu: experts differ (%d vs %d)", who, t, a[j].id, b[j].id);
+        ck_assert_msg(fabs(a[j].weight - b[j].weight) <= rel * fabs(b[j].weight) + 1e-30,
+                      "%s t=%zu expert %d: weight %.9g, expected %.9g", who, t, a[j].id, a[j].weight, b[j].weight);
     }
     free(a), free(b);
 }
@@ -319,6 +320,95 @@ static void random_shapes(const topk_variant *v) {
     }
 }
 START_TEST(variants_match_scalar_on_random_rows) { for_each_vector_variant(random_shapes); }
+END_TEST
+
+/* ---- expert choice's softmax filter and the vector compaction ----------------------- */
+
+/* One variant's softmax filter over all rows (one block at a time, as the driver calls it). */
+typedef struct filter_result {
+    float *bounds, *probs, *lse, *row_max, *row_sum, *prob_block, *tile;
+    int32_t *tokens;
+    size_t *count, cap;
+} filter_result;
+
+static topk_row_error run_filter(const topk_variant *v, const float *x, size_t T, size_t E, filter_result *f) {
+    const topk_candidates cand = {f->bounds, f->tokens, f->probs, f->count, f->cap};
+    memset(f->count, 0, E * sizeof(size_t));
+    memset(f->prob_block, 0, (E + 64) * sizeof(float));
+    for (size_t b = 0; b < T; b += 64) {
+        topk_row_error err = v->softmax_filter(x, T, E, b, b + 64 < T ? b + 64 : T, &cand, f->lse, f->row_max,
+                                               f->row_sum, f->prob_block, f->tile);
+        if (err.kind != TOPK_ROW_OK) return err;
+    }
+    return (topk_row_error){TOPK_ROW_OK, 0, 0};
+}
+
+static filter_result filter_alloc(size_t T, size_t E, size_t cap, const float *bounds) {
+    filter_result f = {0};
+    f.bounds = malloc(E * sizeof(float));
+    memcpy(f.bounds, bounds, E * sizeof(float));
+    f.cap = cap;
+    f.tokens = calloc(E * cap, sizeof(int32_t));
+    f.probs = calloc(E * cap, sizeof(float));
+    f.count = calloc(E, sizeof(size_t));
+    f.lse = calloc(T, sizeof(float)), f.row_max = calloc(T, sizeof(float)), f.row_sum = calloc(T, sizeof(float));
+    f.prob_block = calloc(E + 64, sizeof(float));
+    f.tile = calloc(2 * TOPK_TILE_FLOATS(E), sizeof(float));
+    return f;
+}
+
+static void filter_free(filter_result *f) {
+    free(f->bounds), free(f->tokens), free(f->probs), free(f->count), free(f->lse), free(f->row_max);
+    free(f->row_sum), free(f->prob_block), free(f->tile);
+}
+
+static void filter_variant(const topk_variant *v) {
+    const size_t Es[] = {1, 7, 8, 12, 64, 130};
+    for (size_t s = 0; s < sizeof Es / sizeof Es[0]; s++) {
+        const size_t E = Es[s], T = 203;
+        float *x = random_logits(T * E, 600 + E, 2.0f);
+        float *bounds = malloc(E * sizeof(float));
+        for (size_t e = 0; e < E; e++) bounds[e] = e % 3 == 0 ? 0.0f : (e % 3 == 1 ? 0.5f / (float)E : 2.0f / (float)E);
+        for (size_t cap = 16; cap <= T; cap += T - 16) { /* a small buffer overflows */
+            filter_result want = filter_alloc(T, E, cap, bounds), got = filter_alloc(T, E, cap, bounds);
+            ck_assert_int_eq(run_filter(&topk_variants[0], x, T, E, &want).kind, TOPK_ROW_OK);
+            ck_assert_int_eq(run_filter(v, x, T, E, &got).kind, TOPK_ROW_OK);
+            ck_assert(!memcmp(got.lse, want.lse, T * sizeof(float)));
+            ck_assert(!memcmp(got.row_max, want.row_max, T * sizeof(float)));
+            ck_assert(!memcmp(got.row_sum, want.row_sum, T * sizeof(float)));
+            for (size_t e = 0; e < E; e++) {
+                ck_assert(close_rel(got.prob_block[e], want.prob_block[e], sum_tolerance(T), 1e-6));
+                /* A vector variant may call a buffer over-full a little early; otherwise
+                 * the same list. */
+                if (got.count[e] > cap) continue;
+                ck_assert_msg(got.count[e] == want.count[e], "%s E=%zu cap=%zu expert %zu: %zu vs %zu", v->name, E,
+                              cap, e, got.count[e], want.count[e]);
+                ck_assert(!memcmp(got.tokens + e * cap, want.tokens + e * cap, want.count[e] * sizeof(int32_t)));
+                ck_assert(!memcmp(got.probs + e * cap, want.probs + e * cap, want.count[e] * sizeof(float)));
+            }
+            filter_free(&want), filter_free(&got);
+        }
+        /* A bad row is reported at its first bad element, as the scalar reports it. */
+        x[(T - 5) * E + E / 2] = NAN;
+        filter_result want = filter_alloc(T, E, T, bounds), got = filter_alloc(T, E, T, bounds);
+        const topk_row_error a = run_filter(&topk_variants[0], x, T, E, &want), b = run_filter(v, x, T, E, &got);
+        ck_assert(a.kind == TOPK_ROW_NAN && b.kind == a.kind && b.row == a.row && b.col == a.col);
+        filter_free(&want), filter_free(&got);
+        free(x), free(bounds);
+    }
+    /* Compaction: every length around the vector widths, bounds that take none, some, all. */
+    float x[300];
+    int32_t want_idx[300], got_idx[300];
+    for (size_t i = 0; i < 300; i++) x[i] = (float)((i * 37) % 11) - 5.0f;
+    x[17] = NAN;
+    for (size_t n = 0; n <= 300; n += (n < 70 ? 1 : 23))
+        for (float bound = -6.0f; bound <= 6.0f; bound += 2.5f) {
+            const size_t a = topk_variants[0].compact(x, n, bound, want_idx), b = v->compact(x, n, bound, got_idx);
+            ck_assert_msg(a == b, "%s compact n=%zu bound=%g: %zu vs %zu", v->name, n, (double)bound, b, a);
+            ck_assert(!memcmp(want_idx, got_idx, a * sizeof(int32_t)));
+        }
+}
+START_TEST(variants_match_scalar_softmax_filter_and_compact) { for_each_vector_variant(filter_variant); }
 END_TEST
 
 /* ---- group-limited selection ----------------------------------------------------------- */
@@ -769,6 +859,7 @@ static Suite *topk_gate_suite(void) {
     tcase_add_test(variants, variants_match_scalar_on_random_rows);
     tcase_add_test(variants, variants_match_scalar_on_adversarial_rows);
     tcase_add_test(variants, variants_match_scalar_on_group_limited_rows);
+    tcase_add_test(variants, variants_match_scalar_softmax_filter_and_compact);
     tcase_add_test(variants, unaligned_pointers_give_the_same_result);
     tcase_add_test(variants, threads_give_bit_identical_results);
     tcase_add_test(variants, largest_expert_counts);

@@ -7,7 +7,12 @@ topk_row_error topk_rows_avx2(const topk_job *job, size_t row_begin, size_t row_
     return vec_rows(job, row_begin, row_end, scratch);
 }
 
-topk_row_error topk_softmax_avx2(const float *logits, size_t experts, size_t row_begin,
-                                 size_t row_end, float *probs, float *lse) {
-    return vec_softmax(logits, experts, row_begin, row_end, probs, lse);
+topk_row_error topk_softmax_filter_avx2(const float *logits, size_t tokens, size_t experts, size_t row_begin,
+                                        size_t row_end, const topk_candidates *cand, float *lse,
+                                        float *row_max, float *row_sum, float *prob_block, float *tile) {
+    return vec_softmax_filter(logits, tokens, experts, row_begin, row_end, cand, lse, row_max, row_sum, prob_block, tile);
+}
+
+size_t topk_compact_avx2(const float *x, size_t n, float bound, int32_t *out) {
+    return vec_compact(x, n, bound, out);
 }

@@ -67,22 +67,48 @@ topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratc
 typedef topk_row_error (*topk_rows_fn)(const topk_job *job, size_t row_begin,
                                        size_t row_end, const topk_scratch *scratch);
 
-/* Full softmax of rows [row_begin, row_end): probs[t * experts + e] and lse[t]; stops at
- * the first bad row and reports it, as topk_rows_fn. */
-typedef topk_row_error (*topk_softmax_fn)(const float *logits, size_t experts, size_t row_begin,
-                                          size_t row_end, float *probs, float *lse);
+/* For expert choice: per expert e, the tokens whose probability reaches bounds[e], in
+ * token order: tokens[e * cap + i] and probs[e * cap + i] for i < count[e]. count[e] >
+ * cap says the list is incomplete (a vector variant may say so as its buffer nears full). */
+typedef struct topk_candidates {
+    const float *bounds;
+    int32_t *tokens;
+    float *probs;
+    size_t *count;
+    size_t cap;
+} topk_candidates;
+
+/* Full softmax of rows [row_begin, row_end) of logits [tokens, experts]: each probability is
+ * offered to `cand`, each row's probabilities are added into prob_block [experts + 64],
+ * and lse[t], row_max[t], row_sum[t] (p = exp(x - max) / sum) are written. tile: scratch
+ * of 2 * TOPK_TILE_FLOATS(experts) floats. The probabilities and lse are the same
+ * operations in every variant (bit-identical); the sums may be added in another order.
+ * Stops at the first bad row and reports it. */
+typedef topk_row_error (*topk_softmax_filter_fn)(const float *logits, size_t tokens, size_t experts,
+                                                 size_t row_begin, size_t row_end,
+                                                 const topk_candidates *cand, float *lse,
+                                                 float *row_max, float *row_sum, float *prob_block,
+                                                 float *tile);
+
+/* The indices i of x[0, n) with x[i] >= bound, ascending, into out (room for n); returns
+ * how many. NaN is never >= bound. */
+typedef size_t (*topk_compact_fn)(const float *x, size_t n, float bound, int32_t *out);
 
 typedef struct topk_variant {
     const char *name;
     moert_isa isa;       /* what the CPU must support to run it */
     topk_rows_fn rows;
-    topk_softmax_fn softmax;
+    topk_softmax_filter_fn softmax_filter;
+    topk_compact_fn compact;
 } topk_variant;
 
 /* The variants, best last; see variants.inc. Tests and benchmarks iterate this table. */
 #define TOPK_VARIANT_DECLARE_(name, isa) \
     topk_row_error topk_rows_##name(const topk_job *, size_t, size_t, const topk_scratch *); \
-    topk_row_error topk_softmax_##name(const float *, size_t, size_t, size_t, float *, float *);
+    topk_row_error topk_softmax_filter_##name(const float *, size_t, size_t, size_t, size_t,      \
+                                              const topk_candidates *, float *, float *, float *,  \
+                                              float *, float *);                                   \
+    size_t topk_compact_##name(const float *, size_t, float, int32_t *);
 #include "kernels/topk_gate/variants.inc"
 #undef TOPK_VARIANT_DECLARE_
 
@@ -98,11 +124,15 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
                            const float *logits, size_t tokens, size_t experts,
                            const moert_topk_gate_output *out);
 
-/* Full softmax over experts of logits [tokens, experts] into probs [tokens, experts] and
- * lse [tokens], with the variant `isa` chooses, on `threads` threads. Bad data as
- * moert_topk_gate (MOERT_EBADDATA naming the first bad element, all -inf rows). */
-moert_status topk_softmax_rows(moert_isa isa, const float *logits, size_t tokens, size_t experts,
-                               float *probs, float *lse, int threads);
+/* Full softmax over experts of logits [tokens, experts], each probability offered to the
+ * candidates of the thread that computes it (cand[thread], threads of them; thread i
+ * takes the i-th range of tokens), with lse, row_max, row_sum [tokens] and prob_sums
+ * [experts] (each expert's probabilities summed over tokens, bit-identical for any thread
+ * count), by the variant `isa` chooses. Returns how many threads ran in *used. Bad data
+ * as moert_topk_gate (MOERT_EBADDATA naming the first bad element, all -inf rows). */
+moert_status topk_softmax_filter(moert_isa isa, const float *logits, size_t tokens, size_t experts,
+                                 const topk_candidates *cand, int threads, int *used, float *lse,
+                                 float *row_max, float *row_sum, double *prob_sums);
 
 /* ---- pieces shared by the variants ---- */
 
@@ -110,6 +140,12 @@ moert_status topk_softmax_rows(moert_isa isa, const float *logits, size_t tokens
  * indices (idx[i] if idx is non-NULL, else i) in that order. k <= n. O(n log k). */
 void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, float *top_keys,
                       int32_t *top_idx);
+
+/* One row of topk_softmax_filter_fn, in plain C: the scalar variant, and every variant's
+ * rows past its last whole tile. */
+topk_row_error topk_softmax_filter_row(const float *logits, size_t experts, size_t t,
+                                       const topk_candidates *cand, float *lse, float *row_max,
+                                       float *row_sum, float *prob_block);
 
 /* First NaN/+inf/all -inf finding in one row, scanning in column order. */
 topk_row_error topk_find_bad(const float *row, size_t experts, size_t row_index);

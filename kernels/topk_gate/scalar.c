@@ -59,24 +59,20 @@ topk_row_error topk_rows_scalar(const topk_job *job, size_t row_begin, size_t ro
     return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }
 
-topk_row_error topk_softmax_scalar(const float *logits, size_t experts, size_t row_begin,
-                                   size_t row_end, float *probs, float *lse) {
+topk_row_error topk_softmax_filter_scalar(const float *logits, size_t tokens, size_t experts, size_t row_begin,
+                                          size_t row_end, const topk_candidates *cand, float *lse,
+                                          float *row_max, float *row_sum, float *prob_block, float *tile) {
+    (void)tile, (void)tokens;
     for (size_t t = row_begin; t < row_end; t++) {
-        const float *x = logits + t * experts;
-        float *p = probs + t * experts;
-        float m = -INFINITY;
-        for (size_t e = 0; e < experts; e++) {
-            if (isnan(x[e]) || x[e] == INFINITY) return topk_find_bad(x, experts, t);
-            m = x[e] > m ? x[e] : m;
-        }
-        if (m == -INFINITY) return topk_find_bad(x, experts, t);
-        float s = 0.0f;
-        for (size_t e = 0; e < experts; e++) {
-            p[e] = moert_expf(x[e] - m);
-            s += p[e];
-        }
-        for (size_t e = 0; e < experts; e++) p[e] = p[e] / s;
-        lse[t] = m + logf(s);
+        topk_row_error err = topk_softmax_filter_row(logits, experts, t, cand, lse, row_max, row_sum, prob_block);
+        if (err.kind != TOPK_ROW_OK) return err;
     }
     return (topk_row_error){TOPK_ROW_OK, 0, 0};
+}
+
+size_t topk_compact_scalar(const float *x, size_t n, float bound, int32_t *out) {
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++)
+        if (x[i] >= bound) out[count++] = (int32_t)i;
+    return count;
 }

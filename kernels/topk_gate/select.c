@@ -59,6 +59,34 @@ void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, fl
     }
 }
 
+topk_row_error topk_softmax_filter_row(const float *logits, size_t experts, size_t t,
+                                       const topk_candidates *cand, float *lse, float *row_max,
+                                       float *row_sum, float *prob_block) {
+    const float *x = logits + t * experts;
+    float m = -INFINITY;
+    for (size_t e = 0; e < experts; e++) {
+        if (isnan(x[e]) || x[e] == INFINITY) return topk_find_bad(x, experts, t);
+        m = x[e] > m ? x[e] : m;
+    }
+    if (m == -INFINITY) return topk_find_bad(x, experts, t);
+    float s = 0.0f;
+    for (size_t e = 0; e < experts; e++) s += moert_expf(x[e] - m);
+    for (size_t e = 0; e < experts; e++) {
+        const float p = moert_expf(x[e] - m) / s;
+        prob_block[e] += p;
+        if (p >= cand->bounds[e]) {
+            const size_t i = cand->count[e]++;
+            if (i < cand->cap) {
+                cand->tokens[e * cand->cap + i] = (int32_t)t;
+                cand->probs[e * cand->cap + i] = p;
+            }
+        }
+    }
+    lse[t] = m + logf(s);
+    row_max[t] = m, row_sum[t] = s;
+    return (topk_row_error){TOPK_ROW_OK, 0, 0};
+}
+
 topk_row_error topk_find_bad(const float *row, size_t experts, size_t row_index) {
     topk_row_error err = {TOPK_ROW_ALL_NEG_INF, row_index, 0};
     for (size_t e = 0; e < experts; e++) {

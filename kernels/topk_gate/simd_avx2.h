@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "kernels/expf.h"
+#include "kernels/topk_gate/compress_lut.h"
 
 #define V_W 8
 typedef __m256 vf;
@@ -258,5 +259,14 @@ static inline __attribute__((always_inline)) void v_store_tile8(float *rows, siz
     }
 }
 static inline __attribute__((always_inline)) vf vf_from_vi(vi a) { return _mm256_castsi256_ps(a); }
+
+/* The lanes set in `bits`, in lane order, to the front of fdst and idst (all V_W lanes
+ * are written; those past the count are junk). Returns the count. */
+static inline __attribute__((always_inline)) int v_compress_store(float *fdst, int32_t *idst, uint32_t bits, vf f, vi i) {
+    const __m256i perm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)&compress_lut8[bits]));
+    _mm256_storeu_ps(fdst, _mm256_permutevar8x32_ps(f, perm));
+    _mm256_storeu_si256((__m256i *)idst, _mm256_permutevar8x32_epi32(i, perm));
+    return __builtin_popcount(bits);
+}
 
 #endif /* MOERT_TOPK_SIMD_AVX2_H */

@@ -222,4 +222,12 @@ static inline __attribute__((always_inline)) void v_store_tile8(float *rows, siz
 }
 static inline __attribute__((always_inline)) vf vf_from_vi(vi a) { return _mm512_castsi512_ps(a); }
 
+/* The lanes set in `bits`, in lane order, to the front of fdst and idst (only those are
+ * written). Returns the count. */
+static inline __attribute__((always_inline)) int v_compress_store(float *fdst, int32_t *idst, uint32_t bits, vf f, vi i) {
+    _mm512_mask_compressstoreu_ps(fdst, (__mmask16)bits, f);
+    _mm512_mask_compressstoreu_epi32(idst, (__mmask16)bits, i);
+    return __builtin_popcount(bits);
+}
+
 #endif /* MOERT_TOPK_SIMD_AVX512_H */

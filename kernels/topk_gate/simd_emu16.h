@@ -162,5 +162,12 @@ static inline vf vf_from_vi(vi a) {
     return r;
 }
 
+static inline int v_compress_store(float *fdst, int32_t *idst, uint32_t bits, vf f, vi i) {
+    int n = 0;
+    for (int l = 0; l < 16; l++)
+        if ((bits >> l) & 1) fdst[n] = f.f[l], idst[n] = i.i[l], n++;
+    return n;
+}
+
 #undef EMU_CMP_
 #endif /* MOERT_TOPK_SIMD_EMU16_H */

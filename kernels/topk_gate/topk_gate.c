@@ -18,7 +18,8 @@
 #define TOPK_FIXED_POINT_ONE 4294967296.0 /* 2^32 */
 
 const topk_variant topk_variants[] = {
-#define TOPK_VARIANT_DECLARE_(name, isa) {#name, isa, topk_rows_##name, topk_softmax_##name},
+#define TOPK_VARIANT_DECLARE_(name, isa) \
+    {#name, isa, topk_rows_##name, topk_softmax_filter_##name, topk_compact_##name},
 #include "kernels/topk_gate/variants.inc"
 #undef TOPK_VARIANT_DECLARE_
 };
@@ -113,31 +114,64 @@ static moert_status validate(const moert_topk_gate_params *p, const float *logit
 
 static moert_status report_bad_row(topk_row_error err);
 
-moert_status topk_softmax_rows(moert_isa isa, const float *logits, size_t tokens, size_t experts,
-                               float *probs, float *lse, int threads) {
+/* A block's float sums into a thread's fixed-point (2^-32) accumulators. */
+static void topk_add_fixed_point(int64_t *acc, const float *block, size_t experts) {
+    for (size_t e = 0; e < experts; e++) acc[e] += llrint((double)block[e] * TOPK_FIXED_POINT_ONE);
+}
+
+/* The threads' accumulators (each at the start of its per_thread bytes) summed, as doubles. */
+static void topk_fixed_point_totals(const unsigned char *workspace, size_t per_thread, int threads,
+                                    size_t experts, double *sums) {
+    for (size_t e = 0; e < experts; e++) {
+        int64_t total = 0;
+        for (int t = 0; t < threads; t++) total += ((const int64_t *)(workspace + (size_t)t * per_thread))[e];
+        sums[e] = (double)total / TOPK_FIXED_POINT_ONE;
+    }
+}
+
+moert_status topk_softmax_filter(moert_isa isa, const float *logits, size_t tokens, size_t experts,
+                                 const topk_candidates *cand, int threads, int *used, float *lse,
+                                 float *row_max, float *row_sum, double *prob_sums) {
     MOERT_FORWARD_IF_ERROR(moert_isa_check(isa));
     const topk_variant *variant = topk_variant_for(isa);
     MOERT_RETURN_ERROR_IF(variant == NULL, MOERT_EINVAL, "softmax: no variant");
+    memset(prob_sums, 0, experts * sizeof(double));
+    *used = 0;
     if (tokens == 0) return MOERT_OK;
     const size_t blocks = (tokens + TOPK_BLOCK_ROWS - 1) / TOPK_BLOCK_ROWS;
-    if (threads <= 0) threads = omp_get_max_threads();
     if ((size_t)threads > blocks) threads = (int)blocks;
+    /* Per thread: the fixed-point sums, a block's sums, the tiles. */
+    const size_t per_thread =
+        moert_round_up_64(experts * sizeof(int64_t) + (experts + 64 + 2 * TOPK_TILE_FLOATS(experts)) * sizeof(float));
+    unsigned char *workspace = calloc((size_t)threads, per_thread);
+    MOERT_RETURN_ERROR_IF(workspace == NULL, MOERT_ENOMEM, "softmax: cannot allocate %zu bytes of workspace",
+                          (size_t)threads * per_thread);
     topk_row_error first_bad = {TOPK_ROW_OK, 0, 0};
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
+        const int tid = omp_get_thread_num();
+        unsigned char *mine = workspace + (size_t)tid * per_thread;
+        int64_t *acc = (int64_t *)mine;
+        float *block = (float *)(acc + experts), *tile = block + experts + 64;
         topk_row_error my_bad = {TOPK_ROW_OK, 0, 0};
+        /* Static schedule: thread i takes the i-th range of blocks, in order. */
 #pragma omp for schedule(static)
         for (size_t b = 0; b < blocks; b++) {
             if (my_bad.kind != TOPK_ROW_OK) continue;
             const size_t begin = b * TOPK_BLOCK_ROWS;
             const size_t end = begin + TOPK_BLOCK_ROWS < tokens ? begin + TOPK_BLOCK_ROWS : tokens;
-            my_bad = variant->softmax(logits, experts, begin, end, probs, lse);
+            memset(block, 0, experts * sizeof(float));
+            my_bad = variant->softmax_filter(logits, tokens, experts, begin, end, &cand[tid], lse, row_max, row_sum, block, tile);
+            if (my_bad.kind == TOPK_ROW_OK) topk_add_fixed_point(acc, block, experts);
         }
         if (my_bad.kind != TOPK_ROW_OK) {
 #pragma omp critical(moert_softmax_error)
             if (first_bad.kind == TOPK_ROW_OK || my_bad.row < first_bad.row) first_bad = my_bad;
         }
     }
+    if (first_bad.kind == TOPK_ROW_OK) topk_fixed_point_totals(workspace, per_thread, threads, experts, prob_sums);
+    free(workspace);
+    *used = threads;
     if (first_bad.kind != TOPK_ROW_OK) return report_bad_row(first_bad);
     return MOERT_OK;
 }
@@ -240,8 +274,9 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
     const size_t acc_words = want_probs ? experts : 0;
     const size_t list_words = p->groups > 0 ? TOPK_GROUP_LISTS(p->groups) : 0;
     const size_t grouped_floats = p->groups > 0 ? TOPK_GROUPED_SCRATCH(experts, p->groups) : 0;
-    const size_t per_thread = acc_words * sizeof(int64_t) + list_words * sizeof(int32_t) +
-                              (block_floats + key_floats + tile_floats + lane_floats + grouped_floats) * sizeof(float);
+    const size_t per_thread = moert_round_up_64(
+        acc_words * sizeof(int64_t) + list_words * sizeof(int32_t) +
+        (block_floats + key_floats + tile_floats + lane_floats + grouped_floats) * sizeof(float));
     unsigned char *workspace = NULL;
     if (per_thread > 0) {
         workspace = calloc((size_t)threads, per_thread);
@@ -283,9 +318,7 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
                 else
                     order_equal_weights(&job, begin, end);
             }
-            if (my_bad.kind == TOPK_ROW_OK && want_probs)
-                for (size_t e = 0; e < experts; e++)
-                    acc[e] += llrint((double)scratch.prob_block[e] * TOPK_FIXED_POINT_ONE);
+            if (my_bad.kind == TOPK_ROW_OK && want_probs) topk_add_fixed_point(acc, scratch.prob_block, experts);
         }
         if (my_bad.kind != TOPK_ROW_OK) {
 #pragma omp critical(moert_topk_gate_error)
@@ -293,14 +326,8 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
         }
     }
 
-    if (first_bad.kind == TOPK_ROW_OK && want_probs) {
-        for (size_t e = 0; e < experts; e++) {
-            int64_t total = 0;
-            for (int t = 0; t < threads; t++)
-                total += ((const int64_t *)(workspace + (size_t)t * per_thread))[e];
-            out->prob_sums[e] = (double)total / TOPK_FIXED_POINT_ONE;
-        }
-    }
+    if (first_bad.kind == TOPK_ROW_OK && want_probs)
+        topk_fixed_point_totals(workspace, per_thread, threads, experts, out->prob_sums);
     free(workspace);
     if (first_bad.kind != TOPK_ROW_OK) return report_bad_row(first_bad);
     return MOERT_OK;

@@ -624,7 +624,6 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
     const int k = k_fixed ? k_fixed : job->k;
     if (st->bad) return TILE_BAD;
     const size_t E = fixed_experts ? fixed_experts : job->experts;
-    const float *base = job->logits + t * E;
     vi I[8];
     vf W[8];
     for (int j = 0; j < k; j++) I[j] = st->I[j], W[j] = st->W[j];
@@ -862,42 +861,114 @@ static topk_row_error vec_rows(const topk_job *job, size_t row_begin, size_t row
     return vec_row_kernels[kind](job, row_begin, row_end, scratch);
 }
 
-/* Full softmax of rows: max and bad-data check, then exp and sum, then the division, each
- * a sweep over the row (in L1 after the first). */
-static topk_row_error vec_softmax(const float *logits, size_t experts, size_t row_begin,
-                                  size_t row_end, float *probs, float *lse) {
-    const size_t full = experts / V_W;
-    const int tail = (int)(experts % V_W);
-    const size_t nvec = full + (tail > 0);
-    for (size_t t = row_begin; t < row_end; t++) {
-        const float *x = logits + t * experts;
-        float *p = probs + t * experts;
-        vf mv = vf_set1(-INFINITY);
+/* Full softmax of rows for expert choice (topk_softmax_filter_fn), V_W rows at a time:
+ * per lane, the max and the bad-data check, then exp and the sum in expert order, then the
+ * division (the scalar reference's operations, in its order); each expert's V_W
+ * probabilities are then one comparison with its bound. */
+static topk_row_error vec_softmax_filter(const float *logits, size_t tokens, size_t experts, size_t row_begin,
+                                         size_t row_end, const topk_candidates *cand, float *lse,
+                                         float *row_max, float *row_sum, float *prob_block, float *tile) {
+    const size_t E = experts;
+    float *lanes = tile + TOPK_TILE_FLOATS(E); /* each expert's probabilities, lane by lane */
+    memset(lanes, 0, E * V_W * sizeof(float));
+    const vf neg_inf = vf_set1(-INFINITY);
+    const float *bounds = cand->bounds;
+    int32_t *cand_tokens = cand->tokens;
+    float *cand_probs = cand->probs;
+    size_t *count = cand->count;
+    const size_t cap = cand->cap;
+    size_t t = row_begin;
+    for (; t + V_W <= row_end; t += V_W) {
+        const float *base = logits + t * E;
+        /* As the gate's tiles: fetch the rows a few tiles ahead. */
+        const float *next = t + (TILE_PREFETCH_TILES + 1) * V_W <= tokens ? base + TILE_PREFETCH_TILES * V_W * E : NULL;
+        vf M = neg_inf;
         vm bad = vm_none();
-        for (size_t v = 0; v < nvec; v++) {
-            const vf xv = row_load(x, v, full, tail);
-            bad = vm_or(bad, vm_bad(xv));
-            mv = vf_max(mv, xv);
+        for (size_t c0 = 0; c0 < E; c0 += 8) {
+            const int n = E - c0 < 8 ? (int)(E - c0) : 8;
+            if (next != NULL && (c0 & 15) == 0)
+                for (int r = 0; r < V_W; r++) __builtin_prefetch(next + (size_t)r * E + c0);
+            vf X[8];
+            v_load_tile8(base + c0, E, n, -INFINITY, X);
+            const vf sum8 = vf_add(vf_add(vf_add(X[0], X[1]), vf_add(X[2], X[3])),
+                                   vf_add(vf_add(X[4], X[5]), vf_add(X[6], X[7])));
+            bad = vm_or(bad, vm_bad(sum8));
+            for (int c = 0; c < 8; c++) {
+                M = vf_max(M, X[c]);
+                vf_storeu(tile + (c0 + c) * V_W, X[c]);
+            }
         }
-        const float m = vf_hmax(mv);
-        if (vm_bits(bad) != 0 || m == -INFINITY) return topk_find_bad(x, experts, t);
-        const vf mb = vf_set1(m);
-        vf sum = vf_set1(0.0f);
-        for (size_t v = 0; v < nvec; v++) {
-            const vf ev = vf_exp(vf_sub(row_load(x, v, full, tail), mb));
-            sum = vf_add(sum, ev);
-            if (v < full)
-                vf_storeu(p + v * V_W, ev);
-            else
-                vf_store_part(p + v * V_W, tail, ev);
+        if (vm_bits(vm_or(bad, vm_eq(M, neg_inf))) != 0) { /* the rows name what is wrong */
+            for (size_t r = t; r < t + V_W; r++) {
+                topk_row_error err = topk_softmax_filter_row(logits, E, r, cand, lse, row_max, row_sum, prob_block);
+                if (err.kind != TOPK_ROW_OK) return err;
+            }
+            continue;
         }
-        const float s = vf_hsum(sum);
-        const vf sv = vf_set1(s);
-        for (size_t v = 0; v < full; v++) vf_storeu(p + v * V_W, vf_div(vf_loadu(p + v * V_W), sv));
-        for (size_t e = full * V_W; e < experts; e++) p[e] = p[e] / s;
-        lse[t] = m + logf(s);
+        vf S = vf_set1(0.0f);
+        for (size_t c = 0; c < E; c++) {
+            const vf e = vf_exp(vf_sub(vf_loadu(tile + c * V_W), M));
+            S = vf_add(S, e);
+            vf_storeu(tile + c * V_W, e);
+        }
+        const vi tokens_v = vi_add(vi_iota(), vi_set1((int32_t)t));
+        for (size_t c = 0; c < E; c++) {
+            const vf p = vf_div(vf_loadu(tile + c * V_W), S);
+            vf_storeu(lanes + c * V_W, vf_add(vf_loadu(lanes + c * V_W), p));
+            /* Appended without a branch on the hits, which no predictor guesses: every lane
+             * is written, the hits packed first. Near a full buffer the expert is marked
+             * over-full instead (its selection then recomputes the column). */
+            const uint32_t hits = vm_bits(vm_ge(p, vf_set1(bounds[c])));
+            const size_t i = count[c];
+            if (i + V_W <= cap)
+                count[c] = i + (size_t)v_compress_store(cand_probs + c * cap + i, cand_tokens + c * cap + i, hits, p, tokens_v);
+            else if (hits != 0)
+                count[c] = cap + 1;
+        }
+        float ml[V_W], sl[V_W];
+        vf_storeu(ml, M);
+        vf_storeu(sl, S);
+        for (int lane = 0; lane < V_W; lane++) {
+            lse[t + lane] = ml[lane] + logf(sl[lane]);
+            row_max[t + lane] = ml[lane], row_sum[t + lane] = sl[lane];
+        }
+    }
+    for (size_t c = 0; c < E; c++) {
+        float l[V_W];
+        vf_storeu(l, vf_loadu(lanes + c * V_W));
+        float sum = 0.0f;
+        for (int lane = 0; lane < V_W; lane++) sum += l[lane];
+        prob_block[c] += sum;
+    }
+    for (; t < row_end; t++) {
+        topk_row_error err = topk_softmax_filter_row(logits, E, t, cand, lse, row_max, row_sum, prob_block);
+        if (err.kind != TOPK_ROW_OK) return err;
     }
     return (topk_row_error){TOPK_ROW_OK, 0, 0};
+}
+
+/* topk_compact_fn: a bit per key, 64 keys to a word, then the set bits in order. */
+static size_t vec_compact(const float *x, size_t n, float bound, int32_t *out) {
+    const vf b = vf_set1(bound);
+    const size_t full = n / V_W;
+    const int tail = (int)(n % V_W);
+    size_t count = 0;
+    for (size_t v0 = 0; v0 * V_W < n; v0 += 64 / V_W) {
+        uint64_t word = 0;
+        for (size_t v = v0; v < v0 + 64 / V_W && v <= full; v++) {
+            vm m;
+            if (v < full)
+                m = vm_ge(vf_loadu(x + v * V_W), b);
+            else if (tail > 0)
+                m = vm_and(vm_ge(vf_load_part(x + v * V_W, tail, -INFINITY), b), vm_first(tail));
+            else
+                break;
+            word |= (uint64_t)vm_bits(m) << ((v - v0) * V_W);
+        }
+        const int32_t base = (int32_t)(v0 * V_W);
+        for (; word != 0; word &= word - 1) out[count++] = base + __builtin_ctzll(word);
+    }
+    return count;
 }
 
 #endif /* MOERT_TOPK_VECTOR_IMPL_H */
