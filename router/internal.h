@@ -79,13 +79,29 @@ float router_nth_largest(float *a, size_t n, size_t r);
 void router_select_top_of(const int32_t *ids, const float *values, size_t m, size_t count, int32_t *chosen,
                           float *chosen_values, float *scratch);
 
+/* A thread's own growing buffer of token-major entries, for policies whose entry count
+ * is known only after the pass that finds them (ReLU). */
+typedef struct router_stage {
+    int32_t *ids;
+    float *weights;
+    size_t used, cap;
+    size_t first_token; /* of the thread's range; SIZE_MAX while it has none */
+} router_stage;
+
 /* Scratch memory a router keeps between calls; it only grows. */
 typedef struct router_workspace {
     void *bytes;
     size_t size;
+    router_stage *stages; /* [stage_count], one per thread */
+    int stage_count;
 } router_workspace;
 
 moert_status router_workspace_reserve(router_workspace *ws, size_t bytes);
+/* At least `threads` stages, each emptied (first_token SIZE_MAX). */
+moert_status router_workspace_reserve_stages(router_workspace *ws, int threads);
+/* Room for `more` entries after the stage's used ones. */
+moert_status router_stage_reserve(router_stage *stage, size_t more);
+void router_workspace_free(router_workspace *ws);
 
 /* The gate parameters a token-choice router uses. */
 moert_topk_gate_params router_gate_params(const moert_router_config *config);

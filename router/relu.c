@@ -1,12 +1,64 @@
 /* ReLU routing (ReMoE: Wang et al., "ReMoE: Fully Differentiable Mixture-of-Experts with
  * ReLU Routing", 2024): weight relu(logit - threshold), and a token goes to every expert
- * whose weight is positive. The number of experts per token varies. */
-#include <omp.h>
+ * whose weight is positive. The number of experts per token varies.
+ *
+ * One pass over the logits: the gate (top-1, which also checks the logits and yields the
+ * softmax sums and logsumexp for the statistics) runs block by block, and right after
+ * each block, while its rows are in cache, the block's active experts are compacted with
+ * the variant's vector compaction and each token's entries sorted by weight into the
+ * thread's stage. The stages are then copied into the plan in token order. */
+#include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "common/error.h"
 #include "common/size.h"
 #include "router/internal.h"
+
+typedef struct relu_pass {
+    const float *logits;
+    size_t experts;
+    float threshold, bound; /* bound: the least float above the threshold */
+    topk_compact_fn compact;
+    router_stage *stages;
+    int64_t *counts; /* [tokens + 1]: counts[t + 1] = entries of token t */
+    moert_status *failed; /* [threads] */
+} relu_pass;
+
+/* Sorts one token's entries by descending weight; they arrive by ascending id, and only a
+ * strictly smaller weight moves, so equal weights keep the lower id first. */
+static void sort_token_entries(int32_t *ids, float *w, size_t n) {
+    for (size_t i = 1; i < n; i++) {
+        const float weight = w[i];
+        const int32_t id = ids[i];
+        size_t j = i;
+        for (; j > 0 && w[j - 1] < weight; j--) w[j] = w[j - 1], ids[j] = ids[j - 1];
+        w[j] = weight, ids[j] = id;
+    }
+}
+
+static int relu_block(void *context, int thread, size_t row_begin, size_t row_end) {
+    relu_pass *pass = context;
+    router_stage *stage = &pass->stages[thread];
+    const size_t E = pass->experts;
+    if (stage->first_token == SIZE_MAX) stage->first_token = row_begin;
+    const moert_status st = router_stage_reserve(stage, (row_end - row_begin) * E);
+    if (st != MOERT_OK) {
+        pass->failed[thread] = st;
+        return 1;
+    }
+    for (size_t t = row_begin; t < row_end; t++) {
+        const float *x = pass->logits + t * E;
+        int32_t *ids = stage->ids + stage->used;
+        float *w = stage->weights + stage->used;
+        const size_t n = pass->compact(x, E, pass->bound, ids);
+        for (size_t i = 0; i < n; i++) w[i] = x[ids[i]] - pass->threshold;
+        sort_token_entries(ids, w, n);
+        pass->counts[t + 1] = (int64_t)n;
+        stage->used += n;
+    }
+    return 0;
+}
 
 moert_status router_relu(const moert_router_config *c, const float *logits, size_t tokens,
                          size_t experts, moert_plan *plan, router_workspace *ws) {
@@ -14,50 +66,46 @@ moert_status router_relu(const moert_router_config *c, const float *logits, size
     const int threads = router_threads(c->threads);
     const float threshold = c->relu_threshold;
 
-    /* The gate (top-1) checks the logits and yields the softmax sums and logsumexp for the
-     * statistics, in the same pass. */
-    MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, T * (sizeof(int32_t) + sizeof(float)) + 64));
+    MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, moert_round_up_64(T * (sizeof(int32_t) + sizeof(float))) +
+                                                            (size_t)threads * sizeof(moert_status)));
+    MOERT_FORWARD_IF_ERROR(router_workspace_reserve_stages(ws, threads));
     MOERT_FORWARD_IF_ERROR(plan_reserve(plan, T, 0, E, 0, threads));
+    moert_status *failed = (moert_status *)((unsigned char *)ws->bytes +
+                                            moert_round_up_64(T * (sizeof(int32_t) + sizeof(float))));
+    for (int i = 0; i < threads; i++) failed[i] = MOERT_OK;
+
+    relu_pass pass = {
+        .logits = logits,
+        .experts = E,
+        .threshold = threshold,
+        .bound = nextafterf(threshold, INFINITY),
+        .compact = topk_variant_for(c->isa)->compact,
+        .stages = ws->stages,
+        .counts = plan->token_offsets,
+        .failed = failed,
+    };
     moert_topk_gate_params p = moert_topk_gate_params_default();
     p.k = 1;
-    p.threads = c->threads;
+    p.threads = threads;
     p.isa = c->isa;
-    const moert_topk_gate_output check = {ws->bytes, (float *)((int32_t *)ws->bytes + T), plan->prob_sums,
-                                          plan->logsumexp};
-    MOERT_FORWARD_IF_ERROR(moert_topk_gate(&p, logits, T, E, &check));
+    const moert_topk_gate_output gate = {ws->bytes, (float *)((int32_t *)ws->bytes + T), plan->prob_sums,
+                                         plan->logsumexp};
+    MOERT_FORWARD_IF_ERROR(topk_gate_run_with(topk_variant_for(c->isa), &p, logits, T, E, &gate, relu_block, &pass));
+    for (int i = 0; i < threads; i++)
+        MOERT_RETURN_ERROR_IF(failed[i] != MOERT_OK, failed[i], "relu routing: cannot stage the entries of thread %d (%s)",
+                              i, moert_strerror(failed[i]));
 
-    /* Pass 1: the experts above the threshold, per token; then the offsets. */
+    /* Offsets, then each thread's stage copied to where its tokens start. */
     plan->token_offsets[0] = 0;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (size_t t = 0; t < T; t++) {
-        const float *x = logits + t * E;
-        int64_t n = 0;
-        for (size_t e = 0; e < E; e++) n += x[e] - threshold > 0.0f;
-        plan->token_offsets[t + 1] = n;
-    }
     for (size_t t = 0; t < T; t++) plan->token_offsets[t + 1] += plan->token_offsets[t];
     const size_t entries = (size_t)plan->token_offsets[T];
     MOERT_FORWARD_IF_ERROR(plan_reserve(plan, T, entries, E, entries, threads));
-
-    /* Pass 2: each token's entries by descending weight, ties to the lower id. */
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (size_t t = 0; t < T; t++) {
-        const float *x = logits + t * E;
-        int32_t *ids = plan->expert_ids + plan->token_offsets[t];
-        float *w = plan->weights + plan->token_offsets[t];
-        int64_t n = 0;
-        for (size_t e = 0; e < E; e++) {
-            const float weight = x[e] - threshold;
-            if (!(weight > 0.0f)) continue;
-            int64_t j = n++;
-            while (j > 0 && w[j - 1] < weight) {
-                w[j] = w[j - 1];
-                ids[j] = ids[j - 1];
-                j--;
-            }
-            w[j] = weight;
-            ids[j] = (int32_t)e;
-        }
+    for (int i = 0; i < threads; i++) {
+        const router_stage *s = &ws->stages[i];
+        if (s->used == 0) continue;
+        const int64_t at = plan->token_offsets[s->first_token];
+        memcpy(plan->expert_ids + at, s->ids, s->used * sizeof(int32_t));
+        memcpy(plan->weights + at, s->weights, s->used * sizeof(float));
     }
     plan->tokens = T, plan->experts = E, plan->entries = entries;
     MOERT_FORWARD_IF_ERROR(plan_build_expert_major(plan, threads, 0, 0));

@@ -2,6 +2,7 @@
  * dispatch. */
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +26,41 @@ moert_status router_workspace_reserve(router_workspace *ws, size_t bytes) {
     ws->bytes = p;
     ws->size = bytes;
     return MOERT_OK;
+}
+
+moert_status router_workspace_reserve_stages(router_workspace *ws, int threads) {
+    if (threads > ws->stage_count) {
+        router_stage *p = realloc(ws->stages, (size_t)threads * sizeof *p);
+        MOERT_RETURN_ERROR_IF(p == NULL, MOERT_ENOMEM, "router: cannot allocate %d thread stages", threads);
+        memset(p + ws->stage_count, 0, (size_t)(threads - ws->stage_count) * sizeof *p);
+        ws->stages = p;
+        ws->stage_count = threads;
+    }
+    for (int i = 0; i < ws->stage_count; i++) ws->stages[i].used = 0, ws->stages[i].first_token = SIZE_MAX;
+    return MOERT_OK;
+}
+
+moert_status router_stage_reserve(router_stage *stage, size_t more) {
+    size_t want;
+    MOERT_RETURN_ERROR_IF(__builtin_add_overflow(stage->used, more, &want), MOERT_EOVERFLOW,
+                          "router: stage size overflows size_t");
+    if (want <= stage->cap) return MOERT_OK;
+    want += want / 2 + 64;
+    int32_t *ids = realloc(stage->ids, want * sizeof *ids);
+    if (ids != NULL) stage->ids = ids;
+    float *weights = ids != NULL ? realloc(stage->weights, want * sizeof *weights) : NULL;
+    if (weights != NULL) stage->weights = weights;
+    MOERT_RETURN_ERROR_IF(ids == NULL || weights == NULL, MOERT_ENOMEM,
+                          "router: cannot allocate %zu staged entries", want);
+    stage->cap = want;
+    return MOERT_OK;
+}
+
+void router_workspace_free(router_workspace *ws) {
+    for (int i = 0; i < ws->stage_count; i++) free(ws->stages[i].ids), free(ws->stages[i].weights);
+    free(ws->stages);
+    free(ws->bytes);
+    *ws = (router_workspace){0};
 }
 
 moert_router_config moert_router_config_default(void) {
@@ -130,7 +166,7 @@ moert_status moert_router_create(const moert_router_config *config, size_t exper
 void moert_router_destroy(moert_router *router) {
     if (router == NULL) return;
     moert_plan_destroy(router->group_plan);
-    free(router->ws.bytes);
+    router_workspace_free(&router->ws);
     free(router);
 }
 

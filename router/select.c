@@ -169,7 +169,7 @@ void router_select_top_of(const int32_t *ids, const float *values, size_t m, siz
     const float scale = hi > lo ? (float)((double)(bins - 1) / ((double)hi - (double)lo)) : 0.0f;
     uint32_t *hist = (uint32_t *)scratch;
     uint16_t *bin = (uint16_t *)(hist + ROUTER_TOP_OF_BINS);
-    float *in_bin = (float *)(bin + m + 2);
+    float *in_bin = (float *)(bin + ((m + 3) & ~(size_t)1)); /* an even count of uint16: float-aligned */
     memset(hist, 0, bins * sizeof(uint32_t));
     for (size_t j = 0; j < m; j++) {
         float b = (values[j] - lo) * scale; /* inf - inf is NaN: clamped below */

@@ -484,6 +484,90 @@ static void check_expert_choice_exact(const float *x, size_t T, size_t E, float 
     routed_free(&r);
 }
 
+/* ReLU's entries of one token by the definition: x - threshold where positive, by
+ * descending weight, ties to the lower id. */
+typedef struct relu_entry {
+    int32_t id;
+    float weight;
+} relu_entry;
+
+static int relu_entry_order(const void *pa, const void *pb) {
+    const relu_entry *a = pa, *b = pb;
+    if (a->weight != b->weight) return a->weight > b->weight ? -1 : 1;
+    return (a->id > b->id) - (a->id < b->id);
+}
+
+static void check_relu_against_reference(const float *x, size_t T, size_t E, float threshold, int threads,
+                                         moert_isa isa) {
+    moert_router_config c = moert_router_config_default();
+    c.policy = MOERT_POLICY_RELU, c.relu_threshold = threshold, c.threads = threads, c.isa = isa;
+    routed r = {0};
+    ck_assert_msg(route(&c, x, T, E, &r) == MOERT_OK, "%s", moert_last_error());
+    check_plan_invariants(&r);
+    relu_entry *want = malloc(E * sizeof *want);
+    int64_t *loads = calloc(E, sizeof *loads), *histogram = calloc(E + 1, sizeof *histogram);
+    double *mean_prob = calloc(E, sizeof *mean_prob), z = 0.0;
+    size_t total = 0;
+    for (size_t t = 0; t < T; t++) {
+        const float *row = x + t * E;
+        size_t n = 0;
+        double max = row[0], sum = 0.0;
+        for (size_t e = 0; e < E; e++) {
+            if (row[e] - threshold > 0.0f) want[n++] = (relu_entry){(int32_t)e, row[e] - threshold};
+            max = row[e] > max ? row[e] : max;
+        }
+        for (size_t e = 0; e < E; e++) sum += exp(row[e] - max);
+        for (size_t e = 0; e < E; e++) mean_prob[e] += exp(row[e] - max) / sum / (double)T;
+        z += (max + log(sum)) * (max + log(sum)) / (double)T;
+        qsort(want, n, sizeof *want, relu_entry_order);
+        const int64_t a = r.v.token_offsets[t];
+        ck_assert_msg(r.v.token_offsets[t + 1] - a == (int64_t)n, "E=%zu thr=%g isa=%d token %zu: %lld entries, want %zu",
+                      E, threshold, isa, t, (long long)(r.v.token_offsets[t + 1] - a), n);
+        for (size_t j = 0; j < n; j++) {
+            ck_assert_msg(r.v.expert_ids[a + j] == want[j].id && r.v.weights[a + j] == want[j].weight,
+                          "E=%zu thr=%g isa=%d token %zu entry %zu: (%d, %.9g), want (%d, %.9g)", E, threshold, isa, t,
+                          j, r.v.expert_ids[a + j], r.v.weights[a + j], want[j].id, want[j].weight);
+            loads[want[j].id]++;
+        }
+        histogram[n]++;
+        total += n;
+    }
+    double aux = 0.0;
+    for (size_t e = 0; e < E; e++) {
+        ck_assert_int_eq(r.s.expert_counts[e], loads[e]);
+        aux += total ? (double)loads[e] / (double)total * mean_prob[e] : 0.0;
+    }
+    for (size_t n = 0; n <= E; n++) ck_assert_int_eq(r.s.experts_per_token[n], histogram[n]);
+    ck_assert_int_eq(r.s.unrouted, histogram[0]);
+    ck_assert_double_eq_tol(r.s.sparsity, 1.0 - (double)total / ((double)T * (double)E), 1e-12);
+    ck_assert_msg(fabs(r.s.aux_loss - (double)E * aux) <= 1e-5 * (double)E * aux + 1e-12, "aux %.9g, want %.9g",
+                  r.s.aux_loss, (double)E * aux);
+    ck_assert_msg(fabs(r.s.z_loss - z) <= 1e-5 * z + 1e-9, "z-loss %.9g, want %.9g", r.s.z_loss, z);
+    free(want), free(loads), free(histogram), free(mean_prob);
+    routed_free(&r);
+}
+
+START_TEST(relu_matches_reference) {
+    /* Widths around the vector widths; thresholds with many, few and no active entries;
+     * logits on a 1/64 grid, so weights tie. Every ISA this CPU runs, several threads
+     * (301 rows are 5 gate blocks: uneven shares). */
+    const size_t widths[] = {1, 7, 8, 17, 64, 130};
+    const float thresholds[] = {-0.5f, 0.0f, 1.3f, 2.5f, 100.0f};
+    const moert_isa isas[] = {MOERT_ISA_SCALAR, MOERT_ISA_AVX2, MOERT_ISA_AVX512};
+    for (size_t s = 0; s < sizeof widths / sizeof widths[0]; s++) {
+        const size_t E = widths[s], T = 301;
+        float *x = random_logits(T * E, 50 + s);
+        for (size_t h = 0; h < sizeof thresholds / sizeof thresholds[0]; h++)
+            for (size_t i = 0; i < 3; i++) {
+                if (moert_isa_check(isas[i]) != MOERT_OK) continue;
+                check_relu_against_reference(x, T, E, thresholds[h], 1, isas[i]);
+                check_relu_against_reference(x, T, E, thresholds[h], 3, isas[i]);
+            }
+        free(x);
+    }
+}
+END_TEST
+
 START_TEST(expert_choice_exact_at_scale) {
     const size_t T = 5000, E = 32;
     float *x = random_logits(T * E, 21);
@@ -734,6 +818,7 @@ int main(void) {
     tcase_add_test(ref, capacity_matches_reference);
     tcase_add_test(ref, expert_choice_matches_reference);
     tcase_add_test(ref, expert_choice_exact_at_scale);
+    tcase_add_test(ref, relu_matches_reference);
     tcase_add_test(ref, plans_are_bit_identical_for_1_2_4_threads);
     tcase_add_test(ref, routing_groups);
     tcase_set_timeout(ref, 300);

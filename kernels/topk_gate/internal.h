@@ -124,6 +124,18 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
                            const float *logits, size_t tokens, size_t experts,
                            const moert_topk_gate_output *out);
 
+/* Called by the driver's thread `thread` after it routed rows [row_begin, row_end), while
+ * they are still in cache; each thread sees its blocks in ascending order, and the
+ * threads hold consecutive ranges of blocks. Returns 0, or non-zero to stop: the thread
+ * then routes no more blocks and topk_gate_run_with returns MOERT_OK all the same (the
+ * caller's context says what failed). */
+typedef int (*topk_block_hook)(void *context, int thread, size_t row_begin, size_t row_end);
+
+/* topk_gate_run, calling `hook` (if non-NULL) after each block. */
+moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_gate_params *params,
+                                const float *logits, size_t tokens, size_t experts,
+                                const moert_topk_gate_output *out, topk_block_hook hook, void *context);
+
 /* Full softmax over experts of logits [tokens, experts], each probability offered to the
  * candidates of the thread that computes it (cand[thread], threads of them; thread i
  * takes the i-th range of tokens), with lse, row_max, row_sum [tokens] and prob_sums

@@ -233,6 +233,12 @@ static void order_equal_weights(const topk_job *job, size_t begin, size_t end) {
 moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_params *p,
                            const float *logits, size_t tokens, size_t experts,
                            const moert_topk_gate_output *out) {
+    return topk_gate_run_with(variant, p, logits, tokens, experts, out, NULL, NULL);
+}
+
+moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_gate_params *p,
+                                const float *logits, size_t tokens, size_t experts,
+                                const moert_topk_gate_output *out, topk_block_hook hook, void *context) {
     MOERT_FORWARD_IF_ERROR(validate(p, logits, tokens, experts, out));
     MOERT_RETURN_ERROR_IF(variant == NULL, MOERT_EINVAL, "top-k gate: no variant");
     MOERT_FORWARD_IF_ERROR(moert_isa_check(variant->isa));
@@ -302,12 +308,13 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
             .grouped = grouped_floats ? floats + block_floats + key_floats + tile_floats + lane_floats : NULL,
         };
         topk_row_error my_bad = {TOPK_ROW_OK, 0, 0};
+        int hook_stopped = 0;
 
         /* Static schedule: each thread walks its blocks in ascending order, so its first
          * bad row is the first in its share and the minimum over threads is global. */
 #pragma omp for schedule(static)
         for (size_t b = 0; b < blocks; b++) {
-            if (my_bad.kind != TOPK_ROW_OK) continue;
+            if (my_bad.kind != TOPK_ROW_OK || hook_stopped) continue;
             const size_t begin = b * TOPK_BLOCK_ROWS;
             const size_t end = begin + TOPK_BLOCK_ROWS < tokens ? begin + TOPK_BLOCK_ROWS : tokens;
             if (want_probs) memset(scratch.prob_block, 0, experts * sizeof(float));
@@ -319,6 +326,7 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
                     order_equal_weights(&job, begin, end);
             }
             if (my_bad.kind == TOPK_ROW_OK && want_probs) topk_add_fixed_point(acc, scratch.prob_block, experts);
+            if (my_bad.kind == TOPK_ROW_OK && hook != NULL) hook_stopped = hook(context, tid, begin, end);
         }
         if (my_bad.kind != TOPK_ROW_OK) {
 #pragma omp critical(moert_topk_gate_error)
