@@ -25,9 +25,32 @@ typedef struct relu_pass {
     moert_status *failed; /* [threads] */
 } relu_pass;
 
-/* Sorts one token's entries by descending weight; they arrive by ascending id, and only a
- * strictly smaller weight moves, so equal weights keep the lower id first. */
+/* Tokens with up to this many entries are sorted by rank, without branches. */
+#define RELU_RANK_SORT_MAX 32
+
+/* Sorts one token's entries by descending weight, ties to the lower id; they arrive by
+ * ascending id. The weights are positive, so their bit patterns order like the values:
+ * the key (weight bits, then the id's complement) is distinct per entry, and an entry's
+ * place is the number of keys above its own. That costs n^2 compares but no branch on
+ * the data: with weights in random order an insertion sort mispredicts about once an
+ * entry, which cost more than the compaction. Longer lists go by insertion. */
 static void sort_token_entries(int32_t *ids, float *w, size_t n) {
+    if (n <= RELU_RANK_SORT_MAX) {
+        uint64_t key[RELU_RANK_SORT_MAX];
+        for (size_t i = 0; i < n; i++) {
+            uint32_t bits;
+            memcpy(&bits, &w[i], sizeof bits);
+            key[i] = (uint64_t)bits << 32 | (uint32_t)~(uint32_t)ids[i];
+        }
+        for (size_t i = 0; i < n; i++) {
+            size_t rank = 0;
+            for (size_t j = 0; j < n; j++) rank += key[j] > key[i];
+            uint32_t bits = (uint32_t)(key[i] >> 32);
+            memcpy(&w[rank], &bits, sizeof bits);
+            ids[rank] = (int32_t)~(uint32_t)key[i];
+        }
+        return;
+    }
     for (size_t i = 1; i < n; i++) {
         const float weight = w[i];
         const int32_t id = ids[i];
