@@ -26,7 +26,9 @@ static const char help[] =
     "  --json              one JSON object on the last line\n" ROUTER_CLI_HELP
     "\n"
     "The fused kernel alone is moert_topk_gate with the router's score (softmax post, or\n"
-    "sigmoid), k = --baseline-k, no groups, no statistics.\n";
+    "sigmoid), k = --baseline-k, no groups, no statistics. The same kernel with statistics\n"
+    "also sums the softmax probabilities per expert and writes each token's logsumexp,\n"
+    "which the auxiliary loss and the z-loss of any policy need.\n";
 
 typedef struct route_ctx {
     moert_router *router;
@@ -47,12 +49,14 @@ typedef struct kernel_ctx {
     size_t tokens, experts;
     int32_t *ids;
     float *weights;
+    double *prob_sums; /* NULL, or [experts] with logsumexp: the kernel with statistics */
+    float *logsumexp;
     moert_status status;
 } kernel_ctx;
 
 static void run_kernel(void *arg) {
     kernel_ctx *c = arg;
-    moert_topk_gate_output out = {c->ids, c->weights, NULL, NULL};
+    moert_topk_gate_output out = {c->ids, c->weights, c->prob_sums, c->logsumexp};
     c->status = moert_topk_gate(&c->params, c->logits, c->tokens, c->experts, &out);
 }
 
@@ -120,9 +124,13 @@ int bench_route(int argc, char **argv) {
     float *weights = malloc(tokens * (size_t)baseline_k * sizeof(float));
     double *route_ns = calloc((size_t)rounds, sizeof(double)), *kernel_ns = calloc((size_t)rounds, sizeof(double));
     double *ratio = calloc((size_t)rounds, sizeof(double));
+    double *stats_ns = calloc((size_t)rounds, sizeof(double)), *stats_ratio = calloc((size_t)rounds, sizeof(double));
+    double *prob_sums = malloc(experts * sizeof(double));
+    float *logsumexp = malloc(tokens * sizeof(float));
     route_ctx r = {NULL, NULL, logits, tokens, MOERT_OK};
     code = CLI_OK;
-    if (!logits || !ids || !weights || !route_ns || !kernel_ns || !ratio)
+    if (!logits || !ids || !weights || !route_ns || !kernel_ns || !ratio || !stats_ns || !stats_ratio ||
+        !prob_sums || !logsumexp)
         code = cli_fail(CLI_FAIL, "cannot allocate the benchmark's buffers");
     moert_status st = MOERT_OK;
     if (code == CLI_OK) {
@@ -131,32 +139,40 @@ int bench_route(int argc, char **argv) {
         if (st == MOERT_OK) st = moert_plan_create(&r.plan);
         if (st != MOERT_OK) code = cli_fail_status(st, "bench route");
     }
-    kernel_ctx k = {moert_topk_gate_params_default(), logits, tokens, experts, ids, weights, MOERT_OK};
+    kernel_ctx k = {moert_topk_gate_params_default(), logits, tokens, experts, ids, weights, NULL, NULL, MOERT_OK};
     k.params.k = baseline_k;
     k.params.score = c->score;
     k.params.threads = threads;
     k.params.isa = c->isa;
+    kernel_ctx ks = k;
+    ks.prob_sums = prob_sums, ks.logsumexp = logsumexp;
     if (code == CLI_OK) {
         run_route(&r); /* warm up, and check */
+        run_kernel(&ks);
         run_kernel(&k);
         if (r.status != MOERT_OK) code = cli_fail_status(r.status, "route");
         else if (k.status != MOERT_OK) code = cli_fail_status(k.status, "kernel");
+        else if (ks.status != MOERT_OK) code = cli_fail_status(ks.status, "kernel with statistics");
     }
     for (int i = 0; i < rounds && code == CLI_OK; i++) {
         route_ns[i] = bench_sample(run_route, &r, 0.05) * 1e9 / (double)tokens;
         kernel_ns[i] = bench_sample(run_kernel, &k, 0.05) * 1e9 / (double)tokens;
+        stats_ns[i] = bench_sample(run_kernel, &ks, 0.05) * 1e9 / (double)tokens;
         ratio[i] = route_ns[i] / kernel_ns[i];
+        stats_ratio[i] = stats_ns[i] / kernel_ns[i];
     }
     if (code == CLI_OK) {
         moert_plan_stats s;
         moert_plan_get_stats(r.plan, &s);
         const double m_route = bench_median(route_ns, rounds), m_kernel = bench_median(kernel_ns, rounds);
         const double m_ratio = bench_median(ratio, rounds);
+        const double m_stats = bench_median(stats_ns, rounds), m_stats_ratio = bench_median(stats_ratio, rounds);
         printf("moert bench route: tokens=%zu experts=%zu threads=%d rounds=%d\n", tokens, experts, threads, rounds);
         printf("  route    %10.2f ns/token  (plan and statistics; %.3f experts/token, sparsity %.3f)\n", m_route,
                s.experts_per_token_mean, s.sparsity);
         printf("  kernel   %10.2f ns/token  (fused top-%d alone)\n", m_kernel, baseline_k);
-        printf("  ratio    %10.2f x\n", m_ratio);
+        printf("  kernel with statistics %.2f ns/token (%.2f x the kernel alone)\n", m_stats, m_stats_ratio);
+        printf("  ratio    %10.2f x  (route / kernel alone)\n", m_ratio);
         if (json) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "benchmark", "route");
@@ -169,6 +185,8 @@ int bench_route(int argc, char **argv) {
             cJSON_AddNumberToObject(o, "kernel_ns_per_token", m_kernel);
             cJSON_AddNumberToObject(o, "baseline_k", baseline_k);
             cJSON_AddNumberToObject(o, "ratio_to_kernel", m_ratio);
+            cJSON_AddNumberToObject(o, "kernel_stats_ns_per_token", m_stats);
+            cJSON_AddNumberToObject(o, "kernel_stats_ratio_to_kernel", m_stats_ratio);
             cJSON_AddNumberToObject(o, "experts_per_token", s.experts_per_token_mean);
             cJSON_AddNumberToObject(o, "sparsity", s.sparsity);
             char *text = cJSON_PrintUnformatted(o);
@@ -181,5 +199,6 @@ int bench_route(int argc, char **argv) {
     moert_router_destroy(r.router);
     router_cli_free(&rc);
     free(logits), free(ids), free(weights), free(route_ns), free(kernel_ns), free(ratio);
+    free(stats_ns), free(stats_ratio), free(prob_sums), free(logsumexp);
     return code;
 }

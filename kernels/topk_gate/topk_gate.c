@@ -220,6 +220,10 @@ static void order_equal_weights(const topk_job *job, size_t begin, size_t end) {
     for (size_t t = begin; t < end; t++) {
         int32_t *ids = job->ids + t * (size_t)k;
         const float *w = job->weights + t * (size_t)k;
+        /* Runs are rare: find whether the row has one without a branch per entry. */
+        int any = 0;
+        for (int i = 1; i < k; i++) any |= w[i] == w[i - 1];
+        if (!any) continue;
         for (int i = 1; i < k; i++) {
             if (w[i] != w[i - 1] || ids[i] > ids[i - 1]) continue;
             const int32_t id = ids[i];

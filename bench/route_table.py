@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Runs `moert bench route` on the routing issue's four figures (plus the plain sigmoid
+route at E = 256, for the group-limited one) several times, and prints the markdown table
+of bench/README.md: the median ratio to the fused kernel alone and its range over runs.
+
+    python3 bench/route_table.py [--moert build/bin/moert] [--runs 5] [--rounds 7]
+"""
+import argparse
+import json
+import statistics
+import subprocess
+
+# (label, arguments of `moert bench route`, the issue's bound on the ratio or None)
+CASES = [
+    ("token choice (64,8), softmax post", ["--k", "8"], 1.6),
+    ("sigmoid top-8, E = 256", ["--score", "sigmoid", "--experts", "256", "--k", "8"], None),
+    ("sigmoid top-8, E = 256, G = 8, M = 4",
+     ["--score", "sigmoid", "--experts", "256", "--k", "8", "--groups", "8", "--topk-groups", "4"], 1.5),
+    ("expert choice, E = 64, cf = 2", ["--policy", "expert-choice", "--capacity-factor", "2"], 4.0),
+    ("ReLU, E = 64, 10% active", ["--policy", "relu"], 1.5),
+]
+
+
+def run(moert, args, rounds):
+    cmd = [moert, "bench", "route", "--rounds", str(rounds), "--json"] + args
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--moert", default="build/bin/moert")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+
+    results = {label: [] for label, _, _ in CASES}
+    for _ in range(args.runs):  # the cases interleaved run by run: noise hits them alike
+        for label, case_args, _ in CASES:
+            results[label].append(run(args.moert, case_args, args.rounds))
+
+    print("| case | route ns/token | kernel ns/token | ratio (median) | ratio range | bound |")
+    print("|---|---|---|---|---|---|")
+    for label, _, bound in CASES:
+        rs = results[label]
+        ratios = [r["ratio_to_kernel"] for r in rs]
+        route = statistics.median(r["route_ns_per_token"] for r in rs)
+        kernel = statistics.median(r["kernel_ns_per_token"] for r in rs)
+        print(f"| {label} | {route:.1f} | {kernel:.1f} | {statistics.median(ratios):.2f}x "
+              f"| {min(ratios):.2f}-{max(ratios):.2f}x | {f'{bound:.1f}x' if bound else '-'} |")
+
+
+if __name__ == "__main__":
+    main()
