@@ -70,7 +70,7 @@ static void write_npy_with_header(const char *name, const char *dict, size_t dat
 
 START_TEST(route_writes_readable_plan) {
     write_logits("hand.npy", hand, 4, 4);
-    char args[1024], err[1024], out[512], f[512];
+    char args[2048], err[1024], out[512], f[1100];
     path(out, sizeof out, "plan");
     snprintf(args, sizeof args, "route --logits %s/hand.npy --out %s --capacity-factor 1", workdir, out);
     ck_assert_msg(run(args, err, sizeof err) == 0, "%s", err);
@@ -141,7 +141,7 @@ START_TEST(route_matches_library_on_random_logits) {
         moert_plan_view v;
         moert_plan_get_view(plan, &v);
 
-        char args[1024], err[1024], out[512], f[512];
+        char args[2048], err[1024], out[512], f[1100];
         snprintf(out, sizeof out, "%s/random%d", workdir, p);
         snprintf(args, sizeof args, "route --logits %s/random.npy --out %s %s --quiet", workdir, out, policies[p]);
         ck_assert_msg(run(args, err, sizeof err) == 0, "%s", err);
@@ -169,7 +169,7 @@ END_TEST
 /* `moert ARGS` fails with status `want`, a one-line "moert:" error mentioning `needle`,
  * and leaves no plan files in DIR/bad. */
 static void expect_failure(const char *args_tail, int want, const char *needle) {
-    char args[2048], err[2048], out[512], f[512];
+    char args[2048], err[2048], out[512], f[1100];
     path(out, sizeof out, "bad");
     snprintf(args, sizeof args, "route --out %s %s", out, args_tail);
     const int status = run(args, err, sizeof err);
@@ -185,7 +185,7 @@ static void expect_failure(const char *args_tail, int want, const char *needle) 
 }
 
 START_TEST(bad_inputs_fail_cleanly) {
-    char a[1024];
+    char a[2048];
     write_logits("hand.npy", hand, 4, 4);
     float nan_logits[16];
     memcpy(nan_logits, hand, sizeof hand);
@@ -255,7 +255,7 @@ START_TEST(bad_inputs_fail_cleanly) {
 END_TEST
 
 START_TEST(help_documents_every_option) {
-    char args[512], out_path[512];
+    char args[1200], out_path[512];
     path(out_path, sizeof out_path, "help.txt");
     snprintf(args, sizeof args, "%s route --help > %s", moert_bin, out_path);
     ck_assert_int_eq(system(args), 0);

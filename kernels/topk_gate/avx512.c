@@ -1,4 +1,8 @@
 /* The top-k gate, AVX-512 (F, BW, DQ, VL) variant. Compiled with its own -m flags only. */
+/* GCC 12 warns that lanes of the selection's arrays (W, st[1], ...) "may be used
+ * uninitialized" where only the first k, or the second tile of a pair, are live: the
+ * loops that read them are bounded by the same k or pair flag, which it cannot follow. */
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "kernels/topk_gate/simd_avx512.h"
 #include "kernels/topk_gate/vector_impl.h"
 
