@@ -4,10 +4,9 @@
  *
  * One pass over the logits: the gate (top-1, which also checks the logits and yields the
  * softmax sums and logsumexp for the statistics) runs block by block, and right after
- * each block, while its rows are in cache, the block's active experts are compacted with
- * the variant's vector compaction and each token's entries sorted by weight into the
- * thread's stage. The stages are then copied into the plan in token order. */
-#include <math.h>
+ * each block, while its rows are in cache, the variant's ReLU row kernel compacts each
+ * token's active experts and sorts them by weight into the thread's stage. The stages
+ * are then copied into the plan in token order. */
 #include <stdint.h>
 #include <string.h>
 
@@ -18,47 +17,13 @@
 typedef struct relu_pass {
     const float *logits;
     size_t experts;
-    float threshold, bound; /* bound: the least float above the threshold */
-    topk_compact_fn compact;
+    float threshold;
+    topk_relu_row_fn relu_row;
+    float *scratch; /* [threads][TOPK_RELU_SCRATCH(experts)] */
     router_stage *stages;
     int64_t *counts; /* [tokens + 1]: counts[t + 1] = entries of token t */
     moert_status *failed; /* [threads] */
 } relu_pass;
-
-/* Tokens with up to this many entries are sorted by rank, without branches. */
-#define RELU_RANK_SORT_MAX 32
-
-/* Sorts one token's entries by descending weight, ties to the lower id; they arrive by
- * ascending id. The weights are positive, so their bit patterns order like the values:
- * the key (weight bits, then the id's complement) is distinct per entry, and an entry's
- * place is the number of keys above its own. That costs n^2 compares but no branch on
- * the data: with weights in random order an insertion sort mispredicts about once an
- * entry, which cost more than the compaction. Longer lists go by insertion. */
-static void sort_token_entries(int32_t *ids, float *w, size_t n) {
-    if (n <= RELU_RANK_SORT_MAX) {
-        uint64_t key[RELU_RANK_SORT_MAX];
-        for (size_t i = 0; i < n; i++) {
-            uint32_t bits;
-            memcpy(&bits, &w[i], sizeof bits);
-            key[i] = (uint64_t)bits << 32 | (uint32_t)~(uint32_t)ids[i];
-        }
-        for (size_t i = 0; i < n; i++) {
-            size_t rank = 0;
-            for (size_t j = 0; j < n; j++) rank += key[j] > key[i];
-            uint32_t bits = (uint32_t)(key[i] >> 32);
-            memcpy(&w[rank], &bits, sizeof bits);
-            ids[rank] = (int32_t)~(uint32_t)key[i];
-        }
-        return;
-    }
-    for (size_t i = 1; i < n; i++) {
-        const float weight = w[i];
-        const int32_t id = ids[i];
-        size_t j = i;
-        for (; j > 0 && w[j - 1] < weight; j--) w[j] = w[j - 1], ids[j] = ids[j - 1];
-        w[j] = weight, ids[j] = id;
-    }
-}
 
 static int relu_block(void *context, int thread, size_t row_begin, size_t row_end) {
     relu_pass *pass = context;
@@ -70,13 +35,10 @@ static int relu_block(void *context, int thread, size_t row_begin, size_t row_en
         pass->failed[thread] = st;
         return 1;
     }
+    float *scratch = pass->scratch + (size_t)thread * TOPK_RELU_SCRATCH(E);
     for (size_t t = row_begin; t < row_end; t++) {
-        const float *x = pass->logits + t * E;
-        int32_t *ids = stage->ids + stage->used;
-        float *w = stage->weights + stage->used;
-        const size_t n = pass->compact(x, E, pass->bound, ids);
-        for (size_t i = 0; i < n; i++) w[i] = x[ids[i]] - pass->threshold;
-        sort_token_entries(ids, w, n);
+        const size_t n = pass->relu_row(pass->logits + t * E, E, pass->threshold, stage->ids + stage->used,
+                                        stage->weights + stage->used, scratch);
         pass->counts[t + 1] = (int64_t)n;
         stage->used += n;
     }
@@ -89,20 +51,21 @@ moert_status router_relu(const moert_router_config *c, const float *logits, size
     const int threads = router_threads(c->threads);
     const float threshold = c->relu_threshold;
 
-    MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, moert_round_up_64(T * (sizeof(int32_t) + sizeof(float))) +
-                                                            (size_t)threads * sizeof(moert_status)));
+    /* The workspace: the gate's top-1 (unused), each thread's row scratch and status. */
+    const size_t gate_bytes = moert_round_up_64(T * (sizeof(int32_t) + sizeof(float)));
+    const size_t scratch_bytes = moert_round_up_64((size_t)threads * TOPK_RELU_SCRATCH(E) * sizeof(float));
+    MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, gate_bytes + scratch_bytes + (size_t)threads * sizeof(moert_status)));
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve_stages(ws, threads));
     MOERT_FORWARD_IF_ERROR(plan_reserve(plan, T, 0, E, 0, threads));
-    moert_status *failed = (moert_status *)((unsigned char *)ws->bytes +
-                                            moert_round_up_64(T * (sizeof(int32_t) + sizeof(float))));
+    moert_status *failed = (moert_status *)((unsigned char *)ws->bytes + gate_bytes + scratch_bytes);
     for (int i = 0; i < threads; i++) failed[i] = MOERT_OK;
 
     relu_pass pass = {
         .logits = logits,
         .experts = E,
         .threshold = threshold,
-        .bound = nextafterf(threshold, INFINITY),
-        .compact = topk_variant_for(c->isa)->compact,
+        .relu_row = topk_variant_for(c->isa)->relu_row,
+        .scratch = (float *)((unsigned char *)ws->bytes + gate_bytes),
         .stages = ws->stages,
         .counts = plan->token_offsets,
         .failed = failed,

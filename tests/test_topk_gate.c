@@ -411,6 +411,52 @@ static void filter_variant(const topk_variant *v) {
 START_TEST(variants_match_scalar_softmax_filter_and_compact) { for_each_vector_variant(filter_variant); }
 END_TEST
 
+/* ---- ReLU routing's row: compaction and sort ------------------------------------------ */
+
+static int by_weight_then_id(const void *pa, const void *pb) {
+    const id_weight *a = pa, *b = pb;
+    if (a->weight != b->weight) return a->weight > b->weight ? -1 : 1;
+    return (a->id > b->id) - (a->id < b->id);
+}
+
+/* Widths around the vector widths and past the heap's threshold; thresholds from nearly
+ * all to none active; logits on a 1/8 grid so that weights tie; -inf masked entries. */
+static void relu_rows(const topk_variant *v) {
+    const size_t widths[] = {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 64, 100, 1000};
+    const float thresholds[] = {-3.0f, -0.5f, 0.0f, 0.4f, 1.0f, 1.7f, 2.5f, 50.0f};
+    for (size_t s = 0; s < sizeof widths / sizeof widths[0]; s++) {
+        const size_t E = widths[s];
+        float *x = random_logits(E, 900 + E, 1.5f);
+        for (size_t e = 0; e < E; e++) x[e] = e % 11 == 5 ? -INFINITY : roundf(x[e] * 8.0f) / 8.0f;
+        int32_t *ids = malloc(E * sizeof *ids), *want_ids = malloc(E * sizeof *want_ids);
+        float *w = malloc(E * sizeof *w), *want_w = malloc(E * sizeof *want_w);
+        float *scratch = malloc(TOPK_RELU_SCRATCH(E) * sizeof *scratch);
+        id_weight *ref = malloc(E * sizeof *ref);
+        for (size_t h = 0; h < sizeof thresholds / sizeof thresholds[0]; h++) {
+            const float thr = thresholds[h];
+            /* The definition, with qsort. */
+            size_t n = 0;
+            for (size_t e = 0; e < E; e++)
+                if (x[e] - thr > 0.0f) ref[n++] = (id_weight){(int32_t)e, x[e] - thr};
+            qsort(ref, n, sizeof *ref, by_weight_then_id);
+            const size_t got_scalar = topk_variants[0].relu_row(x, E, thr, want_ids, want_w, scratch);
+            ck_assert_msg(got_scalar == n, "scalar E=%zu thr=%g: %zu entries, want %zu", E, thr, got_scalar, n);
+            for (size_t j = 0; j < n; j++)
+                ck_assert_msg(want_ids[j] == ref[j].id && want_w[j] == (float)ref[j].weight,
+                              "scalar E=%zu thr=%g entry %zu: (%d, %g), want (%d, %g)", E, thr, j, want_ids[j],
+                              want_w[j], ref[j].id, ref[j].weight);
+            const size_t got = v->relu_row(x, E, thr, ids, w, scratch);
+            ck_assert_msg(got == n, "%s E=%zu thr=%g: %zu entries, want %zu", v->name, E, thr, got, n);
+            for (size_t j = 0; j < n; j++)
+                ck_assert_msg(ids[j] == want_ids[j] && w[j] == want_w[j], "%s E=%zu thr=%g entry %zu: (%d, %g), scalar (%d, %g)",
+                              v->name, E, thr, j, ids[j], w[j], want_ids[j], want_w[j]);
+        }
+        free(x), free(ids), free(want_ids), free(w), free(want_w), free(scratch), free(ref);
+    }
+}
+START_TEST(variants_match_scalar_relu_rows) { for_each_vector_variant(relu_rows); }
+END_TEST
+
 /* ---- group-limited selection ----------------------------------------------------------- */
 
 /* Shapes of group-limited selection: groups of 8, 16 and 32 experts (the tile kernel), of
@@ -860,6 +906,7 @@ static Suite *topk_gate_suite(void) {
     tcase_add_test(variants, variants_match_scalar_on_adversarial_rows);
     tcase_add_test(variants, variants_match_scalar_on_group_limited_rows);
     tcase_add_test(variants, variants_match_scalar_softmax_filter_and_compact);
+    tcase_add_test(variants, variants_match_scalar_relu_rows);
     tcase_add_test(variants, unaligned_pointers_give_the_same_result);
     tcase_add_test(variants, threads_give_bit_identical_results);
     tcase_add_test(variants, largest_expert_counts);

@@ -21,3 +21,8 @@ topk_row_error topk_softmax_filter_emu16(const float *logits, size_t tokens, siz
 size_t topk_compact_emu16(const float *x, size_t n, float bound, int32_t *out) {
     return vec_compact(x, n, bound, out);
 }
+
+size_t topk_relu_row_emu16(const float *x, size_t n, float threshold, int32_t *ids, float *weights,
+                           float *scratch) {
+    return vec_relu_row(x, n, threshold, ids, weights, scratch);
+}

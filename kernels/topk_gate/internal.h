@@ -94,12 +94,21 @@ typedef topk_row_error (*topk_softmax_filter_fn)(const float *logits, size_t tok
  * how many. NaN is never >= bound. */
 typedef size_t (*topk_compact_fn)(const float *x, size_t n, float bound, int32_t *out);
 
+/* ReLU routing's row: the i with w = x[i] - threshold > 0, by descending w, ties to the
+ * lower i, into ids and weights (room for n each); returns how many. scratch holds
+ * TOPK_RELU_SCRATCH(n) floats. Weights are the same float subtraction in every variant,
+ * so the rows are bit-identical. */
+#define TOPK_RELU_SCRATCH(n) (2 * (size_t)(n) + 64)
+typedef size_t (*topk_relu_row_fn)(const float *x, size_t n, float threshold, int32_t *ids, float *weights,
+                                   float *scratch);
+
 typedef struct topk_variant {
     const char *name;
     moert_isa isa;       /* what the CPU must support to run it */
     topk_rows_fn rows;
     topk_softmax_filter_fn softmax_filter;
     topk_compact_fn compact;
+    topk_relu_row_fn relu_row;
 } topk_variant;
 
 /* The variants, best last; see variants.inc. Tests and benchmarks iterate this table. */
@@ -108,7 +117,8 @@ typedef struct topk_variant {
     topk_row_error topk_softmax_filter_##name(const float *, size_t, size_t, size_t, size_t,      \
                                               const topk_candidates *, float *, float *, float *,  \
                                               float *, float *);                                   \
-    size_t topk_compact_##name(const float *, size_t, float, int32_t *);
+    size_t topk_compact_##name(const float *, size_t, float, int32_t *);                         \
+    size_t topk_relu_row_##name(const float *, size_t, float, int32_t *, float *, float *);
 #include "kernels/topk_gate/variants.inc"
 #undef TOPK_VARIANT_DECLARE_
 
@@ -152,6 +162,11 @@ moert_status topk_softmax_filter(moert_isa isa, const float *logits, size_t toke
  * indices (idx[i] if idx is non-NULL, else i) in that order. k <= n. O(n log k). */
 void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, float *top_keys,
                       int32_t *top_idx);
+
+/* Sorts n entries by descending weight, ties to the lower id, in O(n log n), from
+ * (in_ids, in_weights) into (ids, weights); the inputs are left as they were. */
+void topk_sort_entries(const int32_t *in_ids, const float *in_weights, size_t n, int32_t *ids,
+                       float *weights);
 
 /* One row of topk_softmax_filter_fn, in plain C: the scalar variant, and every variant's
  * rows past its last whole tile. */

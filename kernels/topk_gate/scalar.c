@@ -76,3 +76,16 @@ size_t topk_compact_scalar(const float *x, size_t n, float bound, int32_t *out) 
         if (x[i] >= bound) out[count++] = (int32_t)i;
     return count;
 }
+
+size_t topk_relu_row_scalar(const float *x, size_t n, float threshold, int32_t *ids, float *weights,
+                            float *scratch) {
+    int32_t *found_ids = (int32_t *)scratch;
+    float *found = scratch + n;
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float w = x[i] - threshold;
+        if (w > 0.0f) found_ids[count] = (int32_t)i, found[count] = w, count++;
+    }
+    topk_sort_entries(found_ids, found, count, ids, weights);
+    return count;
+}

@@ -59,6 +59,23 @@ void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, fl
     }
 }
 
+void topk_sort_entries(const int32_t *in_ids, const float *in_weights, size_t n, int32_t *ids,
+                       float *weights) {
+    if (n > 16) { /* a heap: O(n log n) for rows of any width */
+        topk_select_heap(in_weights, in_ids, n, (int)n, weights, ids);
+        return;
+    }
+    /* Insertion: only a strictly smaller weight moves, so ties keep their input order. */
+    for (size_t i = 0; i < n; i++) {
+        const float w = in_weights[i];
+        const int32_t id = in_ids[i];
+        size_t j = i;
+        for (; j > 0 && (weights[j - 1] < w || (weights[j - 1] == w && ids[j - 1] > id)); j--)
+            weights[j] = weights[j - 1], ids[j] = ids[j - 1];
+        weights[j] = w, ids[j] = id;
+    }
+}
+
 topk_row_error topk_softmax_filter_row(const float *logits, size_t experts, size_t t,
                                        const topk_candidates *cand, float *lse, float *row_max,
                                        float *row_sum, float *prob_block) {

@@ -972,3 +972,47 @@ static size_t vec_compact(const float *x, size_t n, float bound, int32_t *out) {
 }
 
 #endif /* MOERT_TOPK_VECTOR_IMPL_H */
+
+/* topk_relu_row_fn. The active entries are appended without a branch (every lane
+ * written, the hits packed first); up to two vectors of them are sorted by rank: entry
+ * j's place is the number of entries above it (a greater weight, or an equal one with a
+ * lower id), all j counted at once against each entry in turn, so no branch depends on
+ * the data. Longer rows go to the shared heap sort. */
+static size_t vec_relu_row(const float *x, size_t n, float threshold, int32_t *ids, float *weights,
+                           float *scratch) {
+    int32_t *found_ids = (int32_t *)scratch;     /* [n + V_W] */
+    float *found = scratch + n + V_W;              /* [n + V_W] */
+    const vf thr = vf_set1(threshold), zero = vf_set1(0.0f);
+    size_t count = 0, i = 0;
+    for (; i + V_W <= n; i += V_W) {
+        const vf w = vf_sub(vf_loadu(x + i), thr);
+        count += (size_t)v_compress_store(found + count, found_ids + count, vm_bits(vm_gt(w, zero)), w,
+                                          vi_add(vi_iota(), vi_set1((int32_t)i)));
+    }
+    if (i < n) {
+        const int tail = (int)(n - i);
+        const vf w = vf_sub(vf_load_part(x + i, tail, -INFINITY), thr);
+        count += (size_t)v_compress_store(found + count, found_ids + count, vm_bits(vm_and(vm_gt(w, zero), vm_first(tail))),
+                                          w, vi_add(vi_iota(), vi_set1((int32_t)i)));
+    }
+    if (count > 2 * V_W) {
+        topk_sort_entries(found_ids, found, count, ids, weights);
+        return count;
+    }
+    const int c = (int)count;
+    const vf w0 = vf_load_part(found, c, 0.0f), w1 = vf_load_part(found + V_W, c > V_W ? c - V_W : 0, 0.0f);
+    vi rank0 = vi_zero(), rank1 = vi_zero();
+    for (int j = 0; j < c; j++) {
+        /* Entry j is above the lanes with a smaller weight, and above the equal ones after
+         * it (they have higher ids: the entries arrive by ascending id). */
+        const vf b = vf_set1(found[j]);
+        rank0 = vi_add_mask(rank0, vm_or(vm_gt(b, w0), vm_and(vm_eq(b, w0), vm_not(vm_first(j + 1)))));
+        const vm after1 = vm_not(vm_first(j + 1 > V_W ? j + 1 - V_W : 0));
+        rank1 = vi_add_mask(rank1, vm_or(vm_gt(b, w1), vm_and(vm_eq(b, w1), after1)));
+    }
+    int32_t rank[2 * V_W];
+    vi_storeu(rank, rank0);
+    vi_storeu(rank + V_W, rank1);
+    for (int j = 0; j < c; j++) ids[rank[j]] = found_ids[j], weights[rank[j]] = found[j];
+    return count;
+}
