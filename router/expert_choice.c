@@ -82,7 +82,10 @@ static void sample_bounds(const float *logits, size_t T, size_t E, size_t rank, 
             sample[e * EC_SAMPLE_ROWS + i] = moert_expf(x[e] - m);
             s += sample[e * EC_SAMPLE_ROWS + i];
         }
-        for (size_t e = 0; e < E; e++) sample[e * EC_SAMPLE_ROWS + i] /= s;
+        /* Any bound is correct (step 3 checks that enough values reached it): a product
+         * by the reciprocal will do. */
+        const float inv = 1.0f / s;
+        for (size_t e = 0; e < E; e++) sample[e * EC_SAMPLE_ROWS + i] *= inv;
     }
     for (size_t e = 0; e < E; e++) bounds[e] = rank_largest(sample + e * EC_SAMPLE_ROWS, EC_SAMPLE_ROWS, rank);
 }
@@ -136,7 +139,7 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
     /* Workspace, in 64-byte aligned parts. */
     enum { BOUNDS, SAMPLE, ROWS, CHOSEN, CHOSEN_PROBS, FILL, CANDIDATES, PAIRS, SELECT, PARTS };
     size_t sizes[PARTS], offsets[PARTS], total = 0;
-    sizes[BOUNDS] = E * sizeof(float);
+    sizes[BOUNDS] = 2 * E * sizeof(float); /* the bounds, and the filter's a little below */
     sizes[SAMPLE] = rank ? E * EC_SAMPLE_ROWS * sizeof(float) : 0;
     sizes[ROWS] = 2 * T * sizeof(float); /* each row's max and sum */
     sizes[CHOSEN] = entries * sizeof(int32_t);
@@ -151,7 +154,7 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
     }
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, total + 64));
     unsigned char *base = (unsigned char *)(((uintptr_t)ws->bytes + 63) & ~(uintptr_t)63);
-    float *bounds = (float *)(base + offsets[BOUNDS]);
+    float *bounds = (float *)(base + offsets[BOUNDS]), *filter_bounds = bounds + E;
     float *row_max = (float *)(base + offsets[ROWS]), *row_sum = row_max + T;
     int32_t *chosen = (int32_t *)(base + offsets[CHOSEN]);
     float *chosen_probs = (float *)(base + offsets[CHOSEN_PROBS]);
@@ -165,10 +168,14 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
     /* Step 1. */
     sample_bounds(logits, T, E, rank, bounds, (float *)(base + offsets[SAMPLE]));
 
-    /* Step 2. */
+    /* Step 2. The filter compares exp(x - max) * (1 / sum), within two ulps of the
+     * probability: a bound 2^-20 lower takes every token whose probability reaches the
+     * bound, and step 3 counts on that. Near the subnormals, where ulps are not relative,
+     * the filter takes every token. */
+    for (size_t e = 0; e < E; e++) filter_bounds[e] = bounds[e] >= 0x1.0p-100f ? bounds[e] * (1.0f - 0x1.0p-20f) : 0.0f;
     memset(counts, 0, (size_t)threads * E * sizeof(size_t));
     for (int u = 0; u < threads; u++)
-        cand[u] = (topk_candidates){bounds, cand_tokens + (size_t)u * E * cap, cand_probs + (size_t)u * E * cap,
+        cand[u] = (topk_candidates){filter_bounds, cand_tokens + (size_t)u * E * cap, cand_probs + (size_t)u * E * cap,
                                     counts + (size_t)u * E, cap};
     int used = 0;
     MOERT_FORWARD_IF_ERROR(topk_softmax_filter(c->isa, logits, T, E, cand, threads, &used, plan->logsumexp,
@@ -191,24 +198,34 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
             size_t m = 0;
             int complete = 1;
             const int32_t *list_ids = ids;
-            const float *list_values = values;
+            float *list_values = values;
             if (used == 1) { /* one thread's list: no copy */
                 m = cand[0].count[e];
                 complete = m <= cap;
-                list_ids = cand[0].tokens + e * cap, list_values = cand[0].probs + e * cap;
+                list_ids = cand[0].tokens + e * cap, list_values = cand[0].exps + e * cap;
             } else {
                 for (int u = 0; u < used; u++) {
                     const size_t n = cand[u].count[e];
                     if (n > cap) complete = 0;
                     for (size_t i = 0; i < n && i < cap; i++, m++) {
                         ids[m] = cand[u].tokens[e * cap + i];
-                        values[m] = cand[u].probs[e * cap + i];
+                        values[m] = cand[u].exps[e * cap + i];
                     }
                 }
             }
-            if (complete && m >= per_expert) {
-                router_select_top_of(list_ids, list_values, m, per_expert, mine_chosen, mine_probs, spare);
-                continue;
+            if (complete) {
+                /* The candidates' probabilities, as the softmax divides; the list holds
+                 * every token whose probability reaches bounds[e], and the others fall
+                 * short of it: enough of those reaching it make the answer exact. */
+                size_t reach = 0;
+                for (size_t i = 0; i < m; i++) {
+                    list_values[i] /= row_sum[list_ids[i]];
+                    reach += list_values[i] >= bounds[e];
+                }
+                if (reach >= per_expert) {
+                    router_select_top_of(list_ids, list_values, m, per_expert, mine_chosen, mine_probs, spare);
+                    continue;
+                }
             }
             /* The whole column, as the softmax computed it. */
             for (size_t t = 0; t < T; t++) column[t] = moert_expf(logits[t * E + e] - row_max[t]) / row_sum[t];

@@ -326,13 +326,13 @@ END_TEST
 
 /* One variant's softmax filter over all rows (one block at a time, as the driver calls it). */
 typedef struct filter_result {
-    float *bounds, *probs, *lse, *row_max, *row_sum, *prob_block, *tile;
+    float *bounds, *exps, *lse, *row_max, *row_sum, *prob_block, *tile;
     int32_t *tokens;
     size_t *count, cap;
 } filter_result;
 
 static topk_row_error run_filter(const topk_variant *v, const float *x, size_t T, size_t E, filter_result *f) {
-    const topk_candidates cand = {f->bounds, f->tokens, f->probs, f->count, f->cap};
+    const topk_candidates cand = {f->bounds, f->tokens, f->exps, f->count, f->cap};
     memset(f->count, 0, E * sizeof(size_t));
     memset(f->prob_block, 0, (E + 64) * sizeof(float));
     for (size_t b = 0; b < T; b += 64) {
@@ -349,7 +349,7 @@ static filter_result filter_alloc(size_t T, size_t E, size_t cap, const float *b
     memcpy(f.bounds, bounds, E * sizeof(float));
     f.cap = cap;
     f.tokens = calloc(E * cap, sizeof(int32_t));
-    f.probs = calloc(E * cap, sizeof(float));
+    f.exps = calloc(E * cap, sizeof(float));
     f.count = calloc(E, sizeof(size_t));
     f.lse = calloc(T, sizeof(float)), f.row_max = calloc(T, sizeof(float)), f.row_sum = calloc(T, sizeof(float));
     f.prob_block = calloc(E + 64, sizeof(float));
@@ -358,7 +358,7 @@ static filter_result filter_alloc(size_t T, size_t E, size_t cap, const float *b
 }
 
 static void filter_free(filter_result *f) {
-    free(f->bounds), free(f->tokens), free(f->probs), free(f->count), free(f->lse), free(f->row_max);
+    free(f->bounds), free(f->tokens), free(f->exps), free(f->count), free(f->lse), free(f->row_max);
     free(f->row_sum), free(f->prob_block), free(f->tile);
 }
 
@@ -384,7 +384,7 @@ static void filter_variant(const topk_variant *v) {
                 ck_assert_msg(got.count[e] == want.count[e], "%s E=%zu cap=%zu expert %zu: %zu vs %zu", v->name, E,
                               cap, e, got.count[e], want.count[e]);
                 ck_assert(!memcmp(got.tokens + e * cap, want.tokens + e * cap, want.count[e] * sizeof(int32_t)));
-                ck_assert(!memcmp(got.probs + e * cap, want.probs + e * cap, want.count[e] * sizeof(float)));
+                ck_assert(!memcmp(got.exps + e * cap, want.exps + e * cap, want.count[e] * sizeof(float)));
             }
             filter_free(&want), filter_free(&got);
         }

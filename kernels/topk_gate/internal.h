@@ -67,19 +67,24 @@ topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratc
 typedef topk_row_error (*topk_rows_fn)(const topk_job *job, size_t row_begin,
                                        size_t row_end, const topk_scratch *scratch);
 
-/* For expert choice: per expert e, the tokens whose probability reaches bounds[e], in
- * token order: tokens[e * cap + i] and probs[e * cap + i] for i < count[e]. count[e] >
- * cap says the list is incomplete (a vector variant may say so as its buffer nears full). */
+/* For expert choice: per expert e, the tokens t whose exp(x - max) * (1 / sum) reaches
+ * bounds[e], in token order: tokens[e * cap + i] and exps[e * cap + i] = exp(x - max) for
+ * i < count[e]; the probability itself is exps / row_sum[t], a division left to the few
+ * candidates (the product by the reciprocal may differ from it by an ulp: a caller that
+ * needs every token whose probability reaches b passes a bound a little below b). count[e]
+ * > cap says the list is incomplete (a vector variant may say so as its buffer nears
+ * full). */
 typedef struct topk_candidates {
     const float *bounds;
     int32_t *tokens;
-    float *probs;
+    float *exps;
     size_t *count;
     size_t cap;
 } topk_candidates;
 
 /* Full softmax of rows [row_begin, row_end) of logits [tokens, experts]: each probability is
- * offered to `cand`, each row's probabilities are added into prob_block [experts + 64],
+ * offered to `cand`, each row's probabilities (exp(x - max) * (1 / sum)) are added into
+ * prob_block [experts + 64],
  * and lse[t], row_max[t], row_sum[t] (p = exp(x - max) / sum) are written. tile: scratch
  * of 2 * TOPK_TILE_FLOATS(experts) floats. The probabilities and lse are the same
  * operations in every variant (bit-identical); the sums may be added in another order.

@@ -88,14 +88,15 @@ topk_row_error topk_softmax_filter_row(const float *logits, size_t experts, size
     if (m == -INFINITY) return topk_find_bad(x, experts, t);
     float s = 0.0f;
     for (size_t e = 0; e < experts; e++) s += moert_expf(x[e] - m);
+    const float inv = 1.0f / s;
     for (size_t e = 0; e < experts; e++) {
-        const float p = moert_expf(x[e] - m) / s;
+        const float ex = moert_expf(x[e] - m), p = ex * inv;
         prob_block[e] += p;
         if (p >= cand->bounds[e]) {
             const size_t i = cand->count[e]++;
             if (i < cand->cap) {
                 cand->tokens[e * cand->cap + i] = (int32_t)t;
-                cand->probs[e * cand->cap + i] = p;
+                cand->exps[e * cand->cap + i] = ex;
             }
         }
     }

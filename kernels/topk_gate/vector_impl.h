@@ -874,7 +874,7 @@ static topk_row_error vec_softmax_filter(const float *logits, size_t tokens, siz
     const vf neg_inf = vf_set1(-INFINITY);
     const float *bounds = cand->bounds;
     int32_t *cand_tokens = cand->tokens;
-    float *cand_probs = cand->probs;
+    float *cand_exps = cand->exps;
     size_t *count = cand->count;
     const size_t cap = cand->cap;
     size_t t = row_begin;
@@ -912,8 +912,9 @@ static topk_row_error vec_softmax_filter(const float *logits, size_t tokens, siz
             vf_storeu(tile + c * V_W, e);
         }
         const vi tokens_v = vi_add(vi_iota(), vi_set1((int32_t)t));
+        const vf inv = vf_div(vf_set1(1.0f), S); /* one division per row, not per entry */
         for (size_t c = 0; c < E; c++) {
-            const vf p = vf_div(vf_loadu(tile + c * V_W), S);
+            const vf e = vf_loadu(tile + c * V_W), p = vf_mul(e, inv);
             vf_storeu(lanes + c * V_W, vf_add(vf_loadu(lanes + c * V_W), p));
             /* Appended without a branch on the hits, which no predictor guesses: every lane
              * is written, the hits packed first. Near a full buffer the expert is marked
@@ -921,7 +922,7 @@ static topk_row_error vec_softmax_filter(const float *logits, size_t tokens, siz
             const uint32_t hits = vm_bits(vm_ge(p, vf_set1(bounds[c])));
             const size_t i = count[c];
             if (i + V_W <= cap)
-                count[c] = i + (size_t)v_compress_store(cand_probs + c * cap + i, cand_tokens + c * cap + i, hits, p, tokens_v);
+                count[c] = i + (size_t)v_compress_store(cand_exps + c * cap + i, cand_tokens + c * cap + i, hits, e, tokens_v);
             else if (hits != 0)
                 count[c] = cap + 1;
         }
