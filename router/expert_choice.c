@@ -99,7 +99,7 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
     MOERT_RETURN_ERROR_IF(capacity == 0 && T > 0, MOERT_EINVAL,
                           "expert-choice capacity rounds to 0: tokens=%zu x capacity_factor=%g / experts=%zu "
                           "< 0.5",
-                          T, (double)c->capacity_factor, E);
+                          T, c->capacity_factor, E);
     const size_t per_expert = (size_t)capacity < T ? (size_t)capacity : T;
     size_t entries;
     MOERT_RETURN_ERROR_IF(moert_mul_overflows(per_expert, E, &entries), MOERT_EOVERFLOW,
@@ -179,7 +179,7 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
                                     counts + (size_t)u * E, cap};
     int used = 0;
     MOERT_FORWARD_IF_ERROR(topk_softmax_filter(c->isa, logits, T, E, cand, threads, &used, plan->logsumexp,
-                                               row_max, row_sum, plan->prob_sums));
+                                               row_max, row_sum, plan->prob_sums, &ws->gate));
 
     /* Step 3. */
     const int sel_threads = (size_t)threads > E ? (int)E : threads;

@@ -94,6 +94,7 @@ typedef struct router_workspace {
     size_t size;
     router_stage *stages; /* [stage_count], one per thread */
     int stage_count;
+    topk_workspace gate; /* the gate kernels' own scratch */
 } router_workspace;
 
 moert_status router_workspace_reserve(router_workspace *ws, size_t bytes);

@@ -76,7 +76,7 @@ moert_status router_relu(const moert_router_config *c, const float *logits, size
     p.isa = c->isa;
     const moert_topk_gate_output gate = {ws->bytes, (float *)((int32_t *)ws->bytes + T), plan->prob_sums,
                                          plan->logsumexp};
-    MOERT_FORWARD_IF_ERROR(topk_gate_run_with(topk_variant_for(c->isa), &p, logits, T, E, &gate, relu_block, &pass));
+    MOERT_FORWARD_IF_ERROR(topk_gate_run_with(topk_variant_for(c->isa), &p, logits, T, E, &gate, relu_block, &pass, &ws->gate));
     for (int i = 0; i < threads; i++)
         MOERT_RETURN_ERROR_IF(failed[i] != MOERT_OK, failed[i], "relu routing: cannot stage the entries of thread %d (%s)",
                               i, moert_strerror(failed[i]));

@@ -14,6 +14,8 @@ struct moert_router {
     moert_router_config config;
     size_t experts;
     moert_plan *group_plan; /* one routing group's plan, when there are several */
+    int64_t *group_routed;  /* [experts], routing groups: routed entries summed over groups */
+    double *group_prob_sums; /* [experts], likewise the probability sums */
     router_workspace ws;
 };
 
@@ -60,6 +62,7 @@ void router_workspace_free(router_workspace *ws) {
     for (int i = 0; i < ws->stage_count; i++) free(ws->stages[i].ids), free(ws->stages[i].weights);
     free(ws->stages);
     free(ws->bytes);
+    free(ws->gate.bytes);
     *ws = (router_workspace){0};
 }
 
@@ -75,7 +78,7 @@ moert_router_config moert_router_config_default(void) {
         .groups = 0,
         .topk_groups = 0,
         .group_score = MOERT_GROUP_SCORE_TOPK_SUM,
-        .capacity_factor = 0.0f,
+        .capacity_factor = 0.0,
         .drop_policy = MOERT_DROP_PROBS,
         .pad_to_capacity = 0,
         .relu_threshold = 0.0f,
@@ -108,8 +111,8 @@ moert_status moert_router_config_check(const moert_router_config *c, size_t expe
     MOERT_RETURN_ERROR_IF(c->policy != MOERT_POLICY_TOKEN_CHOICE && c->policy != MOERT_POLICY_EXPERT_CHOICE &&
                               c->policy != MOERT_POLICY_RELU,
                           MOERT_EINVAL, "policy=%d is not token choice, expert choice or relu", (int)c->policy);
-    MOERT_RETURN_ERROR_IF(!isfinite(c->capacity_factor) || c->capacity_factor < 0.0f, MOERT_EINVAL,
-                          "capacity factor %g must be finite and not negative", (double)c->capacity_factor);
+    MOERT_RETURN_ERROR_IF(!isfinite(c->capacity_factor) || c->capacity_factor < 0.0, MOERT_EINVAL,
+                          "capacity factor %g must be finite and not negative", c->capacity_factor);
     MOERT_RETURN_ERROR_IF(c->drop_policy != MOERT_DROP_PROBS && c->drop_policy != MOERT_DROP_POSITION,
                           MOERT_EINVAL, "drop policy %d is not probs (0) or position (1)", (int)c->drop_policy);
     MOERT_RETURN_ERROR_IF(c->route_groups < 1, MOERT_EINVAL, "route_groups=%d must be at least 1",
@@ -123,14 +126,29 @@ moert_status moert_router_config_check(const moert_router_config *c, size_t expe
         const moert_topk_gate_params p = router_gate_params(c);
         moert_topk_gate_output none = {NULL, NULL, NULL, NULL};
         MOERT_FORWARD_IF_ERROR(moert_topk_gate(&p, NULL, 0, experts, &none));
-        MOERT_RETURN_ERROR_IF(c->pad_to_capacity && c->capacity_factor == 0.0f, MOERT_EINVAL,
+        MOERT_RETURN_ERROR_IF(c->pad_to_capacity && c->capacity_factor == 0.0, MOERT_EINVAL,
                               "padding to capacity needs a capacity factor");
-    } else if (c->policy == MOERT_POLICY_EXPERT_CHOICE) {
-        MOERT_RETURN_ERROR_IF(c->capacity_factor <= 0.0f, MOERT_EINVAL,
-                              "expert choice needs a capacity factor above 0");
+        MOERT_RETURN_ERROR_IF(c->relu_threshold != 0.0f, MOERT_EINVAL, "a relu threshold applies to relu routing only");
+        return MOERT_OK;
+    }
+    /* Expert choice and ReLU: the options of token choice would be silently ignored. */
+    const char *policy = c->policy == MOERT_POLICY_EXPERT_CHOICE ? "expert choice" : "relu routing";
+    MOERT_RETURN_ERROR_IF(c->bias != NULL, MOERT_EINVAL, "a bias does not apply to %s", policy);
+    MOERT_RETURN_ERROR_IF(c->groups != 0 || c->topk_groups != 0, MOERT_EINVAL,
+                          "group-limited selection does not apply to %s", policy);
+    MOERT_RETURN_ERROR_IF(c->score != MOERT_SCORE_SOFTMAX, MOERT_EINVAL, "a sigmoid score does not apply to %s",
+                          policy);
+    MOERT_RETURN_ERROR_IF(c->renormalize || c->scaling != 1.0f, MOERT_EINVAL,
+                          "renormalisation and scaling do not apply to %s", policy);
+    MOERT_RETURN_ERROR_IF(c->drop_policy != MOERT_DROP_PROBS || c->pad_to_capacity, MOERT_EINVAL,
+                          "drop policies and padding do not apply to %s", policy);
+    if (c->policy == MOERT_POLICY_EXPERT_CHOICE) {
+        MOERT_RETURN_ERROR_IF(c->capacity_factor <= 0.0, MOERT_EINVAL, "expert choice needs a capacity factor above 0");
+        MOERT_RETURN_ERROR_IF(c->relu_threshold != 0.0f, MOERT_EINVAL, "a relu threshold applies to relu routing only");
     } else {
         MOERT_RETURN_ERROR_IF(!isfinite(c->relu_threshold), MOERT_EINVAL, "relu threshold %g must be finite",
                               (double)c->relu_threshold);
+        MOERT_RETURN_ERROR_IF(c->capacity_factor != 0.0, MOERT_EINVAL, "a capacity factor does not apply to relu routing");
     }
     return MOERT_OK;
 }
@@ -140,14 +158,22 @@ moert_status moert_router_capacity(const moert_router_config *c, size_t experts,
     MOERT_RETURN_ERROR_IF(c == NULL || capacity == NULL, MOERT_EINVAL, "moert_router_capacity: NULL argument");
     MOERT_RETURN_ERROR_IF(experts == 0, MOERT_EINVAL, "experts=0");
     *capacity = 0;
-    if (c->policy == MOERT_POLICY_TOKEN_CHOICE && c->capacity_factor > 0.0f) {
+    MOERT_RETURN_ERROR_IF(!isfinite(c->capacity_factor) || c->capacity_factor < 0.0, MOERT_EINVAL,
+                          "capacity factor %g must be finite and not negative", c->capacity_factor);
+    double exact = 0.0;
+    if (c->policy == MOERT_POLICY_TOKEN_CHOICE && c->capacity_factor > 0.0) {
         /* Megatron-Core's get_capacity: ceil((tokens x k / experts) x capacity_factor). */
-        *capacity = (int64_t)ceil(((double)tokens * (double)c->k / (double)experts) * (double)c->capacity_factor);
+        exact = ceil(((double)tokens * (double)c->k / (double)experts) * c->capacity_factor);
     } else if (c->policy == MOERT_POLICY_EXPERT_CHOICE) {
         /* Expert Choice: C = round(tokens x capacity_factor / experts), at most tokens. */
-        *capacity = (int64_t)floor((double)tokens * (double)c->capacity_factor / (double)experts + 0.5);
-        if (*capacity > (int64_t)tokens) *capacity = (int64_t)tokens;
+        exact = floor((double)tokens * c->capacity_factor / (double)experts + 0.5);
+        if (exact > (double)tokens) exact = (double)tokens;
     }
+    /* Padding allocates experts x capacity slots: keep it far from int64's end. */
+    MOERT_RETURN_ERROR_IF(exact > 0x1.0p52, MOERT_EOVERFLOW,
+                          "capacity %g (tokens=%zu, capacity factor %g) is out of range", exact, tokens,
+                          c->capacity_factor);
+    *capacity = (int64_t)exact;
     return MOERT_OK;
 }
 
@@ -159,6 +185,14 @@ moert_status moert_router_create(const moert_router_config *config, size_t exper
     MOERT_RETURN_ERROR_IF(r == NULL, MOERT_ENOMEM, "cannot allocate a router (%zu bytes)", sizeof *r);
     r->config = *config;
     r->experts = experts;
+    if (config->route_groups > 1) {
+        r->group_routed = malloc(experts * sizeof *r->group_routed);
+        r->group_prob_sums = malloc(experts * sizeof *r->group_prob_sums);
+        if (r->group_routed == NULL || r->group_prob_sums == NULL) {
+            moert_router_destroy(r);
+            return moert_set_error(MOERT_ENOMEM, "cannot allocate a router's group sums (%zu experts)", experts);
+        }
+    }
     *router = r;
     return MOERT_OK;
 }
@@ -166,6 +200,7 @@ moert_status moert_router_create(const moert_router_config *config, size_t exper
 void moert_router_destroy(moert_router *router) {
     if (router == NULL) return;
     moert_plan_destroy(router->group_plan);
+    free(router->group_routed), free(router->group_prob_sums);
     router_workspace_free(&router->ws);
     free(router);
 }
@@ -207,11 +242,11 @@ static moert_status route_groups(moert_router *r, const float *logits, size_t to
     moert_plan *gp = r->group_plan;
 
     MOERT_FORWARD_IF_ERROR(plan_reserve(plan, tokens, 0, E, 0, threads));
-    int64_t *routed = calloc(E, sizeof *routed);
-    double *prob_sums = calloc(E, sizeof *prob_sums);
-    moert_status st = routed && prob_sums ? MOERT_OK
-                                          : moert_set_error(MOERT_ENOMEM, "router: cannot allocate %zu bytes",
-                                                            E * (sizeof *routed + sizeof *prob_sums));
+    int64_t *routed = r->group_routed;
+    double *prob_sums = r->group_prob_sums;
+    memset(routed, 0, E * sizeof *routed);
+    memset(prob_sums, 0, E * sizeof *prob_sums);
+    moert_status st = MOERT_OK;
     int64_t capacity_sum = 0, capacity_max = 0, entries = 0;
     plan->token_offsets[0] = 0;
     for (size_t g = 0; g < G && st == MOERT_OK; g++) {
@@ -249,8 +284,6 @@ static moert_status route_groups(moert_router *r, const float *logits, size_t to
             plan_compute_stats(plan, plan->prob_sums, plan->logsumexp);
         }
     }
-    free(routed);
-    free(prob_sums);
     return st;
 }
 

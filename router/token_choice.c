@@ -23,7 +23,9 @@ moert_status router_token_choice(const moert_router_config *c, const float *logi
 
     const moert_topk_gate_params params = router_gate_params(c);
     const moert_topk_gate_output out = {plan->expert_ids, plan->weights, plan->prob_sums, plan->logsumexp};
-    MOERT_FORWARD_IF_ERROR(moert_topk_gate(&params, logits, tokens, experts, &out));
+    MOERT_FORWARD_IF_ERROR(moert_isa_check(params.isa));
+    MOERT_FORWARD_IF_ERROR(
+        topk_gate_run_with(topk_variant_for(params.isa), &params, logits, tokens, experts, &out, NULL, NULL, &ws->gate));
 
     plan->tokens = tokens, plan->experts = experts, plan->entries = entries;
     for (size_t t = 0; t <= tokens; t++) plan->token_offsets[t] = (int64_t)(t * k);

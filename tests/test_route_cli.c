@@ -20,7 +20,7 @@ static const float hand[16] = {2, 1, 0, -1, 0, 3, 1, 0, 1, 1, 2, 0, -1, 3.5f, 0,
 
 /* Runs `moert ARGS` with stderr to a file; returns the exit status, and the error text. */
 static int run(const char *args, char *err, size_t err_cap) {
-    char cmd[2048], err_path[512];
+    char cmd[4200], err_path[512];
     snprintf(err_path, sizeof err_path, "%s/stderr.txt", workdir);
     snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>%s", moert_bin, args, err_path);
     const int status = system(cmd);
@@ -66,6 +66,44 @@ static void write_npy_with_header(const char *name, const char *dict, size_t dat
     memcpy(buf + 10, header, (size_t)n);
     write_bytes(name, buf, 10 + (size_t)n + data_bytes);
     free(buf);
+}
+
+/* A .npy of `dict` followed by `data`. */
+static void write_npy_data(const char *name, const char *dict, const void *data, size_t data_bytes) {
+    char header[512];
+    int n = snprintf(header, sizeof header, "%s", dict);
+    while ((10 + n + 1) % 64) header[n++] = ' ';
+    header[n++] = '\n';
+    unsigned char *buf = malloc(10 + (size_t)n + data_bytes);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    buf[8] = (unsigned char)(n & 0xFF), buf[9] = (unsigned char)(n >> 8);
+    memcpy(buf + 10, header, (size_t)n);
+    memcpy(buf + 10 + n, data, data_bytes);
+    write_bytes(name, buf, 10 + (size_t)n + data_bytes);
+    free(buf);
+}
+
+/* The IEEE half of a float that one holds exactly (the hand logits: small integers and
+ * halves), little-endian. */
+static uint16_t half_of(float x) {
+    if (x == 0.0f) return 0;
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    const uint32_t sign = b >> 31, exponent = (b >> 23) & 0xFF, mantissa = b & 0x7FFFFF;
+    return (uint16_t)(sign << 15 | (exponent - 127 + 15) << 10 | mantissa >> 13);
+}
+
+/* The plan files of DIR, read back: token offsets, ids and weights. */
+static void read_plan(const char *dir, int64_t **offsets, int64_t **ids, float **weights, size_t *entries) {
+    char f[1100];
+    size_t shape[2];
+    snprintf(f, sizeof f, "%s/token_offsets.npy", dir);
+    ck_assert_int_eq(npy_read_i64(f, 1, offsets, shape), MOERT_OK);
+    snprintf(f, sizeof f, "%s/expert_ids.npy", dir);
+    ck_assert_int_eq(npy_read_i64(f, 1, ids, shape), MOERT_OK);
+    *entries = shape[0];
+    snprintf(f, sizeof f, "%s/weights.npy", dir);
+    ck_assert_int_eq(npy_read_f32(f, 1, weights, shape), MOERT_OK);
 }
 
 START_TEST(route_writes_readable_plan) {
@@ -207,6 +245,17 @@ START_TEST(bad_inputs_fail_cleanly) {
     expect_failure(WITH("hand.npy", "--policy expert-choice --capacity-factor 0.4"), 1, "rounds to 0");
     expect_failure(WITH("hand.npy", "--policy sideways"), 2, "--policy");
     expect_failure(WITH("hand.npy", "--unknown"), 2, "unknown option");
+    /* Options another policy reads are errors, not ignored. */
+    expect_failure(WITH("hand.npy", "--policy relu --k 3"), 2, "--k does not apply to --policy relu");
+    expect_failure(WITH("hand.npy", "--policy relu --capacity-factor 1"), 2, "--capacity-factor does not apply");
+    expect_failure(WITH("hand.npy", "--policy expert-choice --capacity-factor 2 --pad"), 2,
+                   "--pad does not apply to --policy expert-choice");
+    expect_failure(WITH("hand.npy", "--relu-threshold 1"), 2, "--relu-threshold does not apply to --policy token-choice");
+    /* float64 logits beyond float32's range. */
+    double big[16] = {0};
+    big[6] = -1e39;
+    write_npy_data("big64.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (4, 4), }", big, sizeof big);
+    expect_failure(L("big64.npy"), 1, "element [1,2] = -1e+39 is outside float32's range");
 
     const float bias3[3] = {0, 0, 0};
     char p[512];
@@ -254,6 +303,75 @@ START_TEST(bad_inputs_fail_cleanly) {
 }
 END_TEST
 
+START_TEST(float16_and_float64_logits_route_as_float32) {
+    write_logits("hand.npy", hand, 4, 4);
+    uint16_t h[16];
+    double d[16];
+    for (int i = 0; i < 16; i++) h[i] = half_of(hand[i]), d[i] = hand[i];
+    write_npy_data("hand16.npy", "{'descr': '<f2', 'fortran_order': False, 'shape': (4, 4), }", h, sizeof h);
+    write_npy_data("hand64.npy", "{'descr': '<f8', 'fortran_order': False, 'shape': (4, 4), }", d, sizeof d);
+    const char *inputs[] = {"hand.npy", "hand16.npy", "hand64.npy"};
+    int64_t *offsets[3], *ids[3];
+    float *w[3];
+    size_t entries[3];
+    for (int i = 0; i < 3; i++) {
+        char args[2048], err[1024], out[512];
+        snprintf(out, sizeof out, "%s/dtype%d", workdir, i);
+        snprintf(args, sizeof args, "route --logits %s/%s --out %s --k 3 --quiet", workdir, inputs[i], out);
+        ck_assert_msg(run(args, err, sizeof err) == 0, "%s: %s", inputs[i], err);
+        read_plan(out, &offsets[i], &ids[i], &w[i], &entries[i]);
+    }
+    for (int i = 1; i < 3; i++) {
+        ck_assert_int_eq(entries[i], entries[0]);
+        ck_assert(!memcmp(offsets[i], offsets[0], 5 * sizeof(int64_t)));
+        ck_assert(!memcmp(ids[i], ids[0], entries[0] * sizeof(int64_t)));
+        ck_assert(!memcmp(w[i], w[0], entries[0] * sizeof(float)));
+    }
+    for (int i = 0; i < 3; i++) free(offsets[i]), free(ids[i]), free(w[i]);
+}
+END_TEST
+
+START_TEST(failed_runs_leave_no_plan) {
+    write_logits("hand.npy", hand, 4, 4);
+    float nan_logits[16];
+    memcpy(nan_logits, hand, sizeof hand);
+    nan_logits[5] = NAN;
+    write_logits("nan.npy", nan_logits, 4, 4);
+    const char *files[] = {"token_offsets.npy", "expert_ids.npy", "weights.npy", "expert_counts.npy", "stats.json"};
+    char args[2048], err[1024], out[512], f[1100];
+
+    /* A good run, then a failing one into the same directory: the earlier plan goes. */
+    snprintf(out, sizeof out, "%s/stale", workdir);
+    snprintf(args, sizeof args, "route --logits %s/hand.npy --out %s --quiet", workdir, out);
+    ck_assert_msg(run(args, err, sizeof err) == 0, "%s", err);
+    snprintf(f, sizeof f, "%s/stats.json", out);
+    ck_assert(exists(f));
+    snprintf(args, sizeof args, "route --logits %s/nan.npy --out %s --quiet", workdir, out);
+    ck_assert_int_eq(run(args, err, sizeof err), 1);
+    for (int i = 0; i < 5; i++) {
+        snprintf(f, sizeof f, "%s/%s", out, files[i]);
+        ck_assert_msg(!exists(f), "a failed run left %s of the earlier one", files[i]);
+    }
+
+    /* A file that cannot be renamed into place (a directory holds its name): the files
+     * renamed before it are taken back. */
+    snprintf(out, sizeof out, "%s/blocked", workdir);
+    ck_assert_int_eq(mkdir(out, 0777), 0);
+    snprintf(f, sizeof f, "%s/weights.npy", out);
+    ck_assert_int_eq(mkdir(f, 0777), 0);
+    snprintf(f, sizeof f, "%s/weights.npy/x", out);
+    write_bytes("blocked/weights.npy/x", "x", 1);
+    snprintf(args, sizeof args, "route --logits %s/hand.npy --out %s --quiet", workdir, out);
+    ck_assert_int_eq(run(args, err, sizeof err), 1);
+    ck_assert_msg(strncmp(err, "moert: ", 7) == 0, "%s", err);
+    for (int i = 0; i < 5; i++) {
+        if (i == 2) continue;
+        snprintf(f, sizeof f, "%s/%s", out, files[i]);
+        ck_assert_msg(!exists(f), "a failed rename left %s", files[i]);
+    }
+}
+END_TEST
+
 START_TEST(help_documents_every_option) {
     char args[1200], out_path[512];
     path(out_path, sizeof out_path, "help.txt");
@@ -285,6 +403,8 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, route_matches_library_on_random_logits);
     tcase_add_test(tc, bad_inputs_fail_cleanly);
     tcase_add_test(tc, help_documents_every_option);
+    tcase_add_test(tc, float16_and_float64_logits_route_as_float32);
+    tcase_add_test(tc, failed_runs_leave_no_plan);
     tcase_set_timeout(tc, 120);
     suite_add_tcase(s, tc);
     SRunner *runner = srunner_create(s);

@@ -12,6 +12,29 @@
 #include "tests/reference_gate.h"
 #include "tests/test_util.h"
 
+/* Every allocation of the process is counted (the library is linked statically into this
+ * test, and these definitions take the place of libc's), to check that routing into a plan
+ * that has grown allocates nothing. AddressSanitizer brings its own allocator: not there. */
+#if !defined(__SANITIZE_ADDRESS__)
+#define COUNT_ALLOCATIONS 1
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+static long allocations;
+void *malloc(size_t n) {
+    __atomic_add_fetch(&allocations, 1, __ATOMIC_RELAXED);
+    return __libc_malloc(n);
+}
+void *calloc(size_t n, size_t size) {
+    __atomic_add_fetch(&allocations, 1, __ATOMIC_RELAXED);
+    return __libc_calloc(n, size);
+}
+void *realloc(void *p, size_t n) {
+    __atomic_add_fetch(&allocations, 1, __ATOMIC_RELAXED);
+    return __libc_realloc(p, n);
+}
+#endif
+
 /* The 4-token, 4-expert batch of the hand-worked examples. Its softmax rows, worked out:
  *   t0 [ 2, 1,   0, -1]: 0.6439143 0.2368828 0.0871443 0.0320586  lse 2.4401897
  *   t1 [ 0, 3,   1,  0]: 0.0403164 0.8097760 0.1095913 0.0403164  lse 3.2109976
@@ -169,7 +192,45 @@ START_TEST(hand_group_limited) {
     ck_assert_int_eq(route(&c, hand, 4, 4, &r), MOERT_OK);
     expect_token(&r, 3, 2, (int32_t[]){3, 2}, (double[]){0.9820138, 0.0179862});
     check_plan_invariants(&r);
+
+    /* Where the two group scores disagree: [3, -5 | 2, 2]. Top-(2/1) sum: -2 against 4, so
+     * group 1, experts 2 and 3 tied at 2 (the lower id first), softmax(2, 2) = 0.5, 0.5.
+     * Group max: 3 against 2, so group 0: softmax(3, -5) = 0.99966465, 0.00033535. */
+    const float split[4] = {3, -5, 2, 2};
+    c.group_score = MOERT_GROUP_SCORE_TOPK_SUM;
+    ck_assert_int_eq(route(&c, split, 1, 4, &r), MOERT_OK);
+    expect_token(&r, 0, 2, (int32_t[]){2, 3}, (double[]){0.5, 0.5});
+    c.group_score = MOERT_GROUP_SCORE_MAX;
+    ck_assert_int_eq(route(&c, split, 1, 4, &r), MOERT_OK);
+    expect_token(&r, 0, 2, (int32_t[]){0, 1}, (double[]){0.99966465, 0.00033535});
     routed_free(&r);
+}
+END_TEST
+
+START_TEST(capacity_is_computed_in_double) {
+    /* As Megatron-Core and the paper compute it, in double: ceil((10 x 2 / 4) x 1.2) = 6
+     * (1.2f is 1.20000005, which would give 7), and expert choice floor(10 x 0.7 / 2 + 0.5)
+     * = 4 (0.7f gives 3). */
+    moert_router_config c = moert_router_config_default();
+    int64_t capacity = -1;
+    c.k = 2, c.capacity_factor = 1.2;
+    ck_assert_int_eq(moert_router_capacity(&c, 4, 10, &capacity), MOERT_OK);
+    ck_assert_int_eq(capacity, 6);
+    c = moert_router_config_default();
+    c.policy = MOERT_POLICY_EXPERT_CHOICE, c.capacity_factor = 0.7;
+    ck_assert_int_eq(moert_router_capacity(&c, 2, 10, &capacity), MOERT_OK);
+    ck_assert_int_eq(capacity, 4);
+    /* A factor whose capacity leaves int64 is an error, not a wrapped number. */
+    c = moert_router_config_default();
+    c.capacity_factor = 1e30;
+    ck_assert_int_eq(moert_router_capacity(&c, 4, 10, &capacity), MOERT_EOVERFLOW);
+    moert_router *r;
+    ck_assert_int_eq(moert_router_create(&c, 4, &r), MOERT_OK);
+    moert_plan *plan;
+    moert_plan_create(&plan);
+    ck_assert_int_eq(moert_router_route(r, hand, 4, plan), MOERT_EOVERFLOW);
+    moert_plan_destroy(plan);
+    moert_router_destroy(r);
 }
 END_TEST
 
@@ -361,6 +422,10 @@ START_TEST(capacity_matches_reference) {
             check_plan_invariants(&r);
             const int64_t C = (int64_t)ceil(((double)T * 4 / (double)E) * factors[f]);
             ck_assert_int_eq(r.s.capacity, C);
+            /* The aux loss takes f_e from the routed entries, before drops: the same as
+             * without capacity, bit for bit; the routed counts are the dropless ones. */
+            ck_assert(r.s.aux_loss == pre.s.aux_loss);
+            for (size_t e = 0; e < E; e++) ck_assert_int_eq(r.s.expert_routed[e], pre.s.expert_counts[e]);
             uint8_t *keep = malloc(pre.v.entries);
             reference_keep(&pre.v, C, c.drop_policy, keep);
             size_t n = 0;
@@ -546,6 +611,59 @@ static void check_relu_against_reference(const float *x, size_t T, size_t E, flo
     free(want), free(loads), free(histogram), free(mean_prob);
     routed_free(&r);
 }
+
+START_TEST(routing_again_allocates_nothing) {
+#ifdef COUNT_ALLOCATIONS
+    const size_t E = 64, T = 3000;
+    float *x = random_logits(T * E, 21);
+    for (int policy = 0; policy < 6; policy++) {
+        moert_router_config c = moert_router_config_default();
+        c.k = 8, c.threads = policy % 2 + 1;
+        if (policy == 1) c.capacity_factor = 1.0, c.pad_to_capacity = 1;
+        if (policy == 2) c.policy = MOERT_POLICY_EXPERT_CHOICE, c.capacity_factor = 2.0;
+        if (policy == 3) c.policy = MOERT_POLICY_RELU, c.relu_threshold = 1.0f;
+        if (policy == 4) c.capacity_factor = 1.25, c.route_groups = 3;
+        if (policy == 5) c.score = MOERT_SCORE_SIGMOID, c.groups = 8, c.topk_groups = 4;
+        moert_router *r;
+        moert_plan *plan;
+        ck_assert_int_eq(moert_router_create(&c, E, &r), MOERT_OK);
+        ck_assert_int_eq(moert_plan_create(&plan), MOERT_OK);
+        ck_assert_int_eq(moert_router_route(r, x, T, plan), MOERT_OK); /* grows */
+        ck_assert_int_eq(moert_router_route(r, x, T, plan), MOERT_OK);
+        const long before = __atomic_load_n(&allocations, __ATOMIC_RELAXED);
+        for (int i = 0; i < 3; i++) ck_assert_int_eq(moert_router_route(r, x, T, plan), MOERT_OK);
+        const long during = __atomic_load_n(&allocations, __ATOMIC_RELAXED) - before;
+        ck_assert_msg(during == 0, "policy case %d: %ld allocations in 3 routes of a grown plan", policy, during);
+        moert_plan_destroy(plan);
+        moert_router_destroy(r);
+    }
+    free(x);
+#endif
+}
+END_TEST
+
+START_TEST(relu_with_every_logit_at_most_zero) {
+    /* Threshold 0 and logits <= 0 (zeros included: relu(0) = 0 is not positive): no
+     * entries, every token unrouted, sparsity 1, no aux loss (nothing routed); the z-loss
+     * is still the logits'. */
+    const size_t T = 37, E = 12;
+    float *x = random_logits(T * E, 77);
+    for (size_t i = 0; i < T * E; i++) x[i] = i % 5 == 0 ? 0.0f : -fabsf(x[i]);
+    moert_router_config c = moert_router_config_default();
+    c.policy = MOERT_POLICY_RELU;
+    routed r = {0};
+    ck_assert_int_eq(route(&c, x, T, E, &r), MOERT_OK);
+    check_plan_invariants(&r);
+    ck_assert_int_eq(r.v.entries, 0);
+    ck_assert_int_eq(r.s.unrouted, (int64_t)T);
+    ck_assert_int_eq(r.s.experts_per_token[0], (int64_t)T);
+    ck_assert_double_eq(r.s.sparsity, 1.0);
+    ck_assert_double_eq(r.s.aux_loss, 0.0);
+    ck_assert(r.s.z_loss > 0.0);
+    routed_free(&r);
+    free(x);
+}
+END_TEST
 
 START_TEST(relu_matches_reference) {
     /* Widths around the vector widths; thresholds with many, few and no active entries;
@@ -780,6 +898,25 @@ START_TEST(bad_configurations) {
     c = moert_router_config_default();
     c.route_groups = 0;
     ck_assert_int_eq(moert_router_create(&c, 8, &r), MOERT_EINVAL);
+    /* Options of another policy are errors, not silently ignored. */
+    const float bias8[8] = {0};
+    c = moert_router_config_default();
+    c.policy = MOERT_POLICY_RELU, c.bias = bias8;
+    ck_assert_int_eq(moert_router_create(&c, 8, &r), MOERT_EINVAL);
+    ck_assert_str_eq(moert_last_error(), "a bias does not apply to relu routing");
+    c = moert_router_config_default();
+    c.policy = MOERT_POLICY_RELU, c.capacity_factor = 1.0;
+    ck_assert_int_eq(moert_router_create(&c, 8, &r), MOERT_EINVAL);
+    c = moert_router_config_default();
+    c.policy = MOERT_POLICY_EXPERT_CHOICE, c.capacity_factor = 2.0, c.pad_to_capacity = 1;
+    ck_assert_int_eq(moert_router_create(&c, 8, &r), MOERT_EINVAL);
+    c.pad_to_capacity = 0, c.groups = 2, c.topk_groups = 1;
+    ck_assert_int_eq(moert_router_create(&c, 8, &r), MOERT_EINVAL);
+    c.groups = 0, c.topk_groups = 0, c.score = MOERT_SCORE_SIGMOID;
+    ck_assert_int_eq(moert_router_create(&c, 8, &r), MOERT_EINVAL);
+    c = moert_router_config_default();
+    c.relu_threshold = 0.5f; /* token choice */
+    ck_assert_int_eq(moert_router_create(&c, 8, &r), MOERT_EINVAL);
     c = moert_router_config_default();
     c.pad_to_capacity = 1; /* no capacity to pad to */
     ck_assert_int_eq(moert_router_create(&c, 8, &r), MOERT_EINVAL);
@@ -812,6 +949,7 @@ int main(void) {
     tcase_add_test(hand_tc, hand_capacity);
     tcase_add_test(hand_tc, hand_expert_choice);
     tcase_add_test(hand_tc, hand_relu);
+    tcase_add_test(hand_tc, capacity_is_computed_in_double);
     suite_add_tcase(s, hand_tc);
     TCase *ref = tcase_create("references");
     tcase_add_test(ref, token_choice_matches_reference);
@@ -819,6 +957,8 @@ int main(void) {
     tcase_add_test(ref, expert_choice_matches_reference);
     tcase_add_test(ref, expert_choice_exact_at_scale);
     tcase_add_test(ref, relu_matches_reference);
+    tcase_add_test(ref, relu_with_every_logit_at_most_zero);
+    tcase_add_test(ref, routing_again_allocates_nothing);
     tcase_add_test(ref, plans_are_bit_identical_for_1_2_4_threads);
     tcase_add_test(ref, routing_groups);
     tcase_set_timeout(ref, 300);

@@ -52,6 +52,13 @@ int cli_parse_int(const char *option, const char *text, long min, long max, int 
 }
 
 int cli_parse_float(const char *option, const char *text, double min, double max, float *out) {
+    double v = 0.0;
+    const int code = cli_parse_double(option, text, min, max, &v);
+    if (code == CLI_OK) *out = (float)v;
+    return code;
+}
+
+int cli_parse_double(const char *option, const char *text, double min, double max, double *out) {
     char *end = NULL;
     errno = 0;
     double v = strtod(text, &end);
@@ -59,6 +66,6 @@ int cli_parse_float(const char *option, const char *text, double min, double max
         return cli_fail(CLI_USAGE, "%s: '%s' is not a number", option, text);
     if (!isfinite(v) || v < min || v > max)
         return cli_fail(CLI_USAGE, "%s: %s is outside %g..%g", option, text, min, max);
-    *out = (float)v;
+    *out = v;
     return CLI_OK;
 }

@@ -22,6 +22,7 @@ int cli_usage_error(const char *command, const char *problem);
 int cli_parse_size(const char *option, const char *text, size_t min, size_t max, size_t *out);
 int cli_parse_int(const char *option, const char *text, long min, long max, int *out);
 int cli_parse_float(const char *option, const char *text, double min, double max, float *out);
+int cli_parse_double(const char *option, const char *text, double min, double max, double *out);
 
 /* Subcommands: argv[0] is the subcommand's name. */
 int cmd_info(int argc, char **argv);

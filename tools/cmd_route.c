@@ -19,7 +19,8 @@ static const char route_help[] =
     "  expert_counts.npy   int64 [E]: entries each expert kept\n"
     "  stats.json          tokens, experts, assignments, dropped, unrouted, aux_loss, z_loss,\n"
     "                      max_over_mean, cv, entropy, experts_per_token, sparsity, capacity, ...\n"
-    "The files appear together, only when routing succeeded.\n"
+    "The files appear together, only when routing succeeded; a failed run removes any that\n"
+    "an earlier run left in DIR.\n"
     "\n"
     "options:\n" ROUTER_CLI_HELP
     "  --threads N           threads, default all\n"
@@ -65,7 +66,10 @@ int cmd_route(int argc, char **argv) {
     float *logits = NULL;
     size_t shape[2];
     moert_status st = npy_read_f32(logits_path, 2, &logits, shape);
-    if (st != MOERT_OK) return cli_fail_status(st, "--logits");
+    if (st != MOERT_OK) {
+        plan_remove_dir_files(out_dir);
+        return cli_fail_status(st, "--logits");
+    }
     const size_t T = shape[0], E = shape[1];
     int code = router_cli_finish(&rc, E);
     moert_router *router = NULL;
@@ -92,6 +96,7 @@ int cmd_route(int argc, char **argv) {
                T, E, (long long)s.assignments, (long long)s.dropped, (long long)s.unrouted, s.max_over_mean,
                s.aux_loss, s.z_loss, out_dir);
     }
+    if (code != CLI_OK) plan_remove_dir_files(out_dir);
     moert_plan_destroy(plan);
     moert_router_destroy(router);
     router_cli_free(&rc);

@@ -2,6 +2,8 @@
 #include "tools/npy.h"
 
 #include <errno.h>
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,6 +308,14 @@ moert_status npy_read_f32(const char *path, int ndim, float **data, size_t shape
         } else {
             double v;
             memcpy(&v, raw + 8 * i, 8);
+            if (isfinite(v) && fabs(v) > FLT_MAX) { /* it would become an infinity, or a mask */
+                free(raw), free(f);
+                if (ndim == 2)
+                    return moert_set_error(MOERT_EBADDATA, "%s: element [%zu,%zu] = %g is outside float32's range",
+                                           path, i / shape[1], i % shape[1], v);
+                return moert_set_error(MOERT_EBADDATA, "%s: element [%zu] = %g is outside float32's range", path, i,
+                                       v);
+            }
             f[i] = (float)v;
         }
     }

@@ -85,6 +85,8 @@ moert_status plan_write_dir(const moert_plan *plan, const char *dir, const void 
     if (status == MOERT_OK) status = npy_write(tmp[3], NPY_I64, 1, &experts_shape, s.expert_counts);
     if (status == MOERT_OK) {
         cJSON *o = plan_stats_json(&s);
+        /* The expert-major slots: the entries, or experts x capacity when padded. */
+        cJSON_AddNumberToObject(o, "slots", (double)v.slots);
         if (extra != NULL) {
             const cJSON *item;
             cJSON_ArrayForEach(item, (const cJSON *)extra) {
@@ -94,9 +96,23 @@ moert_status plan_write_dir(const moert_plan *plan, const char *dir, const void 
         status = write_json(tmp[4], o);
         cJSON_Delete(o);
     }
-    for (int i = 0; i < PLAN_FILES && status == MOERT_OK; i++)
-        if (rename(tmp[i], final[i]) != 0) status = moert_set_error(MOERT_EIO, "%s: %s", final[i], strerror(errno));
-    if (status != MOERT_OK)
-        for (int i = 0; i < PLAN_FILES; i++) unlink(tmp[i]);
+    int renamed = 0;
+    while (status == MOERT_OK && renamed < PLAN_FILES) {
+        if (rename(tmp[renamed], final[renamed]) != 0)
+            status = moert_set_error(MOERT_EIO, "%s: %s", final[renamed], strerror(errno));
+        else
+            renamed++;
+    }
+    if (status != MOERT_OK) /* none of this run's files stay, renamed or not */
+        for (int i = 0; i < PLAN_FILES; i++) {
+            unlink(tmp[i]);
+            if (i < renamed) unlink(final[i]);
+        }
     return status;
+}
+
+void plan_remove_dir_files(const char *dir) {
+    char name[4096];
+    for (int i = 0; i < PLAN_FILES; i++)
+        if (snprintf(name, sizeof name, "%s/%s", dir, plan_files[i]) < (int)sizeof name) unlink(name);
 }

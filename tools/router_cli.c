@@ -24,6 +24,7 @@ static const char *policy_name(moert_policy p) {
 
 int router_cli_option(router_cli *rc, int opt, const char *arg) {
     moert_router_config *c = &rc->config;
+    if (opt >= ROUTER_OPT_POLICY && opt < ROUTER_OPT_END) rc->given |= 1u << (opt - ROUTER_OPT_POLICY);
     switch (opt) {
     case ROUTER_OPT_POLICY:
         if (!strcmp(arg, "token-choice")) c->policy = MOERT_POLICY_TOKEN_CHOICE;
@@ -53,7 +54,7 @@ int router_cli_option(router_cli *rc, int opt, const char *arg) {
         return CLI_OK;
     case ROUTER_OPT_BIAS: rc->bias_path = arg; return CLI_OK;
     case ROUTER_OPT_CAPACITY_FACTOR:
-        return cli_parse_float("--capacity-factor", arg, 0.0, 1e9, &c->capacity_factor);
+        return cli_parse_double("--capacity-factor", arg, 0.0, 1e9, &c->capacity_factor);
     case ROUTER_OPT_DROP:
         if (!strcmp(arg, "probs")) c->drop_policy = MOERT_DROP_PROBS;
         else if (!strcmp(arg, "position")) c->drop_policy = MOERT_DROP_POSITION;
@@ -69,8 +70,32 @@ int router_cli_option(router_cli *rc, int opt, const char *arg) {
     return -1;
 }
 
+/* The options each policy reads; any other given is an error, not silently ignored. */
+static const struct {
+    int opt;
+    const char *name;
+    unsigned policies; /* bit p: applies to moert_policy p */
+} policy_options[] = {
+    {ROUTER_OPT_K, "--k", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_SCORE, "--score", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_SOFTMAX_ORDER, "--softmax-order", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_RENORMALIZE, "--renormalize", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_SCALING, "--scaling", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_GROUPS, "--groups", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_TOPK_GROUPS, "--topk-groups", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_GROUP_SCORE, "--group-score", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_BIAS, "--bias", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_CAPACITY_FACTOR, "--capacity-factor", 1u << MOERT_POLICY_TOKEN_CHOICE | 1u << MOERT_POLICY_EXPERT_CHOICE},
+    {ROUTER_OPT_DROP, "--drop", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_PAD, "--pad", 1u << MOERT_POLICY_TOKEN_CHOICE},
+    {ROUTER_OPT_RELU_THRESHOLD, "--relu-threshold", 1u << MOERT_POLICY_RELU},
+};
+
 int router_cli_finish(router_cli *rc, size_t experts) {
     moert_router_config *c = &rc->config;
+    for (size_t i = 0; i < sizeof policy_options / sizeof policy_options[0]; i++)
+        if ((rc->given >> (policy_options[i].opt - ROUTER_OPT_POLICY) & 1) && !(policy_options[i].policies >> c->policy & 1))
+            return cli_fail(CLI_USAGE, "%s does not apply to --policy %s", policy_options[i].name, policy_name(c->policy));
     if ((c->groups > 0) != (c->topk_groups > 0))
         return cli_fail(CLI_USAGE, "--groups and --topk-groups go together");
     if (rc->bias_path != NULL) {

@@ -25,6 +25,7 @@ enum {
     ROUTER_OPT_RELU_THRESHOLD,
     ROUTER_OPT_ROUTE_GROUPS,
     ROUTER_OPT_ISA,
+    ROUTER_OPT_END,
 };
 
 #define ROUTER_CLI_OPTIONS                                                                  \
@@ -71,6 +72,7 @@ typedef struct router_cli {
     moert_router_config config;
     const char *bias_path;
     float *bias; /* loaded by router_cli_finish; freed by router_cli_free */
+    unsigned given; /* bit o - ROUTER_OPT_POLICY: option o was on the command line */
 } router_cli;
 
 void router_cli_init(router_cli *rc);

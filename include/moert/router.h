@@ -26,6 +26,10 @@
  * statistics such as `capacity` are then per group (the largest group's capacity is
  * reported).
  *
+ * Options of another policy are errors: a bias, groups, drop policy, padding, score other
+ * than softmax, renormalisation or scaling outside token choice; a capacity factor with
+ * ReLU; a ReLU threshold outside ReLU.
+ *
  * Every policy is deterministic: bit-identical plans for any thread count. */
 #ifndef MOERT_ROUTER_H
 #define MOERT_ROUTER_H
@@ -66,7 +70,9 @@ typedef struct moert_router_config {
     int groups;                        /* group-limited selection: 0 = off */
     int topk_groups;                   /* groups kept, 1..groups */
     moert_group_score group_score;     /* default top-(k/M) sum */
-    float capacity_factor;             /* token choice: 0 = dropless; expert choice: > 0 */
+    double capacity_factor;            /* token choice: 0 = dropless; expert choice: > 0. A double,
+                                          as the references compute capacity: ceil(20 / 4 x 1.2)
+                                          is 6, where 1.2f would give 7 */
     moert_drop_policy drop_policy;     /* default probs */
     int pad_to_capacity;               /* default 0 */
     float relu_threshold;              /* ReLU: default 0 */

@@ -133,6 +133,13 @@ extern const size_t topk_variant_count;
 /* The variant that runs `isa` (MOERT_ISA_AUTO resolves to the process's choice). */
 const topk_variant *topk_variant_for(moert_isa isa);
 
+/* Scratch a caller keeps between calls, so that a driver allocates only until it has
+ * grown to the shape; bytes NULL and size 0 to start. Free bytes when done. */
+typedef struct topk_workspace {
+    void *bytes;
+    size_t size;
+} topk_workspace;
+
 /* Routes with a given variant (tests use it to reach every entry of the table, the
  * emulated ones included). Same contract as moert_topk_gate. */
 moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_params *params,
@@ -146,20 +153,23 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
  * caller's context says what failed). */
 typedef int (*topk_block_hook)(void *context, int thread, size_t row_begin, size_t row_end);
 
-/* topk_gate_run, calling `hook` (if non-NULL) after each block. */
+/* topk_gate_run, calling `hook` (if non-NULL) after each block, with its scratch in
+ * `workspace` (NULL: allocated and freed in the call). */
 moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_gate_params *params,
                                 const float *logits, size_t tokens, size_t experts,
-                                const moert_topk_gate_output *out, topk_block_hook hook, void *context);
+                                const moert_topk_gate_output *out, topk_block_hook hook, void *context,
+                                topk_workspace *workspace);
 
 /* Full softmax over experts of logits [tokens, experts], each probability offered to the
  * candidates of the thread that computes it (cand[thread], threads of them; thread i
  * takes the i-th range of tokens), with lse, row_max, row_sum [tokens] and prob_sums
  * [experts] (each expert's probabilities summed over tokens, bit-identical for any thread
  * count), by the variant `isa` chooses. Returns how many threads ran in *used. Bad data
- * as moert_topk_gate (MOERT_EBADDATA naming the first bad element, all -inf rows). */
+ * as moert_topk_gate (MOERT_EBADDATA naming the first bad element, all -inf rows). Its
+ * scratch lives in `workspace`. */
 moert_status topk_softmax_filter(moert_isa isa, const float *logits, size_t tokens, size_t experts,
                                  const topk_candidates *cand, int threads, int *used, float *lse,
-                                 float *row_max, float *row_sum, double *prob_sums);
+                                 float *row_max, float *row_sum, double *prob_sums, topk_workspace *workspace);
 
 /* ---- pieces shared by the variants ---- */
 

@@ -129,9 +129,30 @@ static void topk_fixed_point_totals(const unsigned char *workspace, size_t per_t
     }
 }
 
+/* `bytes` of zeroed scratch: from the caller's workspace when there is one (grown as
+ * needed), else a fresh allocation that *owned says to free. */
+static moert_status scratch_zeroed(topk_workspace *ws, size_t bytes, unsigned char **out, int *owned) {
+    *out = NULL, *owned = 0;
+    if (bytes == 0) return MOERT_OK;
+    if (ws == NULL) {
+        *out = calloc(1, bytes);
+        MOERT_RETURN_ERROR_IF(*out == NULL, MOERT_ENOMEM, "top-k gate: cannot allocate %zu bytes of workspace", bytes);
+        *owned = 1;
+        return MOERT_OK;
+    }
+    if (ws->size < bytes || ws->bytes == NULL) {
+        void *p = realloc(ws->bytes, bytes);
+        MOERT_RETURN_ERROR_IF(p == NULL, MOERT_ENOMEM, "top-k gate: cannot allocate %zu bytes of workspace", bytes);
+        ws->bytes = p, ws->size = bytes;
+    }
+    memset(ws->bytes, 0, bytes);
+    *out = ws->bytes;
+    return MOERT_OK;
+}
+
 moert_status topk_softmax_filter(moert_isa isa, const float *logits, size_t tokens, size_t experts,
                                  const topk_candidates *cand, int threads, int *used, float *lse,
-                                 float *row_max, float *row_sum, double *prob_sums) {
+                                 float *row_max, float *row_sum, double *prob_sums, topk_workspace *ws) {
     MOERT_FORWARD_IF_ERROR(moert_isa_check(isa));
     const topk_variant *variant = topk_variant_for(isa);
     MOERT_RETURN_ERROR_IF(variant == NULL, MOERT_EINVAL, "softmax: no variant");
@@ -143,9 +164,9 @@ moert_status topk_softmax_filter(moert_isa isa, const float *logits, size_t toke
     /* Per thread: the fixed-point sums, a block's sums, the tiles. */
     const size_t per_thread =
         moert_round_up_64(experts * sizeof(int64_t) + (experts + 64 + 2 * TOPK_TILE_FLOATS(experts)) * sizeof(float));
-    unsigned char *workspace = calloc((size_t)threads, per_thread);
-    MOERT_RETURN_ERROR_IF(workspace == NULL, MOERT_ENOMEM, "softmax: cannot allocate %zu bytes of workspace",
-                          (size_t)threads * per_thread);
+    unsigned char *workspace;
+    int owned;
+    MOERT_FORWARD_IF_ERROR(scratch_zeroed(ws, (size_t)threads * per_thread, &workspace, &owned));
     topk_row_error first_bad = {TOPK_ROW_OK, 0, 0};
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
@@ -170,7 +191,7 @@ moert_status topk_softmax_filter(moert_isa isa, const float *logits, size_t toke
         }
     }
     if (first_bad.kind == TOPK_ROW_OK) topk_fixed_point_totals(workspace, per_thread, threads, experts, prob_sums);
-    free(workspace);
+    if (owned) free(workspace);
     *used = threads;
     if (first_bad.kind != TOPK_ROW_OK) return report_bad_row(first_bad);
     return MOERT_OK;
@@ -237,12 +258,13 @@ static void order_equal_weights(const topk_job *job, size_t begin, size_t end) {
 moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_params *p,
                            const float *logits, size_t tokens, size_t experts,
                            const moert_topk_gate_output *out) {
-    return topk_gate_run_with(variant, p, logits, tokens, experts, out, NULL, NULL);
+    return topk_gate_run_with(variant, p, logits, tokens, experts, out, NULL, NULL, NULL);
 }
 
 moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_gate_params *p,
                                 const float *logits, size_t tokens, size_t experts,
-                                const moert_topk_gate_output *out, topk_block_hook hook, void *context) {
+                                const moert_topk_gate_output *out, topk_block_hook hook, void *context,
+                                topk_workspace *ws) {
     MOERT_FORWARD_IF_ERROR(validate(p, logits, tokens, experts, out));
     MOERT_RETURN_ERROR_IF(variant == NULL, MOERT_EINVAL, "top-k gate: no variant");
     MOERT_FORWARD_IF_ERROR(moert_isa_check(variant->isa));
@@ -287,13 +309,9 @@ moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_ga
     const size_t per_thread = moert_round_up_64(
         acc_words * sizeof(int64_t) + list_words * sizeof(int32_t) +
         (block_floats + key_floats + tile_floats + lane_floats + grouped_floats) * sizeof(float));
-    unsigned char *workspace = NULL;
-    if (per_thread > 0) {
-        workspace = calloc((size_t)threads, per_thread);
-        MOERT_RETURN_ERROR_IF(workspace == NULL, MOERT_ENOMEM,
-                              "top-k gate: cannot allocate %zu bytes of workspace",
-                              (size_t)threads * per_thread);
-    }
+    unsigned char *workspace;
+    int owned;
+    MOERT_FORWARD_IF_ERROR(scratch_zeroed(ws, (size_t)threads * per_thread, &workspace, &owned));
 
     topk_row_error first_bad = {TOPK_ROW_OK, 0, 0};
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -340,7 +358,7 @@ moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_ga
 
     if (first_bad.kind == TOPK_ROW_OK && want_probs)
         topk_fixed_point_totals(workspace, per_thread, threads, experts, out->prob_sums);
-    free(workspace);
+    if (owned) free(workspace);
     if (first_bad.kind != TOPK_ROW_OK) return report_bad_row(first_bad);
     return MOERT_OK;
 }
