@@ -77,6 +77,8 @@ moert_status plan_reserve(moert_plan *plan, size_t tokens, size_t entries, size_
     MOERT_FORWARD_IF_ERROR(grow((void **)&plan->slot_entries, &cap, slots, sizeof(int64_t), "slot entries"));
     plan->cap_slots = cap;
 
+    /* The counting sort runs at most a thread per token (plan_build_expert_major). */
+    if ((size_t)threads > tokens) threads = tokens > 0 ? (int)tokens : 1;
     size_t counts;
     MOERT_RETURN_ERROR_IF(moert_mul_overflows((size_t)(threads + 1), experts + 1, &counts),
                           MOERT_EOVERFLOW, "plan: thread counts overflow size_t");

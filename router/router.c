@@ -117,7 +117,8 @@ moert_status moert_router_config_check(const moert_router_config *c, size_t expe
                           MOERT_EINVAL, "drop policy %d is not probs (0) or position (1)", (int)c->drop_policy);
     MOERT_RETURN_ERROR_IF(c->route_groups < 1, MOERT_EINVAL, "route_groups=%d must be at least 1",
                           c->route_groups);
-    MOERT_RETURN_ERROR_IF(c->threads < 0, MOERT_EINVAL, "threads=%d must not be negative", c->threads);
+    MOERT_RETURN_ERROR_IF(c->threads < 0 || c->threads > MOERT_MAX_THREADS, MOERT_EINVAL, "threads=%d is outside 0..%d",
+                          c->threads, MOERT_MAX_THREADS);
     MOERT_RETURN_ERROR_IF(c->isa != MOERT_ISA_AUTO && c->isa != MOERT_ISA_SCALAR && c->isa != MOERT_ISA_AVX2 &&
                               c->isa != MOERT_ISA_AVX512,
                           MOERT_EINVAL, "isa=%d is not a kernel variant", (int)c->isa);

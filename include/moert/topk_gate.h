@@ -42,6 +42,7 @@ extern "C" {
 #endif
 
 #define MOERT_MAX_EXPERTS 65536
+#define MOERT_MAX_THREADS 4096 /* the most threads a call may ask for */
 
 typedef enum moert_score {
     MOERT_SCORE_SOFTMAX = 0,

@@ -14,7 +14,6 @@
 #include "kernels/topk_gate/internal.h"
 
 #define TOPK_BLOCK_ROWS 64
-#define TOPK_MAX_THREADS 4096
 #define TOPK_FIXED_POINT_ONE 4294967296.0 /* 2^32 */
 
 const topk_variant topk_variants[] = {
@@ -66,8 +65,8 @@ static moert_status validate(const moert_topk_gate_params *p, const float *logit
         MOERT_EINVAL, "softmax_order=%d is not post (0) or pre (1)", (int)p->softmax_order);
     MOERT_RETURN_ERROR_IF(!(isfinite(p->scaling) && p->scaling > 0.0f), MOERT_EINVAL,
                           "scaling=%g must be finite and positive", (double)p->scaling);
-    MOERT_RETURN_ERROR_IF(p->threads < 0 || p->threads > TOPK_MAX_THREADS, MOERT_EINVAL,
-                          "threads=%d is outside 0..%d", p->threads, TOPK_MAX_THREADS);
+    MOERT_RETURN_ERROR_IF(p->threads < 0 || p->threads > MOERT_MAX_THREADS, MOERT_EINVAL,
+                          "threads=%d is outside 0..%d", p->threads, MOERT_MAX_THREADS);
     MOERT_RETURN_ERROR_IF(p->bias != NULL && p->score != MOERT_SCORE_SIGMOID, MOERT_EINVAL,
                           "a selection bias applies to sigmoid scores only");
     if (p->bias != NULL) {
