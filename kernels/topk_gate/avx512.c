@@ -2,7 +2,9 @@
 /* GCC 12 warns that lanes of the selection's arrays (W, st[1], ...) "may be used
  * uninitialized" where only the first k, or the second tile of a pair, are live: the
  * loops that read them are bounded by the same k or pair flag, which it cannot follow. */
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include "kernels/topk_gate/simd_avx512.h"
 #include "kernels/topk_gate/vector_impl.h"
 
