@@ -137,7 +137,7 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
                                 ~(size_t)63;
 
     /* Workspace, in 64-byte aligned parts. */
-    enum { BOUNDS, SAMPLE, ROWS, CHOSEN, CHOSEN_PROBS, FILL, CANDIDATES, PAIRS, SELECT, PARTS };
+    enum { BOUNDS, SAMPLE, ROWS, CHOSEN, CHOSEN_PROBS, FILL, CANDIDATES, PAIRS, SELECT, SORT, PARTS };
     size_t sizes[PARTS], offsets[PARTS], total = 0;
     sizes[BOUNDS] = 2 * E * sizeof(float); /* the bounds, and the filter's a little below */
     sizes[SAMPLE] = rank ? E * EC_SAMPLE_ROWS * sizeof(float) : 0;
@@ -148,6 +148,8 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
     sizes[CANDIDATES] = (size_t)threads * (sizeof(topk_candidates) + E * sizeof(size_t));
     sizes[PAIRS] = cand_pairs * (sizeof(int32_t) + sizeof(float));
     sizes[SELECT] = (size_t)threads * select_bytes;
+    const size_t sort_bytes = moert_round_up_64(E * (sizeof(int32_t) + sizeof(float))); /* a token's entries */
+    sizes[SORT] = (size_t)threads * sort_bytes;
     for (int i = 0; i < PARTS; i++) {
         offsets[i] = total;
         total += (sizes[i] + 63) & ~(size_t)63;
@@ -242,10 +244,14 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         const size_t t0 = T * (size_t)tid / (size_t)nth, t1 = T * (size_t)(tid + 1) / (size_t)nth;
+        /* Locals: the shared ones live in OpenMP's struct, which the stores to fill[] might
+         * alias, so the compiler would reload them in every iteration. */
+        const size_t C = per_expert;
+        int64_t *const counts_of = fill;
         for (size_t e = 0; e < E; e++) {
-            const int32_t *list = chosen + e * per_expert;
-            for (size_t i = lower_bound(list, per_expert, (int32_t)t0); i < per_expert && (size_t)list[i] < t1; i++)
-                fill[list[i]]++;
+            const int32_t *list = chosen + e * C;
+            for (size_t i = lower_bound(list, C, (int32_t)t0); i < C && (size_t)list[i] < t1; i++)
+                counts_of[list[i]]++;
         }
 #pragma omp barrier
 #pragma omp single
@@ -256,30 +262,22 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
                 fill[t] = plan->token_offsets[t];
             }
         }
+        int32_t *const expert_ids = plan->expert_ids;
+        float *const weights = plan->weights;
         for (size_t e = 0; e < E; e++) {
-            const int32_t *list = chosen + e * per_expert;
-            const float *probs = chosen_probs + e * per_expert;
-            for (size_t i = lower_bound(list, per_expert, (int32_t)t0); i < per_expert && (size_t)list[i] < t1; i++) {
-                const int64_t at = fill[list[i]]++;
-                plan->expert_ids[at] = (int32_t)e;
-                plan->weights[at] = probs[i];
+            const int32_t *list = chosen + e * C;
+            const float *probs = chosen_probs + e * C;
+            for (size_t i = lower_bound(list, C, (int32_t)t0); i < C && (size_t)list[i] < t1; i++) {
+                const int64_t at = counts_of[list[i]]++;
+                expert_ids[at] = (int32_t)e;
+                weights[at] = probs[i];
             }
         }
+        int32_t *sort_ids = (int32_t *)(base + offsets[SORT] + (size_t)tid * sort_bytes);
+        float *sort_weights = (float *)(sort_ids + E);
         for (size_t t = t0; t < t1; t++) {
             const int64_t first = plan->token_offsets[t], n = plan->token_offsets[t + 1] - first;
-            int32_t *ids = plan->expert_ids + first;
-            float *w = plan->weights + first;
-            for (int64_t i = 1; i < n; i++) {
-                const float wi = w[i];
-                const int32_t id = ids[i];
-                int64_t j = i;
-                for (; j > 0 && w[j - 1] < wi; j--) {
-                    w[j] = w[j - 1];
-                    ids[j] = ids[j - 1];
-                }
-                w[j] = wi;
-                ids[j] = id;
-            }
+            router_sort_token_entries(plan->expert_ids + first, plan->weights + first, (size_t)n, sort_ids, sort_weights);
         }
     }
     plan->tokens = T, plan->experts = E, plan->entries = (size_t)plan->token_offsets[T];

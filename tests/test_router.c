@@ -705,6 +705,13 @@ START_TEST(expert_choice_exact_at_scale) {
     check_expert_choice_exact(x, T, E, 2.0f, 1, MOERT_ISA_AUTO);
     check_expert_choice_exact(x, T, E, 24.0f, 2, MOERT_ISA_AUTO); /* C = 3750: no sampling */
     free(x);
+    /* C = T with 48 experts: each token has all 48, more than the rank sort takes (the
+     * heap orders them); coarse values, so ties. */
+    const size_t T2 = 300, E2 = 48;
+    float *y = random_logits(T2 * E2, 5);
+    for (size_t i = 0; i < T2 * E2; i++) y[i] = roundf(y[i]);
+    check_expert_choice_exact(y, T2, E2, 48.0f, 2, MOERT_ISA_AUTO);
+    free(y);
 }
 END_TEST
 
