@@ -77,7 +77,8 @@ if ! grep -q avx512f=yes <("$moert" info); then
 fi
 
 expect 0 "$moert" demo
-for key in 'gate kernel' 'max/mean' 'aux (Switch)'; do
+for key in 'softmax kernel' 'max/mean' 'entropy' 'z-loss' 'top-8 softmax, dropless' 'capacity factor 1' \
+           '8 groups keep 4' 'expert choice' 'relu, threshold'; do
   grep -q "$key" "$tmp/out" || fail "demo lacks '$key'"
 done
 
