@@ -90,6 +90,13 @@ static inline float moert_exp2_stat(float y) {
     return p * pow2;
 }
 
+/* exp(x - max) as expert choice's softmax takes it: 2^y by moert_exp2_stat with
+ * y = fma(x, log2 e, max x -log2 e), the operations the vector variants do lane by lane,
+ * so that every variant gets the same bits. minus_max_log2e = max * -MOERT_EXPF_LOG2E. */
+static inline float moert_exp_shifted(float x, float minus_max_log2e) {
+    return moert_exp2_stat(__builtin_fmaf(x, MOERT_EXPF_LOG2E, minus_max_log2e));
+}
+
 /* The logistic function, stable on both sides: e = exp(-|x|) never overflows. */
 static inline float moert_sigmoidf(float x) {
     float e = moert_expf(-__builtin_fabsf(x));

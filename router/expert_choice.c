@@ -230,7 +230,8 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
                 }
             }
             /* The whole column, as the softmax computed it. */
-            for (size_t t = 0; t < T; t++) column[t] = moert_expf(logits[t * E + e] - row_max[t]) / row_sum[t];
+            for (size_t t = 0; t < T; t++)
+                column[t] = moert_exp_shifted(logits[t * E + e], row_max[t] * -MOERT_EXPF_LOG2E) / row_sum[t];
             router_select_top(column, T, per_expert, variant->compact, mine_chosen, scratch);
             for (size_t i = 0; i < per_expert; i++) mine_probs[i] = column[mine_chosen[i]];
         }
@@ -277,7 +278,9 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
         float *sort_weights = (float *)(sort_ids + E);
         for (size_t t = t0; t < t1; t++) {
             const int64_t first = plan->token_offsets[t], n = plan->token_offsets[t + 1] - first;
-            router_sort_token_entries(plan->expert_ids + first, plan->weights + first, (size_t)n, sort_ids, sort_weights);
+            if (n > 1)
+                router_sort_token_entries(plan->expert_ids + first, plan->weights + first, (size_t)n, sort_ids,
+                                          sort_weights);
         }
     }
     plan->tokens = T, plan->experts = E, plan->entries = (size_t)plan->token_offsets[T];

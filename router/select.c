@@ -195,6 +195,15 @@ void router_select_top_of(const int32_t *ids, const float *values, size_t m, siz
 }
 
 void router_sort_token_entries(int32_t *ids, float *weights, size_t n, int32_t *scratch_ids, float *scratch_weights) {
+    if (n < 2) return;
+    if (n == 2) { /* the common case of expert choice at small capacity factors: selects */
+        const float w0 = weights[0], w1 = weights[1];
+        const int32_t i0 = ids[0], i1 = ids[1];
+        const int swap = w1 > w0;
+        weights[0] = swap ? w1 : w0, weights[1] = swap ? w0 : w1;
+        ids[0] = swap ? i1 : i0, ids[1] = swap ? i0 : i1;
+        return;
+    }
     if (n > ROUTER_RANK_SORT_MAX) {
         memcpy(scratch_ids, ids, n * sizeof *ids);
         memcpy(scratch_weights, weights, n * sizeof *weights);

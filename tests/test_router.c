@@ -522,8 +522,9 @@ static void check_expert_choice_exact(const float *x, size_t T, size_t E, float 
     for (size_t t = 0; t < T; t++) {
         float m = -INFINITY, sum = 0.0f;
         for (size_t e = 0; e < E; e++) m = x[t * E + e] > m ? x[t * E + e] : m;
-        for (size_t e = 0; e < E; e++) sum += moert_expf(x[t * E + e] - m);
-        for (size_t e = 0; e < E; e++) p[t * E + e] = moert_expf(x[t * E + e] - m) / sum;
+        /* The softmax as expert choice defines it: exp by moert_exp_shifted. */
+        for (size_t e = 0; e < E; e++) sum += moert_exp_shifted(x[t * E + e], m * -MOERT_EXPF_LOG2E);
+        for (size_t e = 0; e < E; e++) p[t * E + e] = moert_exp_shifted(x[t * E + e], m * -MOERT_EXPF_LOG2E) / sum;
     }
     /* chosen[t * E + e]: the weight expert e gives token t, or -1 */
     float *chosen = malloc(T * E * sizeof *chosen);

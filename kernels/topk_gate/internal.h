@@ -84,11 +84,12 @@ typedef struct topk_candidates {
 
 /* Full softmax of rows [row_begin, row_end) of logits [tokens, experts]: each probability is
  * offered to `cand`, each row's probabilities (exp(x - max) * (1 / sum)) are added into
- * prob_block [experts + 64],
- * and lse[t], row_max[t], row_sum[t] (p = exp(x - max) / sum) are written. tile: scratch
- * of 2 * TOPK_TILE_FLOATS(experts) floats. The probabilities and lse are the same
- * operations in every variant (bit-identical); the sums may be added in another order.
- * Stops at the first bad row and reports it. */
+ * prob_block [experts + 64], and lse[t], row_max[t], row_sum[t] (p = exp(x - max) / sum)
+ * are written. exp(x - max) is moert_exp_shifted (kernels/expf.h): a degree-6 polynomial
+ * on 2^f, within 2e-7 of exp, at half the cost of moert_expf, which matters in the one
+ * pass over every logit. tile: scratch of 2 * TOPK_TILE_FLOATS(experts) floats. The
+ * exps, row sums and lse are the same operations in every variant (bit-identical); the
+ * probability sums may be added in another order. Stops at the first bad row. */
 typedef topk_row_error (*topk_softmax_filter_fn)(const float *logits, size_t tokens, size_t experts,
                                                  size_t row_begin, size_t row_end,
                                                  const topk_candidates *cand, float *lse,

@@ -87,10 +87,11 @@ topk_row_error topk_softmax_filter_row(const float *logits, size_t experts, size
     }
     if (m == -INFINITY) return topk_find_bad(x, experts, t);
     float s = 0.0f;
-    for (size_t e = 0; e < experts; e++) s += moert_expf(x[e] - m);
+    const float minus_m_log2e = m * -MOERT_EXPF_LOG2E;
+    for (size_t e = 0; e < experts; e++) s += moert_exp_shifted(x[e], minus_m_log2e);
     const float inv = 1.0f / s;
     for (size_t e = 0; e < experts; e++) {
-        const float ex = moert_expf(x[e] - m), p = ex * inv;
+        const float ex = moert_exp_shifted(x[e], minus_m_log2e), p = ex * inv;
         prob_block[e] += p;
         if (p >= cand->bounds[e]) {
             const size_t i = cand->count[e]++;

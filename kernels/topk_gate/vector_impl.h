@@ -905,9 +905,11 @@ static topk_row_error vec_softmax_filter(const float *logits, size_t tokens, siz
             }
             continue;
         }
+        /* moert_exp_shifted lane by lane: the same bits as the scalar rows. */
         vf S = vf_set1(0.0f);
+        const vf log2e = vf_set1(MOERT_EXPF_LOG2E), minus_m_log2e = vf_mul(M, vf_set1(-MOERT_EXPF_LOG2E));
         for (size_t c = 0; c < E; c++) {
-            const vf e = vf_exp(vf_sub(vf_loadu(tile + c * V_W), M));
+            const vf e = vf_exp2_stat(vf_fmadd(vf_loadu(tile + c * V_W), log2e, minus_m_log2e));
             S = vf_add(S, e);
             vf_storeu(tile + c * V_W, e);
         }
