@@ -14,7 +14,8 @@
  *   With pad_to_capacity every expert gets exactly `capacity` slots, the unused ones
  *   empty (token -1), so that dispatch buffers have a fixed shape.
  * Expert choice (Zhou et al. 2022): probabilities are the softmax over experts of each
- * token's logits; each expert takes its C = floor(tokens x capacity_factor / experts + 0.5)
+ * token's logits (exp(x - max) by a degree-6 polynomial on 2^f, within 2e-7 of exp, the
+ * same bits for every ISA and thread count); each expert takes its C = floor(tokens x capacity_factor / experts + 0.5)
  * highest-probability tokens (ties to the lower token; C is at most tokens), weight = the
  * probability. C = 0 is an error.
  * ReLU routing (ReMoE, Wang et al. 2024): weights relu(logit - relu_threshold); a token
