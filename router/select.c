@@ -177,8 +177,12 @@ void router_select_top_of(const int32_t *ids, const float *values, size_t m, siz
         bin[j] = (uint16_t)(b > 0.0f ? b : 0.0f);
         hist[bin[j]]++;
     }
-    size_t b = bins - 1, above = 0;
-    while (above + hist[b] < count) above += hist[b--];
+    /* The bin of the count-th largest: the one where the values below reach m - count.
+     * Counted from the bottom, where the values crowd (a list of the largest values has
+     * a sparse top: scanning down from it crosses many empty bins). */
+    size_t b = 0, below = 0;
+    while (below + hist[b] <= m - count) below += hist[b++];
+    const size_t above = m - below - hist[b];
     size_t n_in_bin = 0;
     for (size_t j = 0; j < m; j++)
         if (bin[j] == b) in_bin[n_in_bin++] = values[j];
@@ -186,11 +190,18 @@ void router_select_top_of(const int32_t *ids, const float *values, size_t m, siz
     const float threshold = router_nth_largest(in_bin, n_in_bin, need);
     size_t greater = 0;
     for (size_t j = 0; j < n_in_bin; j++) greater += in_bin[j] > threshold;
+    /* Without a branch on which values are taken (about half, in no order a predictor
+     * could follow): every value is written at `out`, which moves on only when taken.
+     * Exactly `count` are taken, so the loop stops at the last one and never writes past
+     * chosen[count - 1]. */
     size_t equal_left = need - greater, out = 0;
-    for (size_t j = 0; j < m; j++) {
-        int take = bin[j] > b || (bin[j] == b && values[j] > threshold);
-        if (!take && bin[j] == b && values[j] == threshold && equal_left > 0) take = 1, equal_left--;
-        if (take) chosen[out] = ids[j], chosen_values[out] = values[j], out++;
+    for (size_t j = 0; out < count; j++) {
+        const int in_bin_b = bin[j] == b;
+        const int tie = in_bin_b & (values[j] == threshold) & (equal_left > 0);
+        const int take = (bin[j] > b) | (in_bin_b & (values[j] > threshold)) | tie;
+        equal_left -= (size_t)tie;
+        chosen[out] = ids[j], chosen_values[out] = values[j];
+        out += (size_t)take;
     }
 }
 
