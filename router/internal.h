@@ -57,15 +57,17 @@ void plan_compute_stats(moert_plan *plan, const double *prob_sums, const float *
 /* Marks the `count` largest of values[i * stride], i < n, ties to the lower i, by setting
  * keep[i * keep_stride] = 1 (and the others 0). Linear time: a radix select on the
  * values' order-preserving bit patterns. count <= n <= UINT32_MAX; scratch holds
- * ROUTER_SELECT_SCRATCH(n) bytes. */
-#define ROUTER_SELECT_SCRATCH(n) ((size_t)(n) * 8u)
+ * ROUTER_SELECT_SCRATCH(n) bytes, 4-byte aligned: the candidates, and a histogram of
+ * ROUTER_SELECT_BINS digits. */
+#define ROUTER_SELECT_BINS 4096u
+#define ROUTER_SELECT_SCRATCH(n) ((size_t)(n) * 8u + ROUTER_SELECT_BINS * 4u)
 void router_select_largest(const float *values, size_t n, size_t stride, size_t count,
                            uint8_t *keep, size_t keep_stride, void *scratch);
 
 /* The `count` largest of values[0, n), ties to the lower index, as their indices in
  * ascending order into chosen[0, min(count, n)). compact is the gate variant's vector
  * filter. scratch: ROUTER_TOP_SCRATCH(n) bytes. */
-#define ROUTER_TOP_SCRATCH(n) ((size_t)(n) * 17u + 128u)
+#define ROUTER_TOP_SCRATCH(n) ((size_t)(n) * 9u + 64u + ROUTER_SELECT_SCRATCH(n))
 void router_select_top(const float *values, size_t n, size_t count, topk_compact_fn compact,
                        int32_t *chosen, void *scratch);
 

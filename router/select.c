@@ -30,12 +30,12 @@ static int by_rank(const void *a, const void *b) {
 
 #define SELECT_BITS 12
 #define SELECT_BINS (1u << SELECT_BITS)
+_Static_assert(SELECT_BINS == ROUTER_SELECT_BINS, "the scratch's histogram has a bin per digit");
 
 /* The bin (of SELECT_BINS, the digits of key >> shift) that holds the need-th largest of
- * the candidates, and how many candidates lie in higher bins. */
-static uint32_t find_bin(const candidate *c, size_t n, int shift, size_t need, size_t *above) {
-    static _Thread_local uint32_t hist[SELECT_BINS];
-    memset(hist, 0, sizeof hist);
+ * the candidates, and how many candidates lie in higher bins. hist: SELECT_BINS counters. */
+static uint32_t find_bin(const candidate *c, size_t n, int shift, size_t need, size_t *above, uint32_t *hist) {
+    memset(hist, 0, SELECT_BINS * sizeof *hist);
     for (size_t i = 0; i < n; i++) hist[(c[i].key >> shift) & (SELECT_BINS - 1)]++;
     size_t acc = 0;
     uint32_t b = SELECT_BINS - 1;
@@ -52,6 +52,7 @@ void router_select_largest(const float *values, size_t n, size_t stride, size_t 
     for (size_t i = 0; i < n; i++) keep[i * keep_stride] = 0;
     if (count == 0 || n == 0) return;
     candidate *c = scratch;
+    uint32_t *hist = (uint32_t *)(c + n);
     for (size_t i = 0; i < n; i++) c[i] = (candidate){ordered_key(values[i * stride]), (uint32_t)i};
 
     /* Narrow the candidates to those sharing the count-th largest's leading digits,
@@ -59,7 +60,7 @@ void router_select_largest(const float *values, size_t n, size_t stride, size_t 
     size_t m = n, need = count;
     for (int shift = 32 - SELECT_BITS; shift >= 0 && m > 64; shift -= SELECT_BITS) {
         size_t above;
-        const uint32_t bin = find_bin(c, m, shift, need, &above);
+        const uint32_t bin = find_bin(c, m, shift, need, &above, hist);
         size_t kept = 0;
         for (size_t i = 0; i < m; i++) {
             const uint32_t digit = (c[i].key >> shift) & (SELECT_BINS - 1);
