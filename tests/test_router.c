@@ -441,6 +441,26 @@ START_TEST(capacity_matches_reference) {
                 ck_assert_int_le(r.s.expert_counts[e], C);
                 ck_assert_int_eq(r.s.expert_routed[e], pre.s.expert_counts[e]);
             }
+            /* Padded: the same entries; each expert's C slots start with the kept ones, in
+             * the same order as unpadded, then empty ones (at 8.0 nothing drops). */
+            routed padded = {0};
+            c.pad_to_capacity = 1;
+            ck_assert_int_eq(route(&c, x, T, E, &padded), MOERT_OK);
+            check_plan_invariants(&padded);
+            ck_assert_int_eq(padded.v.entries, r.v.entries);
+            ck_assert(!memcmp(padded.v.token_offsets, r.v.token_offsets, (T + 1) * sizeof(int64_t)));
+            ck_assert(!memcmp(padded.v.expert_ids, r.v.expert_ids, r.v.entries * sizeof(int32_t)));
+            ck_assert_int_eq(padded.v.slots, (size_t)C * E);
+            for (size_t e = 0; e < E; e++) {
+                const int64_t kept = r.s.expert_counts[e];
+                ck_assert_int_eq(padded.v.expert_offsets[e], (int64_t)e * C);
+                for (int64_t i = 0; i < C; i++) {
+                    const int64_t s = padded.v.expert_offsets[e] + i;
+                    ck_assert_int_eq(padded.v.slot_tokens[s], i < kept ? r.v.slot_tokens[r.v.expert_offsets[e] + i] : -1);
+                    ck_assert_int_eq(padded.v.slot_entries[s], i < kept ? r.v.slot_entries[r.v.expert_offsets[e] + i] : -1);
+                }
+            }
+            routed_free(&padded);
             free(keep);
             routed_free(&pre), routed_free(&r);
         }
