@@ -90,12 +90,11 @@ static inline float moert_exp2_stat(float y) {
     return p * pow2;
 }
 
-/* exp(x - max) as expert choice's softmax takes it: 2^y by moert_exp2_stat with
- * y = fma(x, log2 e, max x -log2 e), the operations the vector variants do lane by lane,
- * so that every variant gets the same bits. minus_max_log2e = max * -MOERT_EXPF_LOG2E. */
-static inline float moert_exp_shifted(float x, float minus_max_log2e) {
-    return moert_exp2_stat(__builtin_fmaf(x, MOERT_EXPF_LOG2E, minus_max_log2e));
-}
+/* exp(x - max) as expert choice's softmax takes it: 2^((x - max) log2 e) by
+ * moert_exp2_stat, the two IEEE operations the vector variants do lane by lane, so that
+ * every variant gets the same bits. Not fma(x, log2 e, -max log2 e): the rounding of
+ * max log2 e shifts the whole row, by 2^128 and more once |max| passes 1.5e9. */
+static inline float moert_exp_shifted(float x, float max) { return moert_exp2_stat((x - max) * MOERT_EXPF_LOG2E); }
 
 /* The logistic function, stable on both sides: e = exp(-|x|) never overflows. */
 static inline float moert_sigmoidf(float x) {

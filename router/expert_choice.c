@@ -129,9 +129,9 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
     size_t cand_pairs;
     MOERT_RETURN_ERROR_IF(moert_mul3_overflows((size_t)threads, E, cap, &cand_pairs), MOERT_EOVERFLOW,
                           "expert choice: candidate buffers overflow size_t");
-    /* Per selection thread: a column [T], a gathered candidate list (ids, values) [T +
-     * cand_pairs], the candidate selection's scratch, and the column selection's. */
-    const size_t list = T + cand_pairs;
+    /* Per selection thread: a column [T], a gathered candidate list (ids, values) [threads
+     * x cap], the candidate selection's scratch, and the column selection's. */
+    const size_t list = (size_t)threads * cap; /* one expert's candidates, from every thread */
     const size_t select_bytes = (T * sizeof(float) + list * (sizeof(int32_t) + sizeof(float)) +
                                  (ROUTER_TOP_OF_BINS + 2 * list + 2) * sizeof(float) + ROUTER_TOP_SCRATCH(T) + 63) &
                                 ~(size_t)63;
@@ -231,7 +231,7 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
             }
             /* The whole column, as the softmax computed it. */
             for (size_t t = 0; t < T; t++)
-                column[t] = moert_exp_shifted(logits[t * E + e], row_max[t] * -MOERT_EXPF_LOG2E) / row_sum[t];
+                column[t] = moert_exp_shifted(logits[t * E + e], row_max[t]) / row_sum[t];
             router_select_top(column, T, per_expert, variant->compact, mine_chosen, scratch);
             for (size_t i = 0; i < per_expert; i++) mine_probs[i] = column[mine_chosen[i]];
         }

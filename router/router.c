@@ -19,7 +19,11 @@ struct moert_router {
     router_workspace ws;
 };
 
-int router_threads(int requested) { return requested > 0 ? requested : omp_get_max_threads(); }
+int router_threads(int requested) {
+    if (requested > 0) return requested; /* checked against MOERT_MAX_THREADS with the config */
+    const int available = omp_get_max_threads();
+    return available < MOERT_MAX_THREADS ? available : MOERT_MAX_THREADS;
+}
 
 moert_status router_workspace_reserve(router_workspace *ws, size_t bytes) {
     if (bytes <= ws->size && ws->bytes != NULL) return MOERT_OK;
@@ -270,13 +274,20 @@ static moert_status route_groups(moert_router *r, const float *logits, size_t to
             prob_sums[e] += gp->prob_sums[e];
         }
         entries += (int64_t)gp->entries;
-        capacity_sum += gp->capacity;
+        if (__builtin_add_overflow(capacity_sum, gp->capacity, &capacity_sum)) {
+            st = moert_set_error(MOERT_EOVERFLOW, "routing groups: the sum of their capacities overflows int64");
+            break;
+        }
         capacity_max = gp->capacity > capacity_max ? gp->capacity : capacity_max;
     }
     if (st == MOERT_OK) {
         plan->tokens = tokens, plan->experts = E, plan->entries = (size_t)entries;
         const int pad = r->config.pad_to_capacity && capacity_sum > 0;
-        st = plan_reserve(plan, tokens, (size_t)entries, E, pad ? (size_t)capacity_sum * E : (size_t)entries, threads);
+        size_t slots = (size_t)entries;
+        if (pad && moert_mul_overflows((size_t)capacity_sum, E, &slots))
+            st = moert_set_error(MOERT_EOVERFLOW, "padding: capacity %lld x %zu experts overflows size_t",
+                                 (long long)capacity_sum, E);
+        if (st == MOERT_OK) st = plan_reserve(plan, tokens, (size_t)entries, E, slots, threads);
         if (st == MOERT_OK) st = plan_build_expert_major(plan, threads, pad ? capacity_sum : 0, pad);
         if (st == MOERT_OK) {
             memcpy(plan->expert_routed, routed, E * sizeof *routed);

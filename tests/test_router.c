@@ -3,6 +3,7 @@
  * statistics, thread counts, routing groups, balancers and bad configurations. */
 #include <check.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -543,8 +544,8 @@ static void check_expert_choice_exact(const float *x, size_t T, size_t E, float 
         float m = -INFINITY, sum = 0.0f;
         for (size_t e = 0; e < E; e++) m = x[t * E + e] > m ? x[t * E + e] : m;
         /* The softmax as expert choice defines it: exp by moert_exp_shifted. */
-        for (size_t e = 0; e < E; e++) sum += moert_exp_shifted(x[t * E + e], m * -MOERT_EXPF_LOG2E);
-        for (size_t e = 0; e < E; e++) p[t * E + e] = moert_exp_shifted(x[t * E + e], m * -MOERT_EXPF_LOG2E) / sum;
+        for (size_t e = 0; e < E; e++) sum += moert_exp_shifted(x[t * E + e], m);
+        for (size_t e = 0; e < E; e++) p[t * E + e] = moert_exp_shifted(x[t * E + e], m) / sum;
     }
     /* chosen[t * E + e]: the weight expert e gives token t, or -1 */
     float *chosen = malloc(T * E * sizeof *chosen);
@@ -704,6 +705,55 @@ START_TEST(relu_matches_reference) {
             }
         free(x);
     }
+}
+END_TEST
+
+START_TEST(limits_of_threads_and_capacities) {
+    /* More OpenMP threads than MOERT_MAX_THREADS by default: every policy still routes
+     * (the default is clamped), ReLU included. */
+    omp_set_num_threads(MOERT_MAX_THREADS + 1000);
+    for (int policy = 0; policy < 3; policy++) {
+        moert_router_config c = moert_router_config_default();
+        c.policy = (moert_policy)policy;
+        if (policy == MOERT_POLICY_EXPERT_CHOICE) c.capacity_factor = 2.0;
+        routed r = {0};
+        ck_assert_msg(route(&c, hand, 4, 4, &r) == MOERT_OK, "policy %d: %s", policy, moert_last_error());
+        routed_free(&r);
+    }
+    omp_set_num_threads(2);
+    /* Routing groups whose capacities each fit but whose sum does not: an error, not an
+     * overflow. */
+    const size_t T = 3000;
+    float *x = calloc(T, sizeof *x);
+    moert_router_config c = moert_router_config_default();
+    c.k = 1, c.capacity_factor = 4e15, c.route_groups = 3000, c.threads = 1;
+    routed r = {0};
+    ck_assert_int_eq(route(&c, x, T, 1, &r), MOERT_EOVERFLOW);
+    routed_free(&r);
+    free(x);
+}
+END_TEST
+
+START_TEST(huge_finite_logits) {
+    /* Finite logits far from 0: the statistics and expert choice's softmax stay finite
+     * (an exp argument built as fma(x, log2 e, -max log2 e) carried the rounding of
+     * max log2 e, 2^128 and more at these sizes, into every element). */
+    const float x[8] = {1.48875302e9f, 1.48875302e9f, 0.0f, -1e30f, 3e38f, -3e38f, 3e38f, 0.0f};
+    check_expert_choice_exact(x, 2, 4, 2.0f, 1, MOERT_ISA_SCALAR);
+    check_expert_choice_exact(x, 2, 4, 2.0f, 2, MOERT_ISA_AUTO);
+    moert_router_config c = moert_router_config_default();
+    routed r = {0};
+    for (int isa = 0; isa < 2; isa++) {
+        c.isa = isa ? MOERT_ISA_SCALAR : MOERT_ISA_AUTO;
+        ck_assert_int_eq(route(&c, x, 2, 4, &r), MOERT_OK);
+        /* Each token's two tied maxima: weights 1/2; softmax means (1/2, 1/2, 0, 0) for
+         * t0 and (1/2, 0, 1/2, 0) for t1; loads 2, 1, 1, 0 of 4: aux = 4 (1/2 . 1/2 +
+         * 1/4 . 1/4 + 1/4 . 1/4) = 1.5; z = mean lse^2, lse = max + ln 2. */
+        for (size_t i = 0; i < 4; i++) ck_assert(r.v.weights[i] == 0.5f);
+        ck_assert_msg(fabs(r.s.aux_loss - 1.5) < 1e-6, "aux %.9g", r.s.aux_loss);
+        ck_assert(isfinite(r.s.z_loss) && r.s.z_loss > 1e76);
+    }
+    routed_free(&r);
 }
 END_TEST
 
@@ -986,6 +1036,8 @@ int main(void) {
     tcase_add_test(ref, expert_choice_exact_at_scale);
     tcase_add_test(ref, relu_matches_reference);
     tcase_add_test(ref, relu_with_every_logit_at_most_zero);
+    tcase_add_test(ref, huge_finite_logits);
+    tcase_add_test(ref, limits_of_threads_and_capacities);
     tcase_add_test(ref, routing_again_allocates_nothing);
     tcase_add_test(ref, plans_are_bit_identical_for_1_2_4_threads);
     tcase_add_test(ref, routing_groups);

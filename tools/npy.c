@@ -308,7 +308,7 @@ moert_status npy_read_f32(const char *path, int ndim, float **data, size_t shape
         } else {
             double v;
             memcpy(&v, raw + 8 * i, 8);
-            if (isfinite(v) && fabs(v) > FLT_MAX) { /* it would become an infinity, or a mask */
+            if (isfinite(v) && isinf((float)v)) { /* it would become an infinity, or a mask */
                 free(raw), free(f);
                 if (ndim == 2)
                     return moert_set_error(MOERT_EBADDATA, "%s: element [%zu,%zu] = %g is outside float32's range",

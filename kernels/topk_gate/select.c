@@ -87,11 +87,10 @@ topk_row_error topk_softmax_filter_row(const float *logits, size_t experts, size
     }
     if (m == -INFINITY) return topk_find_bad(x, experts, t);
     float s = 0.0f;
-    const float minus_m_log2e = m * -MOERT_EXPF_LOG2E;
-    for (size_t e = 0; e < experts; e++) s += moert_exp_shifted(x[e], minus_m_log2e);
+    for (size_t e = 0; e < experts; e++) s += moert_exp_shifted(x[e], m);
     const float inv = 1.0f / s;
     for (size_t e = 0; e < experts; e++) {
-        const float ex = moert_exp_shifted(x[e], minus_m_log2e), p = ex * inv;
+        const float ex = moert_exp_shifted(x[e], m), p = ex * inv;
         prob_block[e] += p;
         if (p >= cand->bounds[e]) {
             const size_t i = cand->count[e]++;

@@ -636,7 +636,9 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
     vf S = vf_set1(0.0f);
     if (tile_x != NULL) {
         const size_t cols = (E + 7) & ~(size_t)7;
-        const vf log2e = vf_set1(MOERT_EXPF_LOG2E), minus_m_log2e = vf_mul(M, vf_set1(-MOERT_EXPF_LOG2E));
+        /* (x - max) log2 e, not fma(x, log2 e, -max log2 e): the rounding of max log2 e
+         * would shift the whole row, by 2^128 and more once |max| passes 1.5e9. */
+        const vf log2e = vf_set1(MOERT_EXPF_LOG2E);
         vf S1 = S;
         for (size_t c = 0; c < cols; c += 2) {
             const vf x0 = vf_loadu(tile_x + c * V_W), x1 = vf_loadu(tile_x + (c + 1) * V_W);
@@ -645,8 +647,8 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
                 e0 = vf_exp(vf_sub(x0, M));
                 e1 = vf_exp(vf_sub(x1, M));
             } else {
-                e0 = vf_exp2_stat(vf_fmadd(x0, log2e, minus_m_log2e));
-                e1 = vf_exp2_stat(vf_fmadd(x1, log2e, minus_m_log2e));
+                e0 = vf_exp2_stat(vf_mul(vf_sub(x0, M), log2e));
+                e1 = vf_exp2_stat(vf_mul(vf_sub(x1, M), log2e));
             }
             vf_storeu(tile_x + c * V_W, e0);
             vf_storeu(tile_x + (c + 1) * V_W, e1);
@@ -907,9 +909,9 @@ static topk_row_error vec_softmax_filter(const float *logits, size_t tokens, siz
         }
         /* moert_exp_shifted lane by lane: the same bits as the scalar rows. */
         vf S = vf_set1(0.0f);
-        const vf log2e = vf_set1(MOERT_EXPF_LOG2E), minus_m_log2e = vf_mul(M, vf_set1(-MOERT_EXPF_LOG2E));
+        const vf log2e = vf_set1(MOERT_EXPF_LOG2E);
         for (size_t c = 0; c < E; c++) {
-            const vf e = vf_exp2_stat(vf_fmadd(vf_loadu(tile + c * V_W), log2e, minus_m_log2e));
+            const vf e = vf_exp2_stat(vf_mul(vf_sub(vf_loadu(tile + c * V_W), M), log2e));
             S = vf_add(S, e);
             vf_storeu(tile + c * V_W, e);
         }
@@ -974,7 +976,6 @@ static size_t vec_compact(const float *x, size_t n, float bound, int32_t *out) {
     return count;
 }
 
-#endif /* MOERT_TOPK_VECTOR_IMPL_H */
 
 /* topk_relu_row_fn. The active entries are appended without a branch (every lane
  * written, the hits packed first); up to two vectors of them are sorted by rank: entry
@@ -1019,3 +1020,5 @@ static size_t vec_relu_row(const float *x, size_t n, float threshold, int32_t *i
     for (int j = 0; j < c; j++) ids[rank[j]] = found_ids[j], weights[rank[j]] = found[j];
     return count;
 }
+
+#endif /* MOERT_TOPK_VECTOR_IMPL_H */
