@@ -278,9 +278,15 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
         float *sort_weights = (float *)(sort_ids + E);
         for (size_t t = t0; t < t1; t++) {
             const int64_t first = plan->token_offsets[t], n = plan->token_offsets[t + 1] - first;
-            if (n > 1)
-                router_sort_token_entries(plan->expert_ids + first, plan->weights + first, (size_t)n, sort_ids,
-                                          sort_weights);
+            int32_t *token_ids = expert_ids + first;
+            float *token_weights = weights + first;
+            if (n <= TOPK_RANK_SORT_MAX) {
+                if (n > 1) topk_sort_entries(token_ids, token_weights, (size_t)n, token_ids, token_weights);
+            } else { /* the heap reads a copy */
+                memcpy(sort_ids, token_ids, (size_t)n * sizeof *token_ids);
+                memcpy(sort_weights, token_weights, (size_t)n * sizeof *token_weights);
+                topk_sort_entries(sort_ids, sort_weights, (size_t)n, token_ids, token_weights);
+            }
         }
     }
     plan->tokens = T, plan->experts = E, plan->entries = (size_t)plan->token_offsets[T];

@@ -90,12 +90,6 @@ typedef struct router_stage {
     size_t first_token; /* of the thread's range; SIZE_MAX while it has none */
 } router_stage;
 
-/* Sorts one token's n entries, which arrive by ascending id and have weights >= 0, by
- * descending weight, ties to the lower id. Up to ROUTER_RANK_SORT_MAX entries by rank,
- * without a branch on the data (an insertion sort mispredicts about once an entry on
- * weights in random order); more by a heap, through scratch_ids and scratch_weights [n]. */
-#define ROUTER_RANK_SORT_MAX 32
-void router_sort_token_entries(int32_t *ids, float *weights, size_t n, int32_t *scratch_ids, float *scratch_weights);
 
 /* Scratch memory a router keeps between calls; it only grows. */
 typedef struct router_workspace {

@@ -205,37 +205,3 @@ void router_select_top_of(const int32_t *ids, const float *values, size_t m, siz
         out += (size_t)take;
     }
 }
-
-void router_sort_token_entries(int32_t *ids, float *weights, size_t n, int32_t *scratch_ids, float *scratch_weights) {
-    if (n < 2) return;
-    if (n == 2) { /* the common case of expert choice at small capacity factors: selects */
-        const float w0 = weights[0], w1 = weights[1];
-        const int32_t i0 = ids[0], i1 = ids[1];
-        const int swap = w1 > w0;
-        weights[0] = swap ? w1 : w0, weights[1] = swap ? w0 : w1;
-        ids[0] = swap ? i1 : i0, ids[1] = swap ? i0 : i1;
-        return;
-    }
-    if (n > ROUTER_RANK_SORT_MAX) {
-        memcpy(scratch_ids, ids, n * sizeof *ids);
-        memcpy(scratch_weights, weights, n * sizeof *weights);
-        topk_sort_entries(scratch_ids, scratch_weights, n, ids, weights);
-        return;
-    }
-    /* Weights >= 0 order like their bit patterns; below them the id's complement, so that
-     * every key is distinct and the lower id ranks first. An entry's place is the number
-     * of keys above its own. */
-    uint64_t key[ROUTER_RANK_SORT_MAX];
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &weights[i], sizeof bits);
-        key[i] = (uint64_t)bits << 32 | (uint32_t)~(uint32_t)ids[i];
-    }
-    for (size_t i = 0; i < n; i++) {
-        size_t rank = 0;
-        for (size_t j = 0; j < n; j++) rank += key[j] > key[i];
-        const uint32_t bits = (uint32_t)(key[i] >> 32);
-        memcpy(&weights[rank], &bits, sizeof bits);
-        ids[rank] = (int32_t)~(uint32_t)key[i];
-    }
-}

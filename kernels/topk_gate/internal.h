@@ -59,6 +59,15 @@ typedef struct topk_scratch {
 /* Int32s a group-limited tile needs: each group's top 8 and best dropped, 16 lanes. */
 #define TOPK_GROUP_LISTS(groups) ((size_t)(groups) * 9 * 16)
 
+/* A row's max and, when `normalise`, its sum of exp(x - max), by the online rescaling of
+ * the scalar reference; or the row's first NaN, +inf, or all -inf, as row t. */
+topk_row_error topk_row_max_and_sum(const float *x, size_t E, size_t t, int normalise, float *max, float *sum);
+
+/* The end of a scalar row t: the top k of keys[0, n) (ids key_ids, or 0..n-1 when NULL)
+ * with the logits as their weights, then the statistics the job asks for. */
+void topk_finish_row(const topk_job *job, size_t t, const float *keys, const int32_t *key_ids, size_t n, float m,
+                     float s, const topk_scratch *scratch);
+
 /* One group-limited row, the same in every variant (plain C). */
 topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratch *scratch);
 
@@ -179,10 +188,12 @@ moert_status topk_softmax_filter(moert_isa isa, const float *logits, size_t toke
 void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, float *top_keys,
                       int32_t *top_idx);
 
-/* Sorts n entries by descending weight, ties to the lower id, in O(n log n), from
- * (in_ids, in_weights) into (ids, weights); the inputs are left as they were. */
-void topk_sort_entries(const int32_t *in_ids, const float *in_weights, size_t n, int32_t *ids,
-                       float *weights);
+/* Sorts n entries, weights >= 0, by descending weight, ties to the lower id, from (in_ids,
+ * in_weights) into (ids, weights). Up to TOPK_RANK_SORT_MAX entries by rank, without a
+ * branch on the data, and then the input and output may be the same arrays; more by a
+ * heap (O(n log n)), from inputs that are left as they were. */
+#define TOPK_RANK_SORT_MAX 32
+void topk_sort_entries(const int32_t *in_ids, const float *in_weights, size_t n, int32_t *ids, float *weights);
 
 /* One row of topk_softmax_filter_fn, in plain C: the scalar variant, and every variant's
  * rows past its last whole tile. */

@@ -16,7 +16,6 @@ static int needs_normaliser(const topk_job *job) {
 topk_row_error topk_rows_scalar(const topk_job *job, size_t row_begin, size_t row_end,
                                 const topk_scratch *scratch) {
     const size_t E = job->experts;
-    const int k = job->k;
     const int normalise = needs_normaliser(job);
 
     for (size_t t = row_begin; t < row_end; t++) {
@@ -26,35 +25,15 @@ topk_row_error topk_rows_scalar(const topk_job *job, size_t row_begin, size_t ro
             continue;
         }
         const float *x = job->logits + t * E;
-
-        float m = -INFINITY, s = 0.0f;
-        for (size_t e = 0; e < E; e++) {
-            const float xe = x[e];
-            if (isnan(xe) || xe == INFINITY) return topk_find_bad(x, E, t);
-            if (xe > m) {
-                if (normalise) s = s * moert_expf(m - xe) + 1.0f;
-                m = xe;
-            } else if (normalise && xe != -INFINITY) {
-                s += moert_expf(xe - m);
-            }
-        }
-        if (m == -INFINITY) return topk_find_bad(x, E, t);
-
+        float m, s;
+        const topk_row_error err = topk_row_max_and_sum(x, E, t, normalise, &m, &s);
+        if (err.kind != TOPK_ROW_OK) return err;
         const float *keys = x;
         if (job->bias != NULL) {
             for (size_t e = 0; e < E; e++) scratch->keys[e] = moert_sigmoidf(x[e]) + job->bias[e];
             keys = scratch->keys;
         }
-
-        int32_t *ids = job->ids + t * (size_t)k;
-        float *w = job->weights + t * (size_t)k;
-        topk_select_heap(keys, NULL, E, k, w, ids);
-        for (int j = 0; j < k; j++) w[j] = x[ids[j]];
-        topk_weights_inplace(job, w, m, s);
-
-        if (job->logsumexp != NULL) job->logsumexp[t] = m + logf(s);
-        if (job->want_probs)
-            for (size_t e = 0; e < E; e++) scratch->prob_block[e] += moert_expf(x[e] - m) / s;
+        topk_finish_row(job, t, keys, NULL, E, m, s, scratch);
     }
     return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }

@@ -61,18 +61,35 @@ void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, fl
 
 void topk_sort_entries(const int32_t *in_ids, const float *in_weights, size_t n, int32_t *ids,
                        float *weights) {
-    if (n > 16) { /* a heap: O(n log n) for rows of any width */
+    if (n > TOPK_RANK_SORT_MAX) { /* a heap: O(n log n) for rows of any width */
         topk_select_heap(in_weights, in_ids, n, (int)n, weights, ids);
         return;
     }
-    /* Insertion: only a strictly smaller weight moves, so ties keep their input order. */
+    if (n == 2) { /* the common case (expert choice at small capacity factors): selects */
+        const float w0 = in_weights[0], w1 = in_weights[1];
+        const int32_t i0 = in_ids[0], i1 = in_ids[1];
+        const int swap = w1 > w0 || (w1 == w0 && i1 < i0);
+        weights[0] = swap ? w1 : w0, weights[1] = swap ? w0 : w1;
+        ids[0] = swap ? i1 : i0, ids[1] = swap ? i0 : i1;
+        return;
+    }
+    /* By rank, without a branch on the data (an insertion sort mispredicts about once an
+     * entry on weights in random order). Weights >= 0 order like their bit patterns;
+     * below them the id's complement, so every key is distinct and the lower id ranks
+     * first. An entry's place is the number of keys above its own. All of the input is
+     * read before any output is written, so they may be the same arrays. */
+    uint64_t key[TOPK_RANK_SORT_MAX];
     for (size_t i = 0; i < n; i++) {
-        const float w = in_weights[i];
-        const int32_t id = in_ids[i];
-        size_t j = i;
-        for (; j > 0 && (weights[j - 1] < w || (weights[j - 1] == w && ids[j - 1] > id)); j--)
-            weights[j] = weights[j - 1], ids[j] = ids[j - 1];
-        weights[j] = w, ids[j] = id;
+        uint32_t bits;
+        memcpy(&bits, &in_weights[i], sizeof bits);
+        key[i] = (uint64_t)bits << 32 | (uint32_t)~(uint32_t)in_ids[i];
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t rank = 0;
+        for (size_t j = 0; j < n; j++) rank += key[j] > key[i];
+        const uint32_t bits = (uint32_t)(key[i] >> 32);
+        memcpy(&weights[rank], &bits, sizeof bits);
+        ids[rank] = (int32_t)~(uint32_t)key[i];
     }
 }
 
@@ -147,6 +164,38 @@ void topk_weights_inplace(const topk_job *job, float *w, float row_max, float ro
         for (int j = 0; j < k; j++) w[j] = w[j] * job->scaling;
 }
 
+topk_row_error topk_row_max_and_sum(const float *x, size_t E, size_t t, int normalise, float *max, float *sum) {
+    float m = -INFINITY, s = 0.0f;
+    for (size_t e = 0; e < E; e++) {
+        const float xe = x[e];
+        if (isnan(xe) || xe == INFINITY) return topk_find_bad(x, E, t);
+        if (xe > m) {
+            if (normalise) s = s * moert_expf(m - xe) + 1.0f;
+            m = xe;
+        } else if (normalise && xe != -INFINITY) {
+            s += moert_expf(xe - m);
+        }
+    }
+    if (m == -INFINITY) return topk_find_bad(x, E, t);
+    *max = m, *sum = s;
+    return (topk_row_error){TOPK_ROW_OK, 0, 0};
+}
+
+void topk_finish_row(const topk_job *job, size_t t, const float *keys, const int32_t *key_ids, size_t n, float m,
+                     float s, const topk_scratch *scratch) {
+    const size_t E = job->experts;
+    const int k = job->k;
+    const float *x = job->logits + t * E;
+    int32_t *ids = job->ids + t * (size_t)k;
+    float *w = job->weights + t * (size_t)k;
+    topk_select_heap(keys, key_ids, n, k, w, ids);
+    for (int j = 0; j < k; j++) w[j] = x[ids[j]];
+    topk_weights_inplace(job, w, m, s);
+    if (job->logsumexp != NULL) job->logsumexp[t] = m + logf(s);
+    if (job->want_probs)
+        for (size_t e = 0; e < E; e++) scratch->prob_block[e] += moert_expf(x[e] - m) / s;
+}
+
 topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratch *scratch) {
     const size_t E = job->experts, G = (size_t)job->groups, M = (size_t)job->topk_groups;
     const size_t per_group = E / G;
@@ -155,18 +204,9 @@ topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratc
     const int sigmoid = job->score == MOERT_SCORE_SIGMOID;
 
     /* The row's max and sum of exp(x - max), as the scalar reference computes them. */
-    float m = -INFINITY, s = 0.0f;
-    for (size_t e = 0; e < E; e++) {
-        const float xe = x[e];
-        if (isnan(xe) || xe == INFINITY) return topk_find_bad(x, E, t);
-        if (xe > m) {
-            s = s * moert_expf(m - xe) + 1.0f;
-            m = xe;
-        } else if (xe != -INFINITY) {
-            s += moert_expf(xe - m);
-        }
-    }
-    if (m == -INFINITY) return topk_find_bad(x, E, t);
+    float m, s;
+    const topk_row_error err = topk_row_max_and_sum(x, E, t, 1, &m, &s);
+    if (err.kind != TOPK_ROW_OK) return err;
 
     /* The scores the groups are judged by, and the keys the selection ranks by. */
     float *group_keys = scratch->grouped;             /* [E] */
@@ -214,14 +254,6 @@ topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratc
             allowed++;
         }
     }
-    int32_t *ids = job->ids + t * (size_t)k;
-    float *w = job->weights + t * (size_t)k;
-    topk_select_heap(allowed_keys, allowed_ids, allowed, k, w, ids);
-    for (int j = 0; j < k; j++) w[j] = x[ids[j]];
-    topk_weights_inplace(job, w, m, s);
-
-    if (job->logsumexp != NULL) job->logsumexp[t] = m + logf(s);
-    if (job->want_probs)
-        for (size_t e = 0; e < E; e++) scratch->prob_block[e] += moert_expf(x[e] - m) / s;
+    topk_finish_row(job, t, allowed_keys, allowed_ids, allowed, m, s, scratch);
     return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }
