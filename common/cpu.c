@@ -23,8 +23,12 @@ static void cpuid(uint32_t leaf, uint32_t subleaf, uint32_t r[4]) {
 
 static int bit(uint32_t word, int n) { return (int)((word >> n) & 1u); }
 
-moert_status moert_cpu_info_get(moert_cpu_info *info) {
-    MOERT_RETURN_ERROR_IF(info == NULL, MOERT_EINVAL, "moert_cpu_info_get: info is NULL");
+/* The facts, read once per process: under a hypervisor every CPUID instruction traps
+ * (microseconds each), and the ISA check runs on every gate and route call. */
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+static moert_cpu_info cpu_facts;
+
+static void read_cpu_info(moert_cpu_info *info) {
     memset(info, 0, sizeof *info);
 
     uint32_t r[4];
@@ -70,6 +74,14 @@ moert_status moert_cpu_info_get(moert_cpu_info *info) {
     info->avx512fp16 = info->avx512f && bit(l7[3], 23);
     info->avx512bf16 = info->avx512f && bit(l7s1[0], 5);
     info->amx_tile = os_amx && bit(l7[3], 24);
+}
+
+static void read_cpu_facts(void) { read_cpu_info(&cpu_facts); }
+
+moert_status moert_cpu_info_get(moert_cpu_info *info) {
+    MOERT_RETURN_ERROR_IF(info == NULL, MOERT_EINVAL, "moert_cpu_info_get: info is NULL");
+    pthread_once(&cpu_once, read_cpu_facts);
+    *info = cpu_facts;
     return MOERT_OK;
 }
 

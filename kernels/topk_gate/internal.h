@@ -63,6 +63,12 @@ typedef struct topk_scratch {
  * the scalar reference; or the row's first NaN, +inf, or all -inf, as row t. */
 topk_row_error topk_row_max_and_sum(const float *x, size_t E, size_t t, int normalise, float *max, float *sum);
 
+/* A row's entries come in the order of their keys, which is the order of their weights
+ * except where different logits round to the same weight (exp or sigmoid saturating):
+ * this puts such runs in ascending expert id, as the tie rule says. Every rows kernel
+ * calls it on the rows it writes (the tile kernels only on lanes with an equal pair). */
+void topk_order_equal_weights(int32_t *ids, const float *w, int k);
+
 /* The end of a scalar row t: the top k of keys[0, n) (ids key_ids, or 0..n-1 when NULL)
  * with the logits as their weights, then the statistics the job asks for. */
 void topk_finish_row(const topk_job *job, size_t t, const float *keys, const int32_t *key_ids, size_t n, float m,

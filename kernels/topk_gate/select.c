@@ -181,6 +181,16 @@ topk_row_error topk_row_max_and_sum(const float *x, size_t E, size_t t, int norm
     return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }
 
+void topk_order_equal_weights(int32_t *ids, const float *w, int k) {
+    for (int i = 1; i < k; i++) {
+        if (w[i] != w[i - 1] || ids[i] > ids[i - 1]) continue;
+        const int32_t id = ids[i];
+        int j = i;
+        for (; j > 0 && w[j - 1] == w[i] && ids[j - 1] > id; j--) ids[j] = ids[j - 1];
+        ids[j] = id;
+    }
+}
+
 void topk_finish_row(const topk_job *job, size_t t, const float *keys, const int32_t *key_ids, size_t n, float m,
                      float s, const topk_scratch *scratch) {
     const size_t E = job->experts;
@@ -191,6 +201,7 @@ void topk_finish_row(const topk_job *job, size_t t, const float *keys, const int
     topk_select_heap(keys, key_ids, n, k, w, ids);
     for (int j = 0; j < k; j++) w[j] = x[ids[j]];
     topk_weights_inplace(job, w, m, s);
+    topk_order_equal_weights(ids, w, k);
     if (job->logsumexp != NULL) job->logsumexp[t] = m + logf(s);
     if (job->want_probs)
         for (size_t e = 0; e < E; e++) scratch->prob_block[e] += moert_expf(x[e] - m) / s;

@@ -232,28 +232,6 @@ static void sort_by_weight(const topk_job *job, size_t begin, size_t end) {
     }
 }
 
-/* Without a bias the entries come in the order of their logits, which is the order of
- * their weights, except where different logits round to the same weight (exp or sigmoid
- * saturating): put such runs in ascending expert id, as the rule says. */
-static void order_equal_weights(const topk_job *job, size_t begin, size_t end) {
-    const int k = job->k;
-    for (size_t t = begin; t < end; t++) {
-        int32_t *ids = job->ids + t * (size_t)k;
-        const float *w = job->weights + t * (size_t)k;
-        /* Runs are rare: find whether the row has one without a branch per entry. */
-        int any = 0;
-        for (int i = 1; i < k; i++) any |= w[i] == w[i - 1];
-        if (!any) continue;
-        for (int i = 1; i < k; i++) {
-            if (w[i] != w[i - 1] || ids[i] > ids[i - 1]) continue;
-            const int32_t id = ids[i];
-            int j = i;
-            for (; j > 0 && w[j - 1] == w[i] && ids[j - 1] > id; j--) ids[j] = ids[j - 1];
-            ids[j] = id;
-        }
-    }
-}
-
 moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_params *p,
                            const float *logits, size_t tokens, size_t experts,
                            const moert_topk_gate_output *out) {
@@ -340,12 +318,8 @@ moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_ga
             const size_t end = begin + TOPK_BLOCK_ROWS < tokens ? begin + TOPK_BLOCK_ROWS : tokens;
             if (want_probs) memset(scratch.prob_block, 0, experts * sizeof(float));
             my_bad = variant->rows(&job, begin, end, &scratch);
-            if (my_bad.kind == TOPK_ROW_OK) {
-                if (job.bias != NULL)
-                    sort_by_weight(&job, begin, end);
-                else
-                    order_equal_weights(&job, begin, end);
-            }
+            /* Without a bias the rows kernels order equal weights themselves. */
+            if (my_bad.kind == TOPK_ROW_OK && job.bias != NULL) sort_by_weight(&job, begin, end);
             if (my_bad.kind == TOPK_ROW_OK && want_probs) topk_add_fixed_point(acc, scratch.prob_block, experts);
             if (my_bad.kind == TOPK_ROW_OK && hook != NULL) hook_stopped = hook(context, tid, begin, end);
         }

@@ -320,6 +320,7 @@ VEC_INLINE topk_row_error vec_row(const topk_job *job, size_t t, const topk_scra
                 vf_store_part(w + r * V_W, k - r * V_W, wv[r]);
         }
     }
+    topk_order_equal_weights(ids, w, k);
 
     if (job->logsumexp != NULL) job->logsumexp[t] = s.row_max + logf(s.row_sum);
     if (job->want_probs) {
@@ -702,6 +703,14 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
         for (int j = k; j < 8; j++) W[j] = W[0];
         v_store_tile8(wo, (size_t)k, k, W);
         v_store_tile8((float *)io, (size_t)k, k, ids_as_float);
+    }
+
+    /* Lanes with two equal neighbouring weights (rare) put such runs in id order. */
+    vm equal = vm_none();
+    for (int j = 1; j < k; j++) equal = vm_or(equal, vm_eq(W[j], W[j - 1]));
+    for (unsigned lanes = vm_bits(equal); lanes != 0; lanes &= lanes - 1) {
+        const size_t row = t + (size_t)__builtin_ctz(lanes);
+        topk_order_equal_weights(job->ids + row * (size_t)k, job->weights + row * (size_t)k, k);
     }
 
     if (job->logsumexp != NULL) {
