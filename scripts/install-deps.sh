@@ -11,7 +11,7 @@ packages=(
   openmpi-bin
   libnuma-dev
   check             # unit tests
-  libopenblas-dev
+  libdnnl-dev       # oneDNN: the GEMM of the gate and the experts
   libcjson-dev      # JSON output and file headers
 )
 # For the set-up's own test: extra package names to require (one that does not exist

@@ -10,5 +10,7 @@
 #include "moert/plan.h"
 #include "moert/router.h"
 #include "moert/balancer.h"
+#include "moert/gemm.h"
+#include "moert/layer.h"
 
 #endif /* MOERT_H */
