@@ -3,6 +3,7 @@
  * oneDNN (built on the same OpenMP runtime) runs each call on the calling thread. */
 #include <dnnl.h>
 #include <limits.h>
+#include <omp.h>
 #include <stdio.h>
 
 #include "common/error.h"
@@ -31,9 +32,15 @@ moert_status moert_sgemm(size_t M, size_t N, size_t K, const float *A, size_t ld
                               lda > (size_t)INT64_MAX || ldb > (size_t)INT64_MAX || ldc > (size_t)INT64_MAX,
                           MOERT_EOVERFLOW, "sgemm: dimension too large");
     if (M == 0 || N == 0) return MOERT_OK;
+    /* One thread: oneDNN sizes its team by omp_get_max_threads() whenever the caller's
+     * region is not active (a team of one is not), which would put a second team on
+     * cores the caller's threads already hold. The setting is the calling task's own. */
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
     const dnnl_status_t st = dnnl_sgemm('N', 'N', (dnnl_dim_t)M, (dnnl_dim_t)N, (dnnl_dim_t)K, 1.0f, A,
                                         (dnnl_dim_t)lda, B, (dnnl_dim_t)ldb, accumulate ? 1.0f : 0.0f, C,
                                         (dnnl_dim_t)ldc);
+    omp_set_num_threads(threads);
     MOERT_RETURN_ERROR_IF(st != dnnl_success, MOERT_EINTERNAL, "dnnl_sgemm failed with status %d (M=%zu N=%zu K=%zu)",
                           (int)st, M, N, K);
     return MOERT_OK;

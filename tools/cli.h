@@ -29,5 +29,6 @@ int cmd_info(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_route(int argc, char **argv);
+int cmd_layer(int argc, char **argv);
 
 #endif /* MOERT_TOOLS_CLI_H */

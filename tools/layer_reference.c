@@ -37,18 +37,23 @@ void layer_reference_forward(const layer_reference *ref, const moert_plan *plan,
     moert_plan_view v;
     moert_plan_get_view(plan, &v);
     const size_t d = ref->d;
-    double *h = malloc((ref->f + 1) * sizeof(double)), *y = malloc(d * sizeof(double));
-    if (h == NULL || y == NULL) abort(); /* a test-side reference: small sizes only */
-    for (size_t t = 0; t < v.tokens; t++) {
-        double *o = out + t * d;
-        memset(o, 0, d * sizeof(double));
-        for (int64_t i = v.token_offsets[t]; i < v.token_offsets[t + 1]; i++) {
-            expert_row(ref, (size_t)v.expert_ids[i], x + t * d, h, y);
-            for (size_t j = 0; j < d; j++) o[j] += (double)v.weights[i] * y[j];
+    /* Tokens are independent: in parallel (--check on real shapes is slow in double). */
+#pragma omp parallel
+    {
+        double *h = malloc((ref->f + 1) * sizeof(double)), *y = malloc(d * sizeof(double));
+        if (h == NULL || y == NULL) abort(); /* a reference: no recovery to offer */
+#pragma omp for schedule(dynamic, 4)
+        for (size_t t = 0; t < v.tokens; t++) {
+            double *o = out + t * d;
+            memset(o, 0, d * sizeof(double));
+            for (int64_t i = v.token_offsets[t]; i < v.token_offsets[t + 1]; i++) {
+                expert_row(ref, (size_t)v.expert_ids[i], x + t * d, h, y);
+                for (size_t j = 0; j < d; j++) o[j] += (double)v.weights[i] * y[j];
+            }
         }
+        free(h);
+        free(y);
     }
-    free(h);
-    free(y);
 }
 
 double layer_reference_error(const float *got, const double *want, size_t tokens, size_t d) {

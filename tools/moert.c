@@ -14,6 +14,7 @@ typedef struct cli_command {
 static const cli_command commands[] = {
     {"demo", cmd_demo, "route a batch of synthetic logits and show what was measured"},
     {"route", cmd_route, "route a .npy of logits; write the plan (.npy) and its statistics"},
+    {"layer", cmd_layer, "run an MoE layer (gate, route, dispatch, experts, combine); --check, --save"},
     {"info", cmd_info, "the machine, the kernel variant chosen, threads and NUMA nodes"},
     {"bench", cmd_bench, "benchmarks against baselines and the machine's limits"},
 };
