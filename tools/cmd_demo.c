@@ -18,7 +18,10 @@ static const char demo_help[] =
     "group-limited sigmoid, expert choice, ReLU) into a plan and prints its time per token\n"
     "and balance: experts per token, dropped entries, tokens with no expert, max/mean load,\n"
     "coefficient of variation and normalised entropy of the load, the Switch auxiliary loss\n"
-    "and the router z-loss.\n";
+    "and the router z-loss. Then it runs a small MoE layer end to end (512 tokens, d 256,\n"
+    "f 512, 16 SwiGLU experts, top-2: gate, route, dispatch, experts, combine), prints the\n"
+    "time of each stage and the balance, and checks the output against a double-precision\n"
+    "reference (as `moert layer --check`).\n";
 
 enum { DEMO_TOKENS = 16384, DEMO_EXPERTS = 64, DEMO_K = 8, DEMO_REPS = 10 };
 
@@ -125,5 +128,11 @@ int cmd_demo(int argc, char **argv) {
     }
     free(logits), free(ids), free(weights);
     moert_plan_destroy(plan);
-    return code;
+    if (code != CLI_OK) return code;
+
+    /* A small MoE layer end to end, through the `moert layer` command itself. */
+    printf("\n");
+    char *layer_argv[] = {"layer", "--tokens", "512", "--d-model", "256", "--d-ff", "512", "--experts", "16",
+                          "--k", "2", "--iters", "5", "--check", NULL};
+    return cmd_layer((int)(sizeof layer_argv / sizeof layer_argv[0]) - 1, layer_argv);
 }

@@ -53,6 +53,8 @@ int cmd_info(int argc, char **argv) {
     if (st != MOERT_OK) return cli_fail_status(st, "kernel variant");
     printf("variant chosen: %s%s\n", moert_isa_name(active),
            getenv("MOERT_ISA") && getenv("MOERT_ISA")[0] ? " (forced by MOERT_ISA)" : "");
+    printf("gemm:           %s\n", moert_gemm_library());
+    printf("bf16 experts:   %s\n", moert_gemm_bf16_path());
     printf("openmp threads: %d (of %d processors)\n", omp_get_max_threads(), omp_get_num_procs());
 
     if (numa_available() < 0) {
