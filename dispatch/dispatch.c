@@ -1,7 +1,10 @@
 /* Dispatch: gather each expert's rows into its worker's buffer. */
+#include <omp.h>
 #include <string.h>
 
+#include "common/error.h"
 #include "dispatch/dispatch.h"
+#include "router/internal.h"
 
 void dispatch_rows(const dispatch_worker *w, const moert_plan_view *plan, const void *x, size_t d, size_t ld,
                    moert_dtype dtype, size_t row_begin, size_t row_end, const float **entry_output) {
@@ -24,4 +27,26 @@ void dispatch_rows(const dispatch_worker *w, const moert_plan_view *plan, const 
             entry_output[plan->slot_entries[slot]] = w->outputs + r * ld;
         }
     }
+}
+
+moert_status moert_dispatch(const moert_plan *plan, const void *x, size_t d, moert_dtype dtype, void *rows,
+                            int threads) {
+    MOERT_RETURN_ERROR_IF(plan == NULL || x == NULL || rows == NULL, MOERT_EINVAL, "moert_dispatch: NULL argument");
+    MOERT_RETURN_ERROR_IF(dtype != MOERT_DTYPE_F32 && dtype != MOERT_DTYPE_BF16, MOERT_EINVAL,
+                          "moert_dispatch: unknown dtype %d", (int)dtype);
+    MOERT_RETURN_ERROR_IF(d == 0, MOERT_EINVAL, "moert_dispatch: d is 0");
+    const size_t elem = dtype == MOERT_DTYPE_BF16 ? 2 : 4, slots = plan->slots;
+    const char *xb = x;
+    char *out = rows;
+    const int32_t *tokens = plan->slot_tokens;
+    if (threads <= 0) threads = omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && slots > 64)
+    for (size_t s = 0; s < slots; s++) {
+        if (s + 4 < slots && tokens[s + 4] >= 0) __builtin_prefetch(xb + (size_t)tokens[s + 4] * d * elem);
+        if (tokens[s] < 0)
+            memset(out + s * d * elem, 0, d * elem); /* padding */
+        else
+            memcpy(out + s * d * elem, xb + (size_t)tokens[s] * d * elem, d * elem);
+    }
+    return MOERT_OK;
 }

@@ -4,8 +4,8 @@
  * into the worker's own buffer (in its NUMA node's memory), in the plan's expert-major
  * order, and note where each plan entry's output row will be. Combine then reads those
  * rows back in token-major order. */
-#ifndef MOERT_DISPATCH_H
-#define MOERT_DISPATCH_H
+#ifndef MOERT_DISPATCH_INTERNAL_H
+#define MOERT_DISPATCH_INTERNAL_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -35,4 +35,4 @@ void dispatch_rows(const dispatch_worker *w, const moert_plan_view *plan, const 
 void combine_tokens(const moert_plan_view *plan, const float *const *entry_output, size_t d, moert_dtype dtype,
                     size_t token_begin, size_t token_end, void *out, float *row);
 
-#endif /* MOERT_DISPATCH_H */
+#endif /* MOERT_DISPATCH_INTERNAL_H */

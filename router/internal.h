@@ -22,6 +22,7 @@ struct moert_plan {
     int64_t *expert_offsets; /* [experts + 1] */
     int32_t *slot_tokens;    /* [slots] */
     int64_t *slot_entries;   /* [slots] */
+    int64_t *entry_slots;    /* [entries]: the slot of each entry (combine's map) */
 
     /* statistics */
     moert_plan_stats stats;

@@ -24,7 +24,7 @@ void moert_plan_destroy(moert_plan *plan) {
     free(plan->token_offsets), free(plan->expert_ids), free(plan->weights);
     free(plan->expert_offsets), free(plan->slot_tokens), free(plan->slot_entries);
     free(plan->expert_counts), free(plan->expert_routed), free(plan->experts_per_token);
-    free(plan->thread_counts), free(plan->keep), free(plan->prob_sums), free(plan->logsumexp);
+    free(plan->thread_counts), free(plan->keep), free(plan->entry_slots), free(plan->prob_sums), free(plan->logsumexp);
     free(plan);
 }
 
@@ -57,6 +57,8 @@ moert_status plan_reserve(moert_plan *plan, size_t tokens, size_t entries, size_
     MOERT_FORWARD_IF_ERROR(grow((void **)&plan->weights, &cap, entries, sizeof(float), "weights"));
     cap = plan->cap_entries;
     MOERT_FORWARD_IF_ERROR(grow((void **)&plan->keep, &cap, entries, sizeof(uint8_t), "capacity marks"));
+    cap = plan->cap_entries;
+    MOERT_FORWARD_IF_ERROR(grow((void **)&plan->entry_slots, &cap, entries, sizeof(int64_t), "entry slots"));
     plan->cap_entries = cap;
 
     cap = plan->cap_experts;
@@ -125,6 +127,7 @@ moert_status plan_build_expert_major(moert_plan *plan, int threads, int64_t capa
          * retires, one miss at a time. Fetch each stream's line a few lines ahead. */
         int32_t *slot_tokens = plan->slot_tokens;
         int64_t *slot_entries = plan->slot_entries;
+        int64_t *entry_slots = plan->entry_slots;
         const int64_t slots_end = plan->expert_offsets[E];
         for (size_t t = t0; t < t1; t++) {
             const int64_t end = offsets[t + 1];
@@ -136,6 +139,7 @@ moert_status plan_build_expert_major(moert_plan *plan, int threads, int64_t capa
                 }
                 slot_tokens[slot] = (int32_t)t;
                 slot_entries[slot] = i;
+                entry_slots[i] = slot; /* in entry order: a sequential stream */
             }
         }
     }

@@ -307,6 +307,75 @@ START_TEST(test_no_allocation_after_warmup) {
 }
 END_TEST
 
+/* ---- the public dispatch and combine ------------------------------------------------------ */
+
+/* Routes random logits, dispatches x, lets expert e output (e + 1) x its row, combines;
+ * checks every slot's row and each token's output against a direct sum. */
+static void check_dispatch_combine(moert_router_config rc, moert_dtype dtype, const char *what) {
+    const size_t T = 77, E = 8, d = 33;
+    test_rng rng = {99};
+    float *logits = normal_array(&rng, T * E, 1.0f), *x = normal_array(&rng, T * d, 1.0f);
+    uint16_t *xb = malloc(T * d * sizeof(uint16_t));
+    for (size_t i = 0; i < T * d; i++) x[i] = moert_bf16_to_f32(xb[i] = moert_f32_to_bf16(x[i]));
+    const void *xin = dtype == MOERT_DTYPE_F32 ? (const void *)x : (const void *)xb;
+    const size_t elem = dtype == MOERT_DTYPE_F32 ? 4 : 2;
+    rc.threads = 2;
+    moert_router *r;
+    moert_plan *plan;
+    ck_assert_int_eq(moert_router_create(&rc, E, &r), MOERT_OK);
+    ck_assert_int_eq(moert_plan_create(&plan), MOERT_OK);
+    ck_assert_msg(moert_router_route(r, logits, T, plan) == MOERT_OK, "%s", moert_last_error());
+    moert_plan_view v;
+    moert_plan_get_view(plan, &v);
+    char *rows = malloc(v.slots * d * elem + 1);
+    float *eout = malloc(v.slots * d * sizeof(float) + 4), *want = calloc(T * d, sizeof(float));
+    char *out[3];
+    for (int ti = 0; ti < 3; ti++) {
+        const int threads = 1 << ti;
+        ck_assert_int_eq(moert_dispatch(plan, xin, d, dtype, rows, threads), MOERT_OK);
+        for (size_t e = 0; e < E; e++)
+            for (int64_t s = v.expert_offsets[e]; s < v.expert_offsets[e + 1]; s++)
+                for (size_t j = 0; j < d; j++) {
+                    const float got = dtype == MOERT_DTYPE_F32 ? ((float *)rows)[s * d + j]
+                                                               : moert_bf16_to_f32(((uint16_t *)rows)[s * d + j]);
+                    const float expect = v.slot_tokens[s] < 0 ? 0.0f : x[(size_t)v.slot_tokens[s] * d + j];
+                    ck_assert_msg(got == expect, "%s: slot %lld", what, (long long)s);
+                    eout[s * d + j] = got * (float)(e + 1);
+                }
+        out[ti] = malloc(T * d * elem);
+        ck_assert_int_eq(moert_combine(plan, eout, d, dtype, out[ti], threads), MOERT_OK);
+        if (ti > 0) ck_assert_msg(memcmp(out[ti], out[0], T * d * elem) == 0, "%s: %d threads differ", what, threads);
+    }
+    for (size_t t = 0; t < T; t++)
+        for (int64_t i = v.token_offsets[t]; i < v.token_offsets[t + 1]; i++)
+            for (size_t j = 0; j < d; j++)
+                want[t * d + j] += v.weights[i] * (float)(v.expert_ids[i] + 1) * x[t * d + j];
+    for (size_t i = 0; i < T * d; i++) {
+        const float got = dtype == MOERT_DTYPE_F32 ? ((float *)out[0])[i] : moert_bf16_to_f32(((uint16_t *)out[0])[i]);
+        ck_assert_msg(fabsf(got - want[i]) <= (dtype == MOERT_DTYPE_F32 ? 1e-5f : 1e-2f) * (1.0f + fabsf(want[i])),
+                      "%s: out[%zu] %g, want %g", what, i, got, want[i]);
+    }
+    ck_assert_int_eq(moert_dispatch(plan, NULL, d, dtype, rows, 1), MOERT_EINVAL);
+    ck_assert_int_eq(moert_combine(plan, eout, 0, dtype, out[0], 1), MOERT_EINVAL);
+    for (int ti = 0; ti < 3; ti++) free(out[ti]);
+    free(rows), free(eout), free(want), free(logits), free(x), free(xb);
+    moert_plan_destroy(plan);
+    moert_router_destroy(r);
+}
+
+START_TEST(test_public_dispatch_combine) {
+    moert_router_config rc = moert_router_config_default();
+    rc.k = 3;
+    check_dispatch_combine(rc, MOERT_DTYPE_F32, "top-3");
+    rc.capacity_factor = 0.8, rc.pad_to_capacity = 1; /* drops and padding slots */
+    check_dispatch_combine(rc, MOERT_DTYPE_F32, "top-3 padded");
+    check_dispatch_combine(rc, MOERT_DTYPE_BF16, "top-3 padded bf16");
+    rc = moert_router_config_default();
+    rc.policy = MOERT_POLICY_EXPERT_CHOICE, rc.capacity_factor = 1.0;
+    check_dispatch_combine(rc, MOERT_DTYPE_F32, "expert choice");
+}
+END_TEST
+
 /* ---- bad input --------------------------------------------------------------------------- */
 
 static void expect_create_error(moert_layer_config c, moert_status want, const char *word) {
@@ -363,6 +432,7 @@ int main(void) {
     tcase_add_test(tc, test_identical_threads_workers);
     tcase_add_test(tc, test_numa_placement);
     tcase_add_test(tc, test_no_allocation_after_warmup);
+    tcase_add_test(tc, test_public_dispatch_combine);
     tcase_add_test(tc, test_bad_input);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

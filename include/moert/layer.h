@@ -31,6 +31,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moert/dispatch.h"
 #include "moert/export.h"
 #include "moert/plan.h"
 #include "moert/router.h"
@@ -44,11 +45,6 @@ typedef enum moert_expert_kind {
     MOERT_EXPERT_SWIGLU = 0,    /* (silu(x W1) * (x W3)) W2 */
     MOERT_EXPERT_SYNTHETIC = 1, /* a configurable cost per token, for routing experiments */
 } moert_expert_kind;
-
-typedef enum moert_dtype {
-    MOERT_DTYPE_F32 = 0,
-    MOERT_DTYPE_BF16 = 1, /* bfloat16: hidden states and expert weights */
-} moert_dtype;
 
 typedef enum moert_placement {
     MOERT_PLACEMENT_ROUND_ROBIN = 0, /* expert e on worker e mod W */

@@ -11,6 +11,7 @@
 #include "moert/router.h"
 #include "moert/balancer.h"
 #include "moert/gemm.h"
+#include "moert/dispatch.h"
 #include "moert/layer.h"
 
 #endif /* MOERT_H */
