@@ -26,5 +26,7 @@ double bench_median(double *values, int n);
 /* `moert bench NAME` entries. */
 int bench_softmax_topk(int argc, char **argv);
 int bench_route(int argc, char **argv);
+int bench_dispatch(int argc, char **argv);
+int bench_layer(int argc, char **argv);
 
 #endif /* MOERT_BENCH_H */

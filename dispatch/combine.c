@@ -1,7 +1,9 @@
 /* Combine: each token's output is the weighted sum of its experts' outputs, added in the
  * token-major entry order, so the result does not depend on how tokens are split among
  * threads. */
+#include <emmintrin.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,27 +12,76 @@
 #include "dispatch/dispatch.h"
 #include "router/internal.h"
 
-static void weighted_set(float *restrict acc, const float *restrict row, float w, size_t d) {
-    for (size_t j = 0; j < d; j++) acc[j] = w * row[j];
+/* Each output row is summed COMBINE_BLOCK columns at a time in an L1 block, every entry
+ * adding to it, so each output line is written to memory once (a whole-row pass per
+ * entry wrote it k times). The additions per element keep the entry order. */
+static void weighted_set(float *restrict acc, const float *restrict row, float w, size_t n) {
+    for (size_t j = 0; j < n; j++) acc[j] = w * row[j];
 }
 
-static void weighted_add(float *restrict acc, const float *restrict row, float w, size_t d) {
-    for (size_t j = 0; j < d; j++) acc[j] = acc[j] + w * row[j];
+static void weighted_add(float *restrict acc, const float *restrict row, float w, size_t n) {
+    for (size_t j = 0; j < n; j++) acc[j] = acc[j] + w * row[j];
+}
+
+/* Large outputs are written with non-temporal stores: a plain store first reads the
+ * line it fills (read-for-ownership), which costs a quarter of combine's traffic. */
+#define COMBINE_STREAM_BYTES ((size_t)8 << 20)
+
+static void store_block(void *out, size_t at, const float *block, size_t n, moert_dtype dtype, int stream) {
+    if (dtype == MOERT_DTYPE_F32) {
+        float *o = (float *)out + at;
+        size_t j = 0;
+        if (stream && ((uintptr_t)o & 15) == 0)
+            for (; j + 4 <= n; j += 4) _mm_stream_ps(o + j, _mm_loadu_ps(block + j));
+        for (; j < n; j++) o[j] = block[j];
+    } else {
+        uint16_t *o = (uint16_t *)out + at, tmp[COMBINE_BLOCK];
+        moert_f32_to_bf16_row(block, tmp, n);
+        size_t j = 0;
+        if (stream && ((uintptr_t)o & 15) == 0)
+            for (; j + 8 <= n; j += 8) _mm_stream_si128((__m128i *)(o + j), _mm_loadu_si128((const __m128i *)(tmp + j)));
+        for (; j < n; j++) o[j] = tmp[j];
+    }
+}
+
+/* out row t (at element t d) = sum over entries [first, last) of weights[i] x row(i),
+ * a block of COMBINE_BLOCK columns at a time in `block` (L1). */
+static void combine_one(void *out, size_t t, const float *weights, int64_t first, int64_t last, size_t d,
+                        moert_dtype dtype, int stream, float *block, const float *(*row)(const void *, int64_t),
+                        const void *ctx) {
+    for (size_t j0 = 0; j0 < d; j0 += COMBINE_BLOCK) {
+        const size_t n = d - j0 < COMBINE_BLOCK ? d - j0 : COMBINE_BLOCK;
+        if (first == last) {
+            memset(block, 0, n * sizeof(float));
+        } else {
+            weighted_set(block, row(ctx, first) + j0, weights[first], n);
+            for (int64_t i = first + 1; i < last; i++) weighted_add(block, row(ctx, i) + j0, weights[i], n);
+        }
+        store_block(out, t * d + j0, block, n, dtype, stream);
+    }
+}
+
+static const float *row_by_pointer(const void *ctx, int64_t i) { return ((const float *const *)ctx)[i]; }
+
+typedef struct slot_rows {
+    const float *base;
+    const int64_t *entry_slots;
+    size_t d;
+} slot_rows;
+
+static const float *row_by_slot(const void *ctx, int64_t i) {
+    const slot_rows *s = ctx;
+    return s->base + (size_t)s->entry_slots[i] * s->d;
 }
 
 void combine_tokens(const moert_plan_view *plan, const float *const *entry_output, size_t d, moert_dtype dtype,
-                    size_t token_begin, size_t token_end, void *out, float *row) {
-    for (size_t t = token_begin; t < token_end; t++) {
-        float *acc = dtype == MOERT_DTYPE_F32 ? (float *)out + t * d : row;
-        const int64_t first = plan->token_offsets[t], last = plan->token_offsets[t + 1];
-        if (first == last) {
-            memset(acc, 0, d * sizeof(float));
-        } else {
-            weighted_set(acc, entry_output[first], plan->weights[first], d);
-            for (int64_t i = first + 1; i < last; i++) weighted_add(acc, entry_output[i], plan->weights[i], d);
-        }
-        if (dtype == MOERT_DTYPE_BF16) moert_f32_to_bf16_row(row, (uint16_t *)out + t * d, d);
-    }
+                    size_t token_begin, size_t token_end, void *out, float *block) {
+    const size_t elem = dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    const int stream = plan->tokens * d * elem >= COMBINE_STREAM_BYTES;
+    for (size_t t = token_begin; t < token_end; t++)
+        combine_one(out, t, plan->weights, plan->token_offsets[t], plan->token_offsets[t + 1], d, dtype, stream, block,
+                    row_by_pointer, entry_output);
+    if (stream) _mm_sfence(); /* the streamed lines, visible before the threads join */
 }
 
 moert_status moert_combine(const moert_plan *plan, const float *expert_out, size_t d, moert_dtype dtype, void *out,
@@ -41,30 +92,22 @@ moert_status moert_combine(const moert_plan *plan, const float *expert_out, size
                           "moert_combine: unknown dtype %d", (int)dtype);
     MOERT_RETURN_ERROR_IF(d == 0, MOERT_EINVAL, "moert_combine: d is 0");
     const size_t T = plan->tokens;
-    float *rows = NULL;
     if (threads <= 0) threads = omp_get_max_threads();
-    if (dtype == MOERT_DTYPE_BF16) { /* a float32 row per thread */
-        rows = malloc((size_t)threads * d * sizeof(float));
-        MOERT_RETURN_ERROR_IF(rows == NULL, MOERT_ENOMEM, "moert_combine: cannot allocate %zu bytes",
-                              (size_t)threads * d * sizeof(float));
-    }
+    const size_t elem = dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    const int stream = T * d * elem >= COMBINE_STREAM_BYTES;
+    float *blocks = malloc((size_t)threads * COMBINE_BLOCK * sizeof(float));
+    MOERT_RETURN_ERROR_IF(blocks == NULL, MOERT_ENOMEM, "moert_combine: cannot allocate %zu bytes",
+                          (size_t)threads * COMBINE_BLOCK * sizeof(float));
 #pragma omp parallel num_threads(threads) if (threads > 1 && T > 16)
     {
         const int tid = omp_get_thread_num(), n = omp_get_num_threads();
-        float *row = rows ? rows + (size_t)tid * d : NULL;
-        for (size_t t = T * (size_t)tid / (size_t)n; t < T * (size_t)(tid + 1) / (size_t)n; t++) {
-            float *acc = dtype == MOERT_DTYPE_F32 ? (float *)out + t * d : row;
-            const int64_t first = plan->token_offsets[t], last = plan->token_offsets[t + 1];
-            if (first == last) {
-                memset(acc, 0, d * sizeof(float));
-            } else {
-                weighted_set(acc, expert_out + (size_t)plan->entry_slots[first] * d, plan->weights[first], d);
-                for (int64_t i = first + 1; i < last; i++)
-                    weighted_add(acc, expert_out + (size_t)plan->entry_slots[i] * d, plan->weights[i], d);
-            }
-            if (dtype == MOERT_DTYPE_BF16) moert_f32_to_bf16_row(row, (uint16_t *)out + t * d, d);
-        }
+        float *block = blocks + (size_t)tid * COMBINE_BLOCK;
+        const slot_rows slots = {expert_out, plan->entry_slots, d};
+        for (size_t t = T * (size_t)tid / (size_t)n; t < T * (size_t)(tid + 1) / (size_t)n; t++)
+            combine_one(out, t, plan->weights, plan->token_offsets[t], plan->token_offsets[t + 1], d, dtype, stream,
+                        block, row_by_slot, &slots);
+        if (stream) _mm_sfence();
     }
-    free(rows);
+    free(blocks);
     return MOERT_OK;
 }

@@ -29,10 +29,13 @@ typedef struct dispatch_worker {
 void dispatch_rows(const dispatch_worker *w, const moert_plan_view *plan, const void *x, size_t d, size_t ld,
                    moert_dtype dtype, size_t row_begin, size_t row_end, const float **entry_output);
 
+/* Combine's columns per block (the size of its scratch). */
+#define COMBINE_BLOCK 512
+
 /* out[t] for t in [token_begin, token_end) = sum over t's entries, in order, of weight x
- * its output row; zeros for a token without entries. bf16 output sums in float32 first
- * (in `row`, [d]) and rounds once. */
+ * its output row; zeros for a token without entries. Sums in float32, COMBINE_BLOCK
+ * columns at a time in `block`; bf16 output rounds once. */
 void combine_tokens(const moert_plan_view *plan, const float *const *entry_output, size_t d, moert_dtype dtype,
-                    size_t token_begin, size_t token_end, void *out, float *row);
+                    size_t token_begin, size_t token_end, void *out, float *block);
 
 #endif /* MOERT_DISPATCH_INTERNAL_H */

@@ -15,6 +15,8 @@ static const bench_entry benches[] = {
     {"softmax-topk", bench_softmax_topk,
      "the fused gate kernel vs a naive 3-pass baseline and the memory floor"},
     {"route", bench_route, "a routing policy with its plan and statistics vs the kernel alone"},
+    {"dispatch", bench_dispatch, "moert_dispatch and moert_combine vs memcpy of the same bytes"},
+    {"layer", bench_layer, "the MoE layer's stages; its expert GEMMs vs the GEMM library alone"},
 };
 
 static void print_help(FILE *out) {
