@@ -313,9 +313,9 @@ static int compare_offsets(const void *a, const void *b) {
     return (x->nbytes > y->nbytes) - (x->nbytes < y->nbytes);
 }
 
-/* No byte of the data buffer belongs to two tensors. Empty tensors hold no bytes, so they
- * overlap nothing wherever they point. */
-static moert_status check_overlaps(st_file *f) {
+/* Every byte of the data buffer belongs to exactly one tensor. Empty tensors hold no
+ * bytes, so they overlap nothing wherever they point. */
+static moert_status check_overlaps(st_file *f, uint64_t file_size) {
     st_tensor **order = malloc((f->n ? f->n : 1) * sizeof *order);
     MOERT_RETURN_ERROR_IF(order == NULL, MOERT_ENOMEM, "safetensors: cannot allocate %zu tensor pointers", f->n);
     for (size_t i = 0; i < f->n; i++) order[i] = &f->tensors[i];
@@ -332,8 +332,18 @@ static moert_status check_overlaps(st_file *f) {
                                      reach->name, (unsigned long long)a, (unsigned long long)(a + reach->nbytes), t->name,
                                      (unsigned long long)b, (unsigned long long)(b + t->nbytes));
         }
+        /* Nor may a byte belong to none (as the format's reference reader insists). */
+        const uint64_t covered = reach ? reach->offset + reach->nbytes : f->data_start;
+        if (status == MOERT_OK && t->offset > covered)
+            status = moert_set_error(MOERT_EFORMAT, "safetensors: bytes [%llu, %llu) of the data belong to no tensor",
+                                     (unsigned long long)(covered - f->data_start),
+                                     (unsigned long long)(t->offset - f->data_start));
         if (reach == NULL || t->offset + t->nbytes > reach->offset + reach->nbytes) reach = t;
     }
+    const uint64_t end = reach ? reach->offset + reach->nbytes : f->data_start;
+    if (status == MOERT_OK && end != file_size)
+        status = moert_set_error(MOERT_EFORMAT, "safetensors: %llu bytes after the last tensor's data",
+                                 (unsigned long long)(file_size - end));
     free(order);
     return status;
 }
@@ -361,7 +371,7 @@ static moert_status parse_entries(st_file *f, const cJSON *root, uint64_t file_s
         i++;
     }
     MOERT_FORWARD_IF_ERROR(check_duplicates(f));
-    return check_overlaps(f);
+    return check_overlaps(f, file_size);
 }
 
 /* Only white space may follow the object (the writer pads with spaces). */
