@@ -169,7 +169,7 @@ int bench_dispatch(int argc, char **argv) {
 
 static const char layer_help[] =
     "usage: moert bench layer [--model deepseek|mixtral] [--tokens T] [--dtype f32|bf16]\n"
-    "                         [--threads N] [--workers W] [--rounds R] [--json]\n"
+    "                         [--threads N] [--workers W] [--rounds R] [--bf16-convert] [--json]\n"
     "\n"
     "Runs the MoE layer of a model's shape (deepseek: d 2048, f 1408, E 64, k 6; mixtral:\n"
     "d 2048, f 5632, E 8, k 2; T 2048 by default; random weights) and, in each round, one\n"
@@ -187,16 +187,16 @@ static float *bench_random(size_t n, uint64_t seed, float scale) {
 }
 
 int bench_layer(int argc, char **argv) {
-    enum { OPT_MODEL = 256, OPT_TOKENS, OPT_DTYPE, OPT_THREADS, OPT_WORKERS, OPT_ROUNDS, OPT_JSON };
+    enum { OPT_MODEL = 256, OPT_TOKENS, OPT_DTYPE, OPT_THREADS, OPT_WORKERS, OPT_ROUNDS, OPT_JSON, OPT_CONVERT };
     static const struct option options[] = {
         {"model", required_argument, NULL, OPT_MODEL},     {"tokens", required_argument, NULL, OPT_TOKENS},
         {"dtype", required_argument, NULL, OPT_DTYPE},     {"threads", required_argument, NULL, OPT_THREADS},
         {"workers", required_argument, NULL, OPT_WORKERS}, {"rounds", required_argument, NULL, OPT_ROUNDS},
         {"json", no_argument, NULL, OPT_JSON},             {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"bf16-convert", no_argument, NULL, OPT_CONVERT},  {NULL, 0, NULL, 0},
     };
     size_t T = 2048, d = 2048, f = 1408, E = 64;
-    int k = 6, threads = omp_get_max_threads(), workers = 0, rounds = 3, json = 0, opt, code;
+    int k = 6, threads = omp_get_max_threads(), workers = 0, rounds = 3, json = 0, convert = 0, opt, code;
     const char *model = "deepseek";
     moert_dtype dtype = MOERT_DTYPE_F32;
     optind = 1;
@@ -221,6 +221,7 @@ int bench_layer(int argc, char **argv) {
         case OPT_WORKERS: code = cli_parse_int("--workers", optarg, 1, 1024, &workers); break;
         case OPT_ROUNDS: code = cli_parse_int("--rounds", optarg, 1, 101, &rounds); break;
         case OPT_JSON: json = 1; break;
+        case OPT_CONVERT: convert = 1; break;
         default: return cli_usage_error("bench layer", "unknown option or missing value");
         }
         if (code != CLI_OK) return code;
@@ -230,6 +231,7 @@ int bench_layer(int argc, char **argv) {
     moert_layer_config c = moert_layer_config_default();
     c.d_model = d, c.d_ff = f, c.experts = E, c.dtype = dtype, c.threads = threads, c.workers = workers;
     c.router.k = k;
+    c.convert_bf16 = convert;
     moert_layer *L = NULL;
     moert_status st = moert_layer_create(&c, &L);
     if (st != MOERT_OK) return cli_fail_status(st, "bench layer");
@@ -306,7 +308,7 @@ int bench_layer(int argc, char **argv) {
     printf("  stages, ms (mean of %d): gate %.2f  route %.2f  dispatch %.2f  experts %.2f  combine %.2f  total %.2f\n",
            rounds, sum.gate * m, sum.route * m, sum.dispatch * m, sum.experts * m, sum.combine * m, sum.total * m);
     printf("  %.0f tokens/s\n", T / (sum.total / rounds));
-    printf("  expert stage %.1f GFLOP/s, the library alone %.1f GFLOP/s on the same shapes: %.2f x (median)\n", my, ml,
+    printf("  expert stage %.1f GFLOP/s, the library alone (f32 dnnl_sgemm) %.1f GFLOP/s on the same shapes: %.2f x (median)\n", my, ml,
            mr);
     printf("  outside the expert stage (gate, route, dispatch, combine): %.1f%% of the layer (median)\n", 100 * ms);
     if (json) {

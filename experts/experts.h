@@ -8,13 +8,16 @@
 #define MOERT_EXPERTS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
+#include "moert/gemm.h"
 #include "moert/layer.h"
 #include "moert/status.h"
 
 typedef struct expert_shape {
     size_t d, f, ld; /* ld: the stride of rows and outputs, in elements */
     moert_dtype dtype;
+    int native_bf16; /* bf16 through the bf16 GEMM, not converted to f32 */
 } expert_shape;
 
 /* A thread's scratch for expert chunks of at most `chunk_rows` rows. */
@@ -24,6 +27,9 @@ typedef struct expert_scratch {
     float *w13_f32;    /* [d, 2f], bf16 weights converted */
     float *w2_f32;     /* [f, d] */
     const void *w13_of, *w2_of; /* whose weights the f32 copies hold */
+    uint16_t *h_bf16;  /* native bf16: [chunk_rows, f], the activation as the second GEMM's input */
+    moert_gemm_bf16 *gemm13, *gemm2; /* native bf16: x W13 and h W2 */
+    int thread;        /* the caller's thread, for the bf16 GEMMs' per-thread state */
 } expert_scratch;
 
 /* Bytes of one expert's weights, and of a thread's scratch (floats). */

@@ -14,14 +14,17 @@ size_t expert_weight_bytes(const expert_shape *s) { return 3 * s->d * s->f * ele
 
 size_t expert_scratch_floats(const expert_shape *s, size_t chunk_rows) {
     size_t n = chunk_rows * 2 * s->f + 16;
-    if (s->dtype == MOERT_DTYPE_BF16) n += chunk_rows * s->ld + 3 * s->d * s->f + 32;
+    if (s->dtype == MOERT_DTYPE_BF16 && s->native_bf16) n += (chunk_rows * s->f + 1) / 2 + 16;
+    else if (s->dtype == MOERT_DTYPE_BF16) n += chunk_rows * s->ld + 3 * s->d * s->f + 32;
     return n;
 }
 
 void expert_scratch_bind(expert_scratch *scratch, const expert_shape *s, size_t chunk_rows, float *memory) {
     memset(scratch, 0, sizeof *scratch);
     scratch->h = memory;
-    if (s->dtype == MOERT_DTYPE_BF16) {
+    if (s->dtype == MOERT_DTYPE_BF16 && s->native_bf16) {
+        scratch->h_bf16 = (uint16_t *)(memory + ((chunk_rows * 2 * s->f + 15) & ~(size_t)15));
+    } else if (s->dtype == MOERT_DTYPE_BF16) {
         /* Each part starts on a 64-byte line (memory is page-aligned). */
         float *p = memory + ((chunk_rows * 2 * s->f + 15) & ~(size_t)15);
         scratch->rows_f32 = p;
@@ -59,9 +62,21 @@ static void swiglu_activate(float *h, size_t m, size_t f) {
     }
 }
 
+/* Native bf16: x W13 and h W2 by the bf16 GEMM, the activation rounded to bf16 between. */
+static moert_status swiglu_bf16(const expert_shape *s, const void *weights, const void *rows, size_t m, float *out,
+                                expert_scratch *scratch) {
+    const size_t d = s->d, f = s->f;
+    const uint16_t *w13 = weights, *w2 = w13 + 2 * d * f;
+    MOERT_FORWARD_IF_ERROR(moert_gemm_bf16_run(scratch->gemm13, scratch->thread, m, rows, w13, scratch->h));
+    swiglu_activate(scratch->h, m, f);
+    for (size_t r = 0; r < m; r++) moert_f32_to_bf16_row(scratch->h + r * 2 * f, scratch->h_bf16 + r * f, f);
+    return moert_gemm_bf16_run(scratch->gemm2, scratch->thread, m, scratch->h_bf16, w2, out);
+}
+
 moert_status expert_swiglu(const expert_shape *s, const void *weights, const void *rows, size_t m, float *out,
                            expert_scratch *scratch) {
     const size_t d = s->d, f = s->f, ld = s->ld;
+    if (s->dtype == MOERT_DTYPE_BF16 && s->native_bf16) return swiglu_bf16(s, weights, rows, m, out, scratch);
     const float *x, *w13, *w2;
     if (s->dtype == MOERT_DTYPE_F32) {
         x = rows;

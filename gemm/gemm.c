@@ -19,7 +19,8 @@ const char *moert_gemm_library(void) {
 }
 
 const char *moert_gemm_bf16_path(void) {
-    return "bf16 weights and rows converted to f32 per expert block, then dnnl_sgemm";
+    return moert_gemm_bf16_native() ? "native: oneDNN bf16 matmul (bf16 x bf16 -> f32, AVX512_BF16/AMX)"
+                                    : "converted: bf16 rows and weights to f32 per expert chunk, then dnnl_sgemm";
 }
 
 moert_status moert_sgemm(size_t M, size_t N, size_t K, const float *A, size_t lda, const float *B, size_t ldb,

@@ -53,6 +53,7 @@ struct moert_layer {
     size_t entry_cap;
     float **thread_scratch;    /* [threads]: expert scratch, gate rows, combine row */
     size_t scratch_bytes;
+    moert_gemm_bf16 *gemm13, *gemm2; /* native bf16 experts */
     moert_layer_timings timings;
 };
 
@@ -157,6 +158,8 @@ void moert_layer_destroy(moert_layer *L) {
     free(L->worker_of_expert);
     free(L->row_start);
     free(L->row_count);
+    moert_gemm_bf16_destroy(L->gemm13);
+    moert_gemm_bf16_destroy(L->gemm2);
     moert_router_destroy(L->router);
     moert_plan_destroy(L->plan);
     numa_pool_free(&L->pool);
@@ -182,7 +185,7 @@ moert_status moert_layer_create(const moert_layer_config *config, moert_layer **
     L->E = config->experts;
     const size_t d = config->d_model;
     L->shape = (expert_shape){d, config->expert_kind == MOERT_EXPERT_SWIGLU ? config->d_ff : 0, (d + 15) & ~(size_t)15,
-                              config->dtype};
+                              config->dtype, 0};
     const int threads = config->threads > 0 ? config->threads : omp_get_max_threads();
     moert_status st = numa_pool_init(&L->pool, config->workers, threads, config->bind_threads);
     if (st != MOERT_OK) {
@@ -216,7 +219,20 @@ moert_status moert_layer_create(const moert_layer_config *config, moert_layer **
                                      ? (int32_t)(e % (size_t)W)
                                      : (int32_t)(e * (size_t)W / L->E);
     index_workers(L);
-    if (config->expert_kind == MOERT_EXPERT_SWIGLU) {
+    if (config->expert_kind == MOERT_EXPERT_SWIGLU && config->dtype == MOERT_DTYPE_BF16 && !config->convert_bf16 &&
+        moert_gemm_bf16_native()) {
+        /* The bf16 GEMMs of the experts: x W13 ([m, d] x [d, 2f]) and h W2 ([m, f] x [f, d]). */
+        const size_t f = L->shape.f, ld = L->shape.ld, chunk = config->chunk_rows;
+        st = moert_gemm_bf16_create(d, 2 * f, ld, 2 * f, 2 * f, chunk, threads, &L->gemm13);
+        if (st == MOERT_OK) st = moert_gemm_bf16_create(f, d, f, d, ld, chunk, threads, &L->gemm2);
+        if (st == MOERT_EUNSUPPORTED) { /* oneDNN declined: convert instead */
+            moert_gemm_bf16_destroy(L->gemm13);
+            L->gemm13 = NULL;
+            st = MOERT_OK;
+        }
+        L->shape.native_bf16 = L->gemm13 != NULL && L->gemm2 != NULL;
+    }
+    if (st == MOERT_OK && config->expert_kind == MOERT_EXPERT_SWIGLU) {
         L->weight_bytes = expert_weight_bytes(&L->shape);
         for (size_t e = 0; st == MOERT_OK && e < L->E; e++)
             st = numa_pool_alloc(&L->pool, L->worker_of_expert[e], L->weight_bytes, &L->weights[e]);
@@ -493,6 +509,7 @@ static void dispatch_experts_stage(moert_layer *L, const moert_plan_view *view, 
         /* Experts: the worker's threads claim its chunks. */
         expert_scratch scratch;
         expert_scratch_bind(&scratch, &L->shape, chunk, L->thread_scratch[tid]);
+        scratch.gemm13 = L->gemm13, scratch.gemm2 = L->gemm2, scratch.thread = tid;
         for (;;) {
             const int i = __atomic_fetch_add(&ws->next_item, 1, __ATOMIC_RELAXED);
             if ((size_t)i >= ws->item_count) break;

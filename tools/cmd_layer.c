@@ -33,6 +33,8 @@ static const char layer_help[] =
     "  --expert KIND         swiglu (default) | synthetic\n"
     "  --synthetic-cost N    synthetic experts: multiply-adds per element, default 64\n"
     "  --dtype T             f32 (default) | bf16: hidden states and expert weights\n"
+    "  --bf16-convert        bf16: convert to f32 for the f32 GEMM even where the CPU has\n"
+    "                        bf16 arithmetic (`moert info` shows the bf16 path)\n"
     "  --workers W           NUMA workers, default one per node\n"
     "  --threads N           threads, default all\n"
     "  --chunk-rows N        rows per expert chunk claimed by a thread, default 128\n"
@@ -58,7 +60,7 @@ static const char layer_help[] =
 enum {
     OPT_TOKENS = 256, OPT_D_MODEL, OPT_D_FF, OPT_EXPERTS, OPT_EXPERT, OPT_SYNTHETIC_COST, OPT_DTYPE, OPT_WORKERS,
     OPT_THREADS, OPT_CHUNK_ROWS, OPT_ITERS, OPT_SEED, OPT_WEIGHTS, OPT_WEIGHTS_PREFIX, OPT_INPUT, OPT_SAVE,
-    OPT_CHECK, OPT_JSON,
+    OPT_CHECK, OPT_JSON, OPT_BF16_CONVERT,
 };
 
 typedef struct layer_args {
@@ -71,7 +73,7 @@ typedef struct layer_args {
     size_t chunk_rows;
     unsigned long long seed;
     const char *weights, *prefix, *input, *save;
-    int check, json;
+    int check, json, bf16_convert;
 } layer_args;
 
 /* The weights as float32, the layout the layer and the reference take. */
@@ -315,6 +317,7 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
         {"save", required_argument, NULL, OPT_SAVE},
         {"check", no_argument, NULL, OPT_CHECK},
         {"json", no_argument, NULL, OPT_JSON},
+        {"bf16-convert", no_argument, NULL, OPT_BF16_CONVERT},
         {"help", no_argument, NULL, 'h'},
         ROUTER_CLI_OPTIONS,
         {NULL, 0, NULL, 0},
@@ -353,6 +356,7 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
         case OPT_SAVE: a->save = optarg; break;
         case OPT_CHECK: a->check = 1; break;
         case OPT_JSON: a->json = 1; break;
+        case OPT_BF16_CONVERT: a->bf16_convert = 1; break;
         default:
             code = router_cli_option(rc, opt, optarg);
             if (code < 0) return cli_usage_error("layer", "unknown option or missing value");
@@ -367,7 +371,7 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
 
 int cmd_layer(int argc, char **argv) {
     layer_args a = {2048, 2048, 1408, 64, 0, 0, 0, 0, MOERT_EXPERT_SWIGLU, 64, MOERT_DTYPE_F32, 0, 0, 3, 128, 1,
-                    NULL, "", NULL, NULL, 0, 0};
+                    NULL, "", NULL, NULL, 0, 0, 0};
     router_cli rc;
     router_cli_init(&rc);
     rc.config.k = 6;
@@ -418,6 +422,7 @@ int cmd_layer(int argc, char **argv) {
         c.expert_kind = a.kind, c.dtype = a.dtype, c.synthetic_cost = a.synthetic_cost;
         c.router = rc.config;
         c.workers = a.workers, c.threads = a.threads, c.chunk_rows = a.chunk_rows;
+        c.convert_bf16 = a.bf16_convert;
         moert_status st = moert_layer_create(&c, &L);
         if (st == MOERT_OK) st = moert_layer_set_gate(L, w.gate);
         for (size_t e = 0; st == MOERT_OK && a.kind == MOERT_EXPERT_SWIGLU && e < a.experts; e++)

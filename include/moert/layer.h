@@ -64,6 +64,8 @@ typedef struct moert_layer_config {
     int bind_threads;            /* bind each worker's threads to its node's CPUs; default 1 */
     size_t chunk_rows;           /* rows per expert chunk, default 128 */
     int synthetic_cost;          /* synthetic experts: multiply-adds per element, default 64 */
+    int convert_bf16;            /* bf16: convert to f32 and use the f32 GEMM even where the
+                                    CPU has bf16 arithmetic (for comparison); default 0 */
 } moert_layer_config;
 
 MOERT_API moert_layer_config moert_layer_config_default(void);
