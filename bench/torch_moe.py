@@ -3,8 +3,8 @@
 
     python3 bench/torch_moe.py dispatch [--tokens 4096] [--d-model 4096] [--experts 64] [--k 2]
                                         [--dtype f32|bf16] [--threads 2] [--rounds 5] [--json]
-    python3 bench/torch_moe.py layer [--model deepseek|mixtral] [--tokens 2048] [--threads 2]
-                                     [--rounds 3] [--json]
+    python3 bench/torch_moe.py layer [--model deepseek|mixtral] [--tokens 2048] [--dtype f32|bf16]
+                                     [--threads 2] [--rounds 3] [--json]
 
 dispatch: index_select of each routed (token, expert) pair's row, in expert order (it
 allocates, as it does in eager MoE code), and index_add_ of the weighted expert outputs
@@ -72,18 +72,19 @@ def bench_dispatch(a):
 
 def bench_layer(a):
     d, f, E, k = MODELS[a.model]
+    dtype = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(a.tokens, d, generator=gen)
-    gate = torch.randn(d, E, generator=gen) / d ** 0.5
+    x = torch.randn(a.tokens, d, generator=gen).to(dtype)
+    gate = (torch.randn(d, E, generator=gen) / d ** 0.5).to(dtype)
     # Every expert gets the same weights, as in `moert bench layer`: speed does not depend on them.
-    w1 = torch.randn(d, f, generator=gen) / d ** 0.5
-    w3 = torch.randn(d, f, generator=gen) / d ** 0.5
-    w2 = torch.randn(f, d, generator=gen) / f ** 0.5
+    w1 = (torch.randn(d, f, generator=gen) / d ** 0.5).to(dtype)
+    w3 = (torch.randn(d, f, generator=gen) / d ** 0.5).to(dtype)
+    w2 = (torch.randn(f, d, generator=gen) / f ** 0.5).to(dtype)
 
     def layer():
-        logits = x @ gate
+        logits = (x @ gate).float()
         topv, topi = torch.topk(logits, k, dim=-1)
-        weights = torch.softmax(topv, dim=-1)  # softmax post, moert's default
+        weights = torch.softmax(topv, dim=-1).to(dtype)  # softmax post, moert's default
         out = torch.zeros_like(x)
         for e in range(E):
             tok, slot = torch.where(topi == e)
@@ -96,7 +97,7 @@ def bench_layer(a):
 
     with torch.no_grad():
         t = timed(layer, a.rounds)
-    return {"what": "layer", "model": a.model, "tokens": a.tokens, "threads": a.threads,
+    return {"what": "layer", "model": a.model, "dtype": a.dtype, "tokens": a.tokens, "threads": a.threads,
             "tokens_per_s": a.tokens / t, "ms": t * 1e3}
 
 
