@@ -187,7 +187,7 @@ moert_status moert_layer_create(const moert_layer_config *config, moert_layer **
     L->shape = (expert_shape){d, config->expert_kind == MOERT_EXPERT_SWIGLU ? config->d_ff : 0, (d + 15) & ~(size_t)15,
                               config->dtype, 0};
     const int threads = config->threads > 0 ? config->threads : omp_get_max_threads();
-    moert_status st = numa_pool_init(&L->pool, config->workers, threads, config->bind_threads);
+    moert_status st = numa_pool_init(&L->pool, config->workers, threads, config->bind_threads, !config->ignore_numa);
     if (st != MOERT_OK) {
         free(L);
         return st;

@@ -27,10 +27,10 @@ static int nodes_with_cpus(int *nodes, int max) {
     return n;
 }
 
-moert_status numa_pool_init(numa_pool *pool, int workers, int threads, int bind) {
+moert_status numa_pool_init(numa_pool *pool, int workers, int threads, int bind, int use_numa) {
     memset(pool, 0, sizeof *pool);
     MOERT_RETURN_ERROR_IF(threads < 1, MOERT_EINVAL, "threads=%d: at least 1 is needed", threads);
-    pool->numa = numa_available() >= 0;
+    pool->numa = use_numa && numa_available() >= 0;
     int nodes[NUMA_POOL_MAX_WORKERS];
     const int node_count = pool->numa ? nodes_with_cpus(nodes, NUMA_POOL_MAX_WORKERS) : 0;
     if (workers == 0) { /* one per node, but never more than the threads */

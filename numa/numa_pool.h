@@ -20,8 +20,9 @@ typedef struct numa_pool {
     void *allowed_cpus;   /* cpu_set_t: the process's CPUs when the pool was made */
 } numa_pool;
 
-/* `workers` 0 means one per node that has CPUs. MOERT_EINVAL if workers > threads. */
-moert_status numa_pool_init(numa_pool *pool, int workers, int threads, int bind);
+/* `workers` 0 means one per node that has CPUs. MOERT_EINVAL if workers > threads.
+ * use_numa 0 behaves as when libnuma reports no NUMA support. */
+moert_status numa_pool_init(numa_pool *pool, int workers, int threads, int bind, int use_numa);
 void numa_pool_free(numa_pool *pool);
 
 static inline int numa_pool_worker_of_thread(const numa_pool *pool, int thread) {

@@ -217,6 +217,9 @@ START_TEST(test_identical_threads_workers) {
     c.d_model = 64, c.d_ff = 48, c.experts = 8;
     c.chunk_rows = 16;
     check_identical(c, 300, "token choice");
+    c.ignore_numa = 1; /* as without libnuma: plain memory, no binding */
+    check_identical(c, 300, "token choice without NUMA");
+    c.ignore_numa = 0;
     c.dtype = MOERT_DTYPE_BF16;
     check_identical(c, 200, "bf16");
     c.convert_bf16 = 1;
@@ -249,7 +252,21 @@ static void check_pages_on(const void *p, size_t bytes, int node, const char *wh
 }
 
 START_TEST(test_numa_placement) {
-    if (numa_available() < 0) return; /* nothing to check: plain memory */
+    {
+        /* Without NUMA every worker reports node -1, and the layer still works. */
+        moert_layer_config c = small_config();
+        c.ignore_numa = 1;
+        fixture fx;
+        fixture_init(&fx, c, 20, 3);
+        moert_layer *L = fixture_layer(&fx, 2, 2);
+        for (int w = 0; w < 2; w++) ck_assert_int_eq(moert_layer_worker_node(L, w), -1);
+        float *out = fixture_run(&fx, L);
+        ck_assert_msg(fixture_error(&fx, L, out) <= 1e-4, "without NUMA: wrong output");
+        free(out);
+        moert_layer_destroy(L);
+        fixture_free(&fx);
+    }
+    if (numa_available() < 0) return; /* nothing more to check: plain memory */
     moert_layer_config c = small_config();
     fixture fx;
     fixture_init(&fx, c, 64, 3);

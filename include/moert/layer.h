@@ -66,6 +66,8 @@ typedef struct moert_layer_config {
     int synthetic_cost;          /* synthetic experts: multiply-adds per element, default 64 */
     int convert_bf16;            /* bf16: convert to f32 and use the f32 GEMM even where the
                                     CPU has bf16 arithmetic (for comparison); default 0 */
+    int ignore_numa;             /* run as libnuma would without NUMA support: ordinary
+                                    memory, no binding, every worker node -1; default 0 */
 } moert_layer_config;
 
 MOERT_API moert_layer_config moert_layer_config_default(void);
