@@ -83,11 +83,7 @@ int bench_dispatch(int argc, char **argv) {
         case OPT_D: code = cli_parse_size("--d-model", optarg, 1, (size_t)1 << 16, &d); break;
         case OPT_E: code = cli_parse_size("--experts", optarg, 1, 4096, &E); break;
         case OPT_K: code = cli_parse_int("--k", optarg, 1, 64, &k); break;
-        case OPT_DTYPE:
-            if (strcmp(optarg, "f32") == 0) dtype = MOERT_DTYPE_F32;
-            else if (strcmp(optarg, "bf16") == 0) dtype = MOERT_DTYPE_BF16;
-            else code = cli_fail(CLI_USAGE, "--dtype: '%s' is not f32 or bf16", optarg);
-            break;
+        case OPT_DTYPE: code = cli_parse_dtype("--dtype", optarg, &dtype); break;
         case OPT_THREADS: code = cli_parse_int("--threads", optarg, 1, 1024, &threads); break;
         case OPT_ROUNDS: code = cli_parse_int("--rounds", optarg, 1, 101, &rounds); break;
         case OPT_JSON: json = 1; break;
@@ -153,10 +149,7 @@ int bench_dispatch(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "combine_gbs", gc);
         cJSON_AddNumberToObject(o, "dispatch_ratio_to_memcpy", rd);
         cJSON_AddNumberToObject(o, "combine_ratio_to_memcpy", rcm);
-        char *text = cJSON_PrintUnformatted(o);
-        printf("%s\n", text);
-        free(text);
-        cJSON_Delete(o);
+        cli_print_json_line(o);
     }
     moert_plan_destroy(plan);
     moert_router_destroy(router);
@@ -212,11 +205,7 @@ int bench_layer(int argc, char **argv) {
             else code = cli_fail(CLI_USAGE, "--model: '%s' is not deepseek or mixtral", optarg);
             break;
         case OPT_TOKENS: code = cli_parse_size("--tokens", optarg, 1, (size_t)1 << 20, &T); break;
-        case OPT_DTYPE:
-            if (strcmp(optarg, "f32") == 0) dtype = MOERT_DTYPE_F32;
-            else if (strcmp(optarg, "bf16") == 0) dtype = MOERT_DTYPE_BF16;
-            else code = cli_fail(CLI_USAGE, "--dtype: '%s' is not f32 or bf16", optarg);
-            break;
+        case OPT_DTYPE: code = cli_parse_dtype("--dtype", optarg, &dtype); break;
         case OPT_THREADS: code = cli_parse_int("--threads", optarg, 1, 1024, &threads); break;
         case OPT_WORKERS: code = cli_parse_int("--workers", optarg, 1, 1024, &workers); break;
         case OPT_ROUNDS: code = cli_parse_int("--rounds", optarg, 1, 101, &rounds); break;
@@ -323,10 +312,7 @@ int bench_layer(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "library_gflops", ml);
         cJSON_AddNumberToObject(o, "expert_ratio_to_library", mr);
         cJSON_AddNumberToObject(o, "outside_experts_share", ms);
-        char *text = cJSON_PrintUnformatted(o);
-        printf("%s\n", text);
-        free(text);
-        cJSON_Delete(o);
+        cli_print_json_line(o);
     }
     moert_layer_destroy(L);
     free(gate), free(w13), free(w2), free(xf), free(x), free(out), free(a), free(h), free(w1), free(w3), free(o2);

@@ -6,28 +6,8 @@ set -u
 moert="$1"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-failures=0
-
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-
-# expect STATUS CMD...: runs CMD, checks its exit status, keeps stdout/stderr.
-expect() {
-  local want=$1; shift
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$?
-  [ "$got" -eq "$want" ] || fail "'$*' exited $got, expected $want; stderr: $(cat "$tmp/err")"
-  if [ "$want" -ne 0 ]; then
-    local lines
-    lines=$(wc -l <"$tmp/err")
-    [ "$lines" -ge 1 ] || fail "'$*' failed without a message"
-    grep -q '^moert: ' "$tmp/err" || fail "'$*': error does not start with 'moert:': $(cat "$tmp/err")"
-  fi
-}
-# expect_error STATUS CMD...: also insists on exactly one line on stderr.
-expect_error() {
-  expect "$@"
-  [ "$(wc -l <"$tmp/err")" -eq 1 ] || fail "'${*:2}': error is not one line: $(cat "$tmp/err")"
-}
+# shellcheck source=tests/cli_expect.sh
+source "$(dirname "$0")/cli_expect.sh"
 
 expect 0 "$moert" --version
 grep -Eq '^moert [0-9]+\.[0-9]+\.[0-9]+$' "$tmp/out" || fail "--version prints '$(cat "$tmp/out")'"

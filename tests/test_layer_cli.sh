@@ -6,20 +6,8 @@ set -u
 moert="$1"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-
-# expect STATUS CMD...: the exit status; on failure exactly one "moert: " line on stderr.
-expect() {
-  local want=$1; shift
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  local got=$?
-  [ "$got" -eq "$want" ] || fail "'$*' exited $got, expected $want; stderr: $(cat "$tmp/err")"
-  if [ "$want" -ne 0 ]; then
-    [ "$(wc -l <"$tmp/err")" -eq 1 ] || fail "'$*': error is not one line: $(cat "$tmp/err")"
-    grep -q '^moert: ' "$tmp/err" || fail "'$*': error does not start with 'moert:'"
-  fi
-}
+# shellcheck source=tests/cli_expect.sh
+source "$(dirname "$0")/cli_expect.sh"
 # expect_word WORD: the last error names WORD.
 expect_word() { grep -q -- "$1" "$tmp/err" || fail "error does not name '$1': $(cat "$tmp/err")"; }
 
@@ -55,19 +43,19 @@ cmp -s "$tmp/a/out.npy" "$tmp/b/out.npy" || fail "the rerun from saved files gav
 cmp -s "$tmp/a/expert_ids.npy" "$tmp/b/expert_ids.npy" || fail "the rerun from saved files routed otherwise"
 
 # Bad input: usage errors (2) and failures (1), each named.
-expect 2 "$moert" layer "${small[@]}" --workers 0;          expect_word workers
-expect 2 "$moert" layer "${small[@]}" --d-model 0;          expect_word d-model
-expect 2 "$moert" layer "${small[@]}" --d-ff 0;             expect_word d-ff
-expect 2 "$moert" layer "${small[@]}" --workers 3 --threads 2; expect_word 'exceeds --threads'
-expect 2 "$moert" layer "${small[@]}" --dtype fp8;          expect_word fp8
-expect 2 "$moert" layer "${small[@]}" --k 7;                expect_word k
-expect 1 "$moert" layer "${small[@]}" --input "$tmp/missing.npy"; expect_word missing.npy
-expect 1 "$moert" layer "${small[@]}" --weights "$tmp/missing.safetensors"; expect_word missing.safetensors
-expect 2 "$moert" layer --tokens 96 --d-model 16 --iters 1 --input "$tmp/a/x.npy"; expect_word d_model
-expect 2 "$moert" layer --experts 5 --iters 1 --k 2 --weights "$tmp/a/layer.safetensors"; expect_word contradict
+expect_error 2 "$moert" layer "${small[@]}" --workers 0;          expect_word workers
+expect_error 2 "$moert" layer "${small[@]}" --d-model 0;          expect_word d-model
+expect_error 2 "$moert" layer "${small[@]}" --d-ff 0;             expect_word d-ff
+expect_error 2 "$moert" layer "${small[@]}" --workers 3 --threads 2; expect_word 'exceeds --threads'
+expect_error 2 "$moert" layer "${small[@]}" --dtype fp8;          expect_word fp8
+expect_error 2 "$moert" layer "${small[@]}" --k 7;                expect_word k
+expect_error 1 "$moert" layer "${small[@]}" --input "$tmp/missing.npy"; expect_word missing.npy
+expect_error 1 "$moert" layer "${small[@]}" --weights "$tmp/missing.safetensors"; expect_word missing.safetensors
+expect_error 2 "$moert" layer --tokens 96 --d-model 16 --iters 1 --input "$tmp/a/x.npy"; expect_word d_model
+expect_error 2 "$moert" layer --experts 5 --iters 1 --k 2 --weights "$tmp/a/layer.safetensors"; expect_word contradict
 printf 'not a safetensors file' >"$tmp/bad.safetensors"
-expect 1 "$moert" layer --iters 1 --weights "$tmp/bad.safetensors"; expect_word bad.safetensors
-expect 1 "$moert" layer --iters 1 --k 2 --weights "$tmp/a/layer.safetensors" --weights-prefix model.; expect_word model.gate.weight
+expect_error 1 "$moert" layer --iters 1 --weights "$tmp/bad.safetensors"; expect_word bad.safetensors
+expect_error 1 "$moert" layer --iters 1 --k 2 --weights "$tmp/a/layer.safetensors" --weights-prefix model.; expect_word model.gate.weight
 
 [ "$failures" -eq 0 ] && echo "all layer CLI checks passed"
 exit $((failures > 0))

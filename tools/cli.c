@@ -1,10 +1,12 @@
 #include "tools/cli.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int cli_fail(int code, const char *fmt, ...) {
     va_list args;
@@ -68,4 +70,18 @@ int cli_parse_double(const char *option, const char *text, double min, double ma
         return cli_fail(CLI_USAGE, "%s: %s is outside %g..%g", option, text, min, max);
     *out = v;
     return CLI_OK;
+}
+
+int cli_parse_dtype(const char *option, const char *text, moert_dtype *out) {
+    if (strcmp(text, "f32") == 0) *out = MOERT_DTYPE_F32;
+    else if (strcmp(text, "bf16") == 0) *out = MOERT_DTYPE_BF16;
+    else return cli_fail(CLI_USAGE, "%s: '%s' is not f32 or bf16", option, text);
+    return CLI_OK;
+}
+
+void cli_print_json_line(void *object) {
+    char *text = cJSON_PrintUnformatted(object);
+    if (text != NULL) printf("%s\n", text);
+    free(text);
+    cJSON_Delete(object);
 }

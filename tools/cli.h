@@ -23,6 +23,10 @@ int cli_parse_size(const char *option, const char *text, size_t min, size_t max,
 int cli_parse_int(const char *option, const char *text, long min, long max, int *out);
 int cli_parse_float(const char *option, const char *text, double min, double max, float *out);
 int cli_parse_double(const char *option, const char *text, double min, double max, double *out);
+int cli_parse_dtype(const char *option, const char *text, moert_dtype *out); /* f32 | bf16 */
+
+/* Prints a cJSON object (passed as void *) on one line, then frees it. */
+void cli_print_json_line(void *object);
 
 /* Subcommands: argv[0] is the subcommand's name. */
 int cmd_info(int argc, char **argv);

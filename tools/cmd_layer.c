@@ -285,18 +285,6 @@ static void round_to_bf16(float *p, size_t n) {
     for (size_t i = 0; i < n; i++) p[i] = moert_bf16_to_f32(moert_f32_to_bf16(p[i]));
 }
 
-static void stats_to_json(const moert_plan_stats *s, cJSON *o) {
-    cJSON_AddNumberToObject(o, "assignments", (double)s->assignments);
-    cJSON_AddNumberToObject(o, "dropped", (double)s->dropped);
-    cJSON_AddNumberToObject(o, "unrouted", (double)s->unrouted);
-    cJSON_AddNumberToObject(o, "max_over_mean", s->max_over_mean);
-    cJSON_AddNumberToObject(o, "cv", s->cv);
-    cJSON_AddNumberToObject(o, "entropy", s->entropy);
-    cJSON_AddNumberToObject(o, "experts_per_token", s->experts_per_token_mean);
-    cJSON_AddNumberToObject(o, "aux_loss", s->aux_loss);
-    cJSON_AddNumberToObject(o, "z_loss", s->z_loss);
-}
-
 static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
     static const struct option options[] = {
         {"tokens", required_argument, NULL, OPT_TOKENS},
@@ -340,11 +328,7 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
             else code = cli_fail(CLI_USAGE, "--expert: '%s' is not swiglu or synthetic", optarg);
             break;
         case OPT_SYNTHETIC_COST: code = cli_parse_int("--synthetic-cost", optarg, 0, 1 << 20, &a->synthetic_cost); break;
-        case OPT_DTYPE:
-            if (strcmp(optarg, "f32") == 0) a->dtype = MOERT_DTYPE_F32;
-            else if (strcmp(optarg, "bf16") == 0) a->dtype = MOERT_DTYPE_BF16;
-            else code = cli_fail(CLI_USAGE, "--dtype: '%s' is not f32 or bf16", optarg);
-            break;
+        case OPT_DTYPE: code = cli_parse_dtype("--dtype", optarg, &a->dtype); break;
         case OPT_WORKERS: code = cli_parse_int("--workers", optarg, 1, 1024, &a->workers); break;
         case OPT_THREADS: code = cli_parse_int("--threads", optarg, 1, 4096, &a->threads); break;
         case OPT_CHUNK_ROWS: code = cli_parse_size("--chunk-rows", optarg, 1, (size_t)1 << 20, &a->chunk_rows); break;
@@ -491,12 +475,9 @@ int cmd_layer(int argc, char **argv) {
             const double stage[6] = {sum.gate, sum.route, sum.dispatch, sum.experts, sum.combine, sum.total};
             const char *names[6] = {"gate_ms", "route_ms", "dispatch_ms", "experts_ms", "combine_ms", "total_ms"};
             for (int i = 0; i < 6; i++) cJSON_AddNumberToObject(o, names[i], stage[i] * k * 1e3);
-            stats_to_json(&s, o);
+            cJSON_AddItemToObject(o, "balance", plan_stats_json(&s));
             if (a.check) cJSON_AddNumberToObject(o, "check_error", check_error);
-            char *text = cJSON_PrintUnformatted(o);
-            printf("%s\n", text);
-            free(text);
-            cJSON_Delete(o);
+            cli_print_json_line(o);
         }
         if (a.check && !(check_error <= tolerance))
             code = cli_fail(CLI_FAIL, "--check: max relative error %.3g exceeds %.0e", check_error, tolerance);
