@@ -28,8 +28,7 @@ cc -std=c11 -Wall -Werror "$consumer/consumer.c" -o "$tmp/consumer_pc" \
 "$tmp/consumer_pc"
 # pkg-config, static.
 cc -std=c11 -Wall -Werror "$consumer/consumer.c" -o "$tmp/consumer_pc_static" \
-  $(pkg-config --cflags moert) "$libdir/libmoert.a" $(pkg-config --libs-only-other --static moert) \
-  -fopenmp -lnuma -lm -lpthread
+  $(pkg-config --cflags moert) "$libdir/libmoert.a" $(pkg-config --libs --static moert | sed 's/-lmoert\b//')
 "$tmp/consumer_pc_static"
 
 # CMake find_package, shared and static.
