@@ -1,5 +1,6 @@
 /* The MoE layer: gate, route, dispatch, experts, combine (see moert/layer.h). */
 #include <omp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "numa/numa_pool.h"
 
 #define GATE_BLOCK_ROWS 64 /* the gate's GEMM blocks: fixed, for bit-identical logits */
+#define LAYER_BF16_MAX_CHUNK 1024
 
 typedef struct expert_item { /* a chunk of an expert's rows, claimed by one thread */
     int32_t expert;
@@ -219,8 +221,10 @@ moert_status moert_layer_create(const moert_layer_config *config, moert_layer **
                                      ? (int32_t)(e % (size_t)W)
                                      : (int32_t)(e * (size_t)W / L->E);
     index_workers(L);
+    /* The bf16 GEMM keeps a oneDNN memory object per chunk size and thread: chunks of
+     * more than LAYER_BF16_MAX_CHUNK rows take the converting path instead. */
     if (config->expert_kind == MOERT_EXPERT_SWIGLU && config->dtype == MOERT_DTYPE_BF16 && !config->convert_bf16 &&
-        moert_gemm_bf16_native()) {
+        config->chunk_rows <= LAYER_BF16_MAX_CHUNK && moert_gemm_bf16_native()) {
         /* The bf16 GEMMs of the experts: x W13 ([m, d] x [d, 2f]) and h W2 ([m, f] x [f, d]). */
         const size_t f = L->shape.f, ld = L->shape.ld, chunk = config->chunk_rows;
         st = moert_gemm_bf16_create(d, 2 * f, ld, 2 * f, 2 * f, chunk, threads, &L->gemm13);
@@ -326,7 +330,8 @@ moert_status moert_layer_balance(moert_layer *L, const int64_t *loads) {
         for (int w = 1; w < W; w++)
             if (total[w] < total[best]) best = w;
         map[order[i]] = best;
-        total[best] += loads[order[i]];
+        /* Saturating: loads near INT64_MAX must not wrap the sums. */
+        total[best] = loads[order[i]] > INT64_MAX - total[best] ? INT64_MAX : total[best] + loads[order[i]];
     }
     moert_status st = moert_layer_set_placement(L, map);
     free(order), free(map), free(total);

@@ -42,6 +42,18 @@ expect 0 "$moert" layer --k 2 --iters 1 --weights "$tmp/a/layer.safetensors" --i
 cmp -s "$tmp/a/out.npy" "$tmp/b/out.npy" || fail "the rerun from saved files gave another output"
 cmp -s "$tmp/a/expert_ids.npy" "$tmp/b/expert_ids.npy" || fail "the rerun from saved files routed otherwise"
 
+# d comes from --input when no option or file gives it.
+expect 0 "$moert" layer --k 2 --iters 1 --experts 6 --d-ff 40 --input "$tmp/a/x.npy" --check
+grep -q 'd=32 ' "$tmp/out" || fail "--input did not set d_model: $(head -1 "$tmp/out")"
+
+# A --save that fails half-way leaves no file that looks valid, and removes an earlier run's.
+expect 0 "$moert" layer "${small[@]}" --k 2 --save "$tmp/c"
+rm "$tmp/c/w2.npy" && mkdir "$tmp/c/w2.npy" # w2.npy cannot be renamed into place
+expect_error 1 "$moert" layer "${small[@]}" --k 2 --save "$tmp/c"; expect_word w2.npy
+for f in x.npy gate.npy out.npy w1.npy w3.npy layer.safetensors .w2.npy.partial expert_ids.npy stats.json; do
+  [ -e "$tmp/c/$f" ] && fail "a failed --save left $f"
+done
+
 # Bad input: usage errors (2) and failures (1), each named.
 expect_error 2 "$moert" layer "${small[@]}" --workers 0;          expect_word workers
 expect_error 2 "$moert" layer "${small[@]}" --d-model 0;          expect_word d-model

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/bf16.h"
 #include "common/error.h"
@@ -62,6 +63,8 @@ enum {
     OPT_THREADS, OPT_CHUNK_ROWS, OPT_ITERS, OPT_SEED, OPT_WEIGHTS, OPT_WEIGHTS_PREFIX, OPT_INPUT, OPT_SAVE,
     OPT_CHECK, OPT_JSON, OPT_BF16_CONVERT,
 };
+
+#define LAYER_MAX_DIM (1 << 20) /* d_model and d_ff, from options or files */
 
 typedef struct layer_args {
     size_t tokens, d, f, experts;
@@ -160,18 +163,22 @@ static int file_weights(layer_args *a, layer_weights *w) {
         code = cli_fail(CLI_FAIL, "--weights: %s: no 2-D tensor '%s'", a->weights, name);
     if (code == CLI_OK) {
         const size_t E = gate->shape[0], d = gate->shape[1], ff = w1 ? w1->shape[0] : a->f;
-        if ((a->given_experts && a->experts != E) || (a->given_d && a->d != d) ||
-            (a->given_f && a->kind == MOERT_EXPERT_SWIGLU && a->f != ff))
-            code = cli_fail(CLI_USAGE,
-                            "--weights: %s holds E=%zu, d=%zu, f=%zu, which the options (E=%zu, d=%zu, f=%zu) contradict",
-                            a->weights, E, d, ff, a->experts, a->d, a->f);
+        if (E < 1 || E > MOERT_MAX_EXPERTS || d < 1 || d > LAYER_MAX_DIM || ff < 1 || ff > LAYER_MAX_DIM)
+            code = cli_fail(CLI_FAIL, "--weights: %s holds E=%zu, d=%zu, f=%zu: outside 1..%d experts and 1..%d dims",
+                            a->weights, E, d, ff, MOERT_MAX_EXPERTS, LAYER_MAX_DIM);
+        else if ((a->given_experts && a->experts != E) || (a->given_d && a->d != d) ||
+                 (a->given_f && a->kind == MOERT_EXPERT_SWIGLU && a->f != ff))
+            code = cli_fail(CLI_USAGE, "--weights: %s holds E=%zu, d=%zu, f=%zu, which --experts, --d-model or --d-ff "
+                            "contradict", a->weights, E, d, ff);
         a->experts = E, a->d = d, a->f = ff;
     }
     float *scratch = NULL;
     if (code == CLI_OK) {
+        /* Both within LAYER_MAX_DIM (2^20) and MOERT_MAX_EXPERTS: the product fits. */
         const size_t big = a->d * (a->f > a->experts ? a->f : a->experts);
         scratch = malloc(big * sizeof(float));
-        if (scratch == NULL || !alloc_weight_tables(w, a->experts)) code = cli_fail(CLI_FAIL, "cannot allocate the weights");
+        if (scratch == NULL || !alloc_weight_tables(w, a->experts))
+            code = cli_fail(CLI_FAIL, "cannot allocate %zu bytes for the weights", big * sizeof(float));
     }
     if (code == CLI_OK) st = read_linear(f, a->prefix, "gate.weight", a->experts, a->d, scratch, &w->gate);
     for (size_t e = 0; code == CLI_OK && st == MOERT_OK && a->kind == MOERT_EXPERT_SWIGLU && e < a->experts; e++) {
@@ -187,6 +194,29 @@ static int file_weights(layer_args *a, layer_weights *w) {
     free(scratch);
     st_close(f);
     return code;
+}
+
+/* The layer's own files in --save DIR. They are written as .NAME.partial and renamed
+ * only when every file (the plan's included) was written, so a failed run leaves nothing
+ * that looks valid; a failed run also removes what an earlier run left. */
+static const char *const layer_files[] = {"x.npy", "gate.npy", "out.npy", "w1.npy", "w3.npy", "w2.npy",
+                                          "layer.safetensors"};
+enum { LAYER_FILES = sizeof layer_files / sizeof layer_files[0] };
+
+static void save_path(char *path, size_t size, const char *dir, const char *name, int partial) {
+    snprintf(path, size, partial ? "%s/.%s.partial" : "%s/%s", dir, name);
+}
+
+/* Removes the layer's files (final and partial) and the plan's from dir. */
+static void save_remove_all(const char *dir) {
+    char path[4096];
+    for (int i = 0; i < LAYER_FILES; i++) {
+        save_path(path, sizeof path, dir, layer_files[i], 0);
+        unlink(path);
+        save_path(path, sizeof path, dir, layer_files[i], 1);
+        unlink(path);
+    }
+    plan_remove_dir_files(dir);
 }
 
 /* The weights again as DIR/layer.safetensors, in the layout --weights reads (Linear
@@ -225,7 +255,7 @@ static moert_status save_safetensors(const layer_args *a, const layer_weights *w
     }
     if (st == MOERT_OK) {
         char path[4096];
-        snprintf(path, sizeof path, "%s/layer.safetensors", a->save);
+        save_path(path, sizeof path, a->save, "layer.safetensors", 1);
         st = st_write(path, n, (const char *const *)names, dtypes, ndims, (const size_t(*)[ST_MAX_DIMS])shapes,
                       (const void *const *)data);
     }
@@ -234,8 +264,8 @@ static moert_status save_safetensors(const layer_args *a, const layer_weights *w
     return st;
 }
 
-static moert_status save_all(const layer_args *a, const layer_weights *w, const float *x, const float *out,
-                             const moert_layer *L, const router_cli *rc) {
+static moert_status save_files(const layer_args *a, const layer_weights *w, const float *x, const float *out,
+                               const moert_layer *L, const router_cli *rc) {
     struct stat sb;
     if (stat(a->save, &sb) != 0 && mkdir(a->save, 0777) != 0)
         return moert_set_error(MOERT_EIO, "%s: cannot create: %s", a->save, strerror(errno));
@@ -243,7 +273,7 @@ static moert_status save_all(const layer_args *a, const layer_weights *w, const 
     const size_t d = a->d, f = a->f, E = a->experts, T = a->tokens;
 #define SAVE_(name, ndim, shape, data)                                                      \
     do {                                                                                    \
-        snprintf(path, sizeof path, "%s/%s", a->save, name);                                \
+        save_path(path, sizeof path, a->save, name, 1);                                     \
         moert_status s_ = npy_write(path, NPY_F32, ndim, shape, data);                      \
         if (s_ != MOERT_OK) return s_;                                                      \
     } while (0)
@@ -260,7 +290,7 @@ static moert_status save_all(const layer_args *a, const layer_weights *w, const 
         for (int i = 0; i < 3; i++) {
             for (size_t e = 0; e < E; e++) memcpy(all + e * d * f, parts[i][e], d * f * sizeof(float));
             const size_t shape[3] = {E, i == 2 ? f : d, i == 2 ? d : f};
-            snprintf(path, sizeof path, "%s/%s", a->save, names[i]);
+            save_path(path, sizeof path, a->save, names[i], 1);
             moert_status s = npy_write(path, NPY_F32, 3, shape, all);
             if (s != MOERT_OK) {
                 free(all);
@@ -278,6 +308,24 @@ static moert_status save_all(const layer_args *a, const layer_weights *w, const 
     cJSON_AddStringToObject(extra, "dtype", a->dtype == MOERT_DTYPE_BF16 ? "bf16" : "f32");
     moert_status st = plan_write_dir(moert_layer_plan(L), a->save, extra);
     cJSON_Delete(extra);
+    for (int i = 0; st == MOERT_OK && i < LAYER_FILES; i++) {
+        char final[4096];
+        save_path(path, sizeof path, a->save, layer_files[i], 1);
+        save_path(final, sizeof final, a->save, layer_files[i], 0);
+        if (access(path, F_OK) != 0) { /* not made by this run (synthetic experts' weights) */
+            unlink(final);
+            continue;
+        }
+        if (rename(path, final) != 0)
+            st = moert_set_error(MOERT_EIO, "%s: cannot rename into place: %s", final, strerror(errno));
+    }
+    return st;
+}
+
+static moert_status save_all(const layer_args *a, const layer_weights *w, const float *x, const float *out,
+                             const moert_layer *L, const router_cli *rc) {
+    const moert_status st = save_files(a, w, x, out, L, rc);
+    if (st != MOERT_OK) save_remove_all(a->save);
     return st;
 }
 
@@ -319,8 +367,8 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
         switch (opt) {
         case 'h': fputs(layer_help, stdout); return -1;
         case OPT_TOKENS: code = cli_parse_size("--tokens", optarg, 1, (size_t)1 << 30, &a->tokens), a->given_tokens = 1; break;
-        case OPT_D_MODEL: code = cli_parse_size("--d-model", optarg, 1, (size_t)1 << 20, &a->d), a->given_d = 1; break;
-        case OPT_D_FF: code = cli_parse_size("--d-ff", optarg, 1, (size_t)1 << 20, &a->f), a->given_f = 1; break;
+        case OPT_D_MODEL: code = cli_parse_size("--d-model", optarg, 1, LAYER_MAX_DIM, &a->d), a->given_d = 1; break;
+        case OPT_D_FF: code = cli_parse_size("--d-ff", optarg, 1, LAYER_MAX_DIM, &a->f), a->given_f = 1; break;
         case OPT_EXPERTS: code = cli_parse_size("--experts", optarg, 1, MOERT_MAX_EXPERTS, &a->experts), a->given_experts = 1; break;
         case OPT_EXPERT:
             if (strcmp(optarg, "swiglu") == 0) a->kind = MOERT_EXPERT_SWIGLU;
@@ -370,6 +418,7 @@ int cmd_layer(int argc, char **argv) {
     if (code == CLI_OK && a.input) {
         size_t shape[2];
         moert_status st = npy_read_f32(a.input, 2, &x, shape);
+        if (st == MOERT_OK && !a.given_d && !a.weights) a.d = shape[1]; /* d from the file */
         if (st != MOERT_OK) code = cli_fail_status(st, "--input");
         else if (shape[1] != a.d)
             code = cli_fail(CLI_USAGE, "--input: %s has rows of %zu, the layer's d_model is %zu", a.input, shape[1], a.d);
@@ -444,7 +493,8 @@ int cmd_layer(int argc, char **argv) {
             free(want);
         }
     }
-    if (code == CLI_OK && a.save) {
+    const double tolerance = a.dtype == MOERT_DTYPE_BF16 ? 2e-2 : 1e-4;
+    if (code == CLI_OK && a.save && !(a.check && !(check_error <= tolerance))) { /* not a failed check's */
         moert_status st = save_all(&a, &w, x, out, L, &rc);
         if (st != MOERT_OK) code = cli_fail_status(st, "--save");
     }
@@ -464,7 +514,6 @@ int cmd_layer(int argc, char **argv) {
                "aux loss %.4f\n",
                (long long)s.assignments, (long long)s.dropped, (long long)s.unrouted, s.max_over_mean, s.cv, s.entropy,
                s.aux_loss);
-        const double tolerance = a.dtype == MOERT_DTYPE_BF16 ? 2e-2 : 1e-4;
         if (a.check)
             printf("  check: max relative error %.3g against the double reference (%s, limit %.0e)\n", check_error,
                    check_error <= tolerance ? "ok" : "FAILED", tolerance);
@@ -482,6 +531,7 @@ int cmd_layer(int argc, char **argv) {
         if (a.check && !(check_error <= tolerance))
             code = cli_fail(CLI_FAIL, "--check: max relative error %.3g exceeds %.0e", check_error, tolerance);
     }
+    if (code != CLI_OK && a.save) save_remove_all(a.save); /* nothing stale that looks valid */
     moert_layer_destroy(L);
     weights_free(&w, a.experts);
     if (x_layer != x) free(x_layer);

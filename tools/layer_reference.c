@@ -61,11 +61,14 @@ double layer_reference_error(const float *got, const double *want, size_t tokens
     for (size_t t = 0; t < tokens; t++) {
         double scale = 0, diff = 0;
         for (size_t j = 0; j < d; j++) {
-            scale = fmax(scale, fabs(want[t * d + j]));
-            diff = fmax(diff, fabs((double)got[t * d + j] - want[t * d + j]));
+            const double g = got[t * d + j], w = want[t * d + j];
+            /* A NaN or infinity anywhere fails the check (fmax would skip a NaN). */
+            if (!isfinite(g) || !isfinite(w)) return INFINITY;
+            scale = fmax(scale, fabs(w));
+            diff = fmax(diff, fabs(g - w));
         }
         const double e = scale > 0 ? diff / scale : diff;
-        if (e > worst || isnan(e)) worst = isnan(e) ? INFINITY : e;
+        worst = e > worst ? e : worst;
     }
     return worst;
 }

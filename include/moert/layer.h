@@ -24,7 +24,15 @@
  * call, so the output is bit-identical for any number of threads and workers.
  *
  * Memory: weights at creation; the buffers of a batch size at its first forward pass (the
- * warm-up). After that, forward passes of at most that many tokens allocate nothing. */
+ * warm-up), sized for the worst case of token choice (T k rows) and expert choice. After
+ * that, forward passes of at most that many tokens allocate nothing, with two exceptions:
+ * ReLU routing, whose entries depend on the data, grows the buffers (with a quarter of
+ * headroom) when a pass routes more than any before; and the native bf16 GEMM, where
+ * oneDNN's primitive execution allocates a small argument map on every call.
+ *
+ * Binding: with bind_threads, the OpenMP threads that run the layer (the caller's thread
+ * among them) stay bound to their worker's node's CPUs after the call returns; set
+ * bind_threads to 0 to leave them where they are. */
 #ifndef MOERT_LAYER_H
 #define MOERT_LAYER_H
 
@@ -57,7 +65,8 @@ typedef struct moert_layer_config {
     size_t experts;              /* E, > 0 */
     moert_expert_kind expert_kind;
     moert_dtype dtype;           /* of x, out and the expert weights; the gate is f32 */
-    moert_router_config router;  /* its threads field is ignored: the layer's count is used */
+    moert_router_config router;  /* its threads field is ignored: the layer's count is used;
+                                    a bias pointer is borrowed for the layer's lifetime */
     int workers;                 /* 0 = one per NUMA node */
     int threads;                 /* 0 = omp_get_max_threads(); at least `workers` */
     moert_placement placement;   /* initial expert -> worker map */
