@@ -65,6 +65,9 @@ expect_error 1 "$moert" layer "${small[@]}" --input "$tmp/missing.npy"; expect_w
 expect_error 1 "$moert" layer "${small[@]}" --weights "$tmp/missing.safetensors"; expect_word missing.safetensors
 expect_error 2 "$moert" layer --tokens 96 --d-model 16 --iters 1 --input "$tmp/a/x.npy"; expect_word d_model
 expect_error 2 "$moert" layer --experts 5 --iters 1 --k 2 --weights "$tmp/a/layer.safetensors"; expect_word contradict
+expect_error 2 "$moert" layer "${small[@]}" --weights-prefix model.; expect_word 'needs --weights'
+expect 0 "$moert" layer "${small[@]}" --k 2 --workers 2 --threads 2
+grep -q 'rows per worker (node): [0-9]* ([0-9-]*) [0-9]* ([0-9-]*)$' "$tmp/out" || fail "no per-worker rows for 2 workers"
 printf 'not a safetensors file' >"$tmp/bad.safetensors"
 expect_error 1 "$moert" layer --iters 1 --weights "$tmp/bad.safetensors"; expect_word bad.safetensors
 expect_error 1 "$moert" layer --iters 1 --k 2 --weights "$tmp/a/layer.safetensors" --weights-prefix model.; expect_word model.gate.weight

@@ -396,6 +396,8 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
         if (code != CLI_OK) return code;
     }
     if (optind < argc) return cli_usage_error("layer", "unexpected argument");
+    if (a->prefix[0] != '\0' && a->weights == NULL) return cli_fail(CLI_USAGE, "--weights-prefix needs --weights");
+    if (strlen(a->prefix) > 512) return cli_fail(CLI_USAGE, "--weights-prefix: longer than 512 characters");
     if (a->workers > 0 && a->threads > 0 && a->workers > a->threads)
         return cli_fail(CLI_USAGE, "--workers %d exceeds --threads %d: every worker needs a thread", a->workers, a->threads);
     return CLI_OK;
@@ -514,6 +516,18 @@ int cmd_layer(int argc, char **argv) {
                "aux loss %.4f\n",
                (long long)s.assignments, (long long)s.dropped, (long long)s.unrouted, s.max_over_mean, s.cv, s.entropy,
                s.aux_loss);
+        const int W = moert_layer_workers(L);
+        int32_t *map = malloc(a.experts * sizeof(int32_t));
+        int64_t *load = malloc((size_t)W * sizeof(int64_t));
+        if (map && load) {
+            for (size_t e = 0; e < a.experts; e++) map[e] = moert_layer_expert_worker(L, e);
+            if (moert_plan_worker_load(moert_layer_plan(L), map, W, load) == MOERT_OK) {
+                printf("  rows per worker (node):");
+                for (int i = 0; i < W; i++) printf(" %lld (%d)", (long long)load[i], moert_layer_worker_node(L, i));
+                printf("\n");
+            }
+        }
+        free(map), free(load);
         if (a.check)
             printf("  check: max relative error %.3g against the double reference (%s, limit %.0e)\n", check_error,
                    check_error <= tolerance ? "ok" : "FAILED", tolerance);
