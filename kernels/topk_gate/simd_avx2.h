@@ -269,4 +269,14 @@ static inline __attribute__((always_inline)) int v_compress_store(float *fdst, i
     return __builtin_popcount(bits);
 }
 
+/* dst[rank[j]] = src[j] for the first n lanes (ranks distinct); no scatter here. */
+static inline __attribute__((always_inline)) void v_place_by_rank(float *wdst, int32_t *idst, vi rank, vf w, vi ids, int n) {
+    int32_t r[V_W], id[V_W];
+    float wv[V_W];
+    vi_storeu(r, rank);
+    vi_storeu(id, ids);
+    vf_storeu(wv, w);
+    for (int j = 0; j < n; j++) wdst[r[j]] = wv[j], idst[r[j]] = id[j];
+}
+
 #endif /* MOERT_TOPK_SIMD_AVX2_H */

@@ -170,4 +170,14 @@ static inline int v_compress_store(float *fdst, int32_t *idst, uint32_t bits, vf
 }
 
 #undef EMU_CMP_
+/* dst[rank[j]] = src[j] for the first n lanes (ranks distinct); no scatter here. */
+static inline void v_place_by_rank(float *wdst, int32_t *idst, vi rank, vf w, vi ids, int n) {
+    int32_t r[V_W], id[V_W];
+    float wv[V_W];
+    vi_storeu(r, rank);
+    vi_storeu(id, ids);
+    vf_storeu(wv, w);
+    for (int j = 0; j < n; j++) wdst[r[j]] = wv[j], idst[r[j]] = id[j];
+}
+
 #endif /* MOERT_TOPK_SIMD_EMU16_H */
