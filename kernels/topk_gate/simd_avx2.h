@@ -269,7 +269,7 @@ static inline __attribute__((always_inline)) int v_compress_store(float *fdst, i
     return __builtin_popcount(bits);
 }
 
-/* dst[rank[j]] = src[j] for the first n lanes (ranks distinct); no scatter here. */
+/* dst[rank[j]] = src[j] for the first n <= V_W lanes (ranks a permutation of 0..n-1). */
 static inline __attribute__((always_inline)) void v_place_by_rank(float *wdst, int32_t *idst, vi rank, vf w, vi ids, int n) {
     int32_t r[V_W], id[V_W];
     float wv[V_W];

@@ -232,7 +232,7 @@ static inline __attribute__((always_inline)) int v_compress_store(float *fdst, i
     return __builtin_popcount(bits);
 }
 
-/* dst[rank[j]] = src[j] for the first n lanes (ranks distinct, a permutation of 0..n-1),
+/* dst[rank[j]] = src[j] for the first n <= V_W lanes (ranks a permutation of 0..n-1),
  * in registers: the inverse permutation lane by lane, then one permute and a masked store
  * per array. (Reloading the ranks one by one from the vector just stored cost a third of
  * the ReLU row kernel's time on Zen 4, whose scatter is slower still.) */

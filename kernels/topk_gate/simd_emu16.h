@@ -170,7 +170,7 @@ static inline int v_compress_store(float *fdst, int32_t *idst, uint32_t bits, vf
 }
 
 #undef EMU_CMP_
-/* dst[rank[j]] = src[j] for the first n lanes (ranks distinct); no scatter here. */
+/* dst[rank[j]] = src[j] for the first n <= V_W lanes (ranks a permutation of 0..n-1). */
 static inline void v_place_by_rank(float *wdst, int32_t *idst, vi rank, vf w, vi ids, int n) {
     int32_t r[V_W], id[V_W];
     float wv[V_W];

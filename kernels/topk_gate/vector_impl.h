@@ -1014,7 +1014,7 @@ static size_t vec_relu_row(const float *x, size_t n, float threshold, int32_t *i
     }
     const int c = (int)count;
     const vf w0 = vf_load_part(found, c, 0.0f), w1 = vf_load_part(found + V_W, c > V_W ? c - V_W : 0, 0.0f);
-    const vi i0 = vi_loadu(found_ids), i1 = vi_loadu(found_ids + V_W); /* junk past c: never placed */
+    const vi i0 = vi_loadu(found_ids); /* junk past c: never placed */
     vi rank0 = vi_zero(), rank1 = vi_zero();
     for (int j = 0; j < c; j++) {
         /* Entry j is above the lanes with a smaller weight, and above the equal ones after
@@ -1024,8 +1024,14 @@ static size_t vec_relu_row(const float *x, size_t n, float threshold, int32_t *i
         const vm after1 = vm_not(vm_first(j + 1 > V_W ? j + 1 - V_W : 0));
         rank1 = vi_add_mask(rank1, vm_or(vm_gt(b, w1), vm_and(vm_eq(b, w1), after1)));
     }
-    v_place_by_rank(weights, ids, rank0, w0, i0, c < V_W ? c : V_W);
-    if (c > V_W) v_place_by_rank(weights, ids, rank1, w1, i1, c - V_W);
+    if (c <= V_W) { /* the common case: one vector, placed in registers where the ISA can */
+        v_place_by_rank(weights, ids, rank0, w0, i0, c);
+        return count;
+    }
+    int32_t rank[2 * V_W];
+    vi_storeu(rank, rank0);
+    vi_storeu(rank + V_W, rank1);
+    for (int j = 0; j < c; j++) ids[rank[j]] = found_ids[j], weights[rank[j]] = found[j];
     return count;
 }
 
