@@ -428,24 +428,31 @@ static moert_status grow_batch_buffers(moert_layer *L, size_t T, size_t entries)
 
 /* ---- the stages ------------------------------------------------------------------------ */
 
+/* Blocks of GATE_BLOCK_ROWS rows counted from the start of each routing group, so that a
+ * group routed alone (an MPI rank holding exactly that group) computes the same blocks and
+ * the same logits, bit for bit. */
 static void gate_stage(moert_layer *L, const void *x, size_t T, stage_error *err) {
     const size_t d = L->config.d_model, E = L->E;
-    const size_t blocks = (T + GATE_BLOCK_ROWS - 1) / GATE_BLOCK_ROWS;
+    const size_t groups = L->config.router.route_groups > 1 ? (size_t)L->config.router.route_groups : 1;
     const size_t expert_floats = expert_scratch_floats(&L->shape, L->config.chunk_rows);
 #pragma omp parallel num_threads(L->pool.threads)
     {
-        const int tid = omp_get_thread_num();
+        const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
         numa_pool_bind_thread(&L->pool, tid);
         float *rows = L->thread_scratch[tid] + expert_floats;
-#pragma omp for schedule(static)
-        for (size_t b = 0; b < blocks; b++) {
-            const size_t r0 = b * GATE_BLOCK_ROWS, m = T - r0 < GATE_BLOCK_ROWS ? T - r0 : GATE_BLOCK_ROWS;
-            const float *a = (const float *)x + r0 * d;
-            if (L->config.dtype == MOERT_DTYPE_BF16) {
-                moert_bf16_to_f32_row((const uint16_t *)x + r0 * d, rows, m * d);
-                a = rows;
+        size_t block = 0;
+        for (size_t g = 0; g < groups; g++) {
+            const size_t begin = T * g / groups, end = T * (g + 1) / groups;
+            for (size_t r0 = begin; r0 < end; r0 += GATE_BLOCK_ROWS, block++) {
+                if (block % (size_t)nth != (size_t)tid) continue;
+                const size_t m = end - r0 < GATE_BLOCK_ROWS ? end - r0 : GATE_BLOCK_ROWS;
+                const float *a = (const float *)x + r0 * d;
+                if (L->config.dtype == MOERT_DTYPE_BF16) {
+                    moert_bf16_to_f32_row((const uint16_t *)x + r0 * d, rows, m * d);
+                    a = rows;
+                }
+                stage_error_record(err, moert_sgemm(m, E, d, a, d, L->w_gate, E, L->logits + r0 * E, E, 0));
             }
-            stage_error_record(err, moert_sgemm(m, E, d, a, d, L->w_gate, E, L->logits + r0 * E, E, 0));
         }
     }
 }
