@@ -1,0 +1,569 @@
+/* Expert parallelism over MPI ranks (see moert/ep.h). */
+#include <limits.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/bf16.h"
+#include "common/error.h"
+#include "common/size.h"
+#include "dispatch/dispatch.h"
+#include "experts/experts.h"
+#include "moert/ep.h"
+#include "moert/gemm.h"
+#include "router/internal.h"
+
+#define EP_GATE_BLOCK_ROWS 64 /* as the layer's, from the rank's first token */
+
+struct moert_ep {
+    moert_layer_config config;
+    expert_shape shape;
+    size_t E;
+    int threads;
+    MPI_Comm comm;
+    int rank, size, max_count;
+    int32_t *rank_of_expert; /* [E] */
+    int32_t *local_index;    /* [E]: an expert's index among its owner's experts (ascending) */
+    int32_t *local_experts;  /* [local] */
+    size_t local;
+    moert_router *router;
+    moert_plan *plan;
+    float *w_gate;
+    void **weights; /* [local] */
+    size_t weight_bytes;
+    moert_gemm_bf16 *gemm13, *gemm2;
+    float **thread_scratch; /* [threads] */
+    size_t scratch_floats;
+    /* Buffers grown by forward passes. */
+    float *logits;
+    size_t logit_cap;
+    void *send_rows, *recv_rows, *expert_rows;   /* dtype rows, stride ld */
+    float *expert_out, *back_rows, *ret_rows;    /* f32 rows, stride ld */
+    int32_t *send_ids, *recv_ids;
+    int64_t *send_pos;       /* [slots]: a slot's row in the send buffer, -1 for padding */
+    int64_t *recv_pos;       /* [received]: a received row's place in expert-major order */
+    const float **entry_output;
+    size_t send_cap, recv_cap, entry_cap;
+    int64_t *counts;         /* [4 size]: send, recv counts; send, recv displacements */
+    int64_t *expert_start;   /* [local + 1] */
+    int *round_counts;       /* [4 size]: one round's int counts and displacements */
+    moert_ep_timings timings;
+};
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+static moert_status mpi_error(int code, const char *what) {
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(code, text, &len);
+    return moert_set_error(MOERT_EMPI, "%s: %s", what, text);
+}
+
+#define MPI_TRY(call, what)                                                                 \
+    do {                                                                                    \
+        const int code_ = (call);                                                           \
+        if (code_ != MPI_SUCCESS) return mpi_error(code_, what);                            \
+    } while (0)
+
+/* Every rank learns the worst status (and the lowest rank that had it): one collective.
+ * The failing rank keeps its own detail; the others name it. */
+static moert_status agree(moert_ep *ep, moert_status local) {
+    struct {
+        int status, rank;
+    } mine = {(int)local, local != MOERT_OK ? ep->rank : INT_MAX}, worst;
+    /* MAXLOC on the status keeps the lowest rank among equal ones. */
+    int code = MPI_Allreduce(&mine, &worst, 1, MPI_2INT, MPI_MAXLOC, ep->comm);
+    if (code != MPI_SUCCESS) return mpi_error(code, "agreeing on a status");
+    if (worst.status == MOERT_OK) return MOERT_OK;
+    if (worst.rank == ep->rank && local != MOERT_OK) return local;
+    return moert_set_error((moert_status)worst.status, "rank %d failed: %s", worst.rank,
+                           moert_strerror((moert_status)worst.status));
+}
+
+/* ---- creation ------------------------------------------------------------------------------ */
+
+void moert_ep_destroy(moert_ep *ep) {
+    if (ep == NULL) return;
+    for (size_t i = 0; ep->weights && i < ep->local; i++) free(ep->weights[i]);
+    for (int t = 0; ep->thread_scratch && t < ep->threads; t++) free(ep->thread_scratch[t]);
+    free(ep->weights), free(ep->thread_scratch);
+    moert_gemm_bf16_destroy(ep->gemm13);
+    moert_gemm_bf16_destroy(ep->gemm2);
+    moert_router_destroy(ep->router);
+    moert_plan_destroy(ep->plan);
+    free(ep->rank_of_expert), free(ep->local_index), free(ep->local_experts), free(ep->w_gate);
+    free(ep->logits), free(ep->send_rows), free(ep->recv_rows), free(ep->expert_rows);
+    free(ep->expert_out), free(ep->back_rows), free(ep->ret_rows), free(ep->send_ids), free(ep->recv_ids);
+    free(ep->send_pos), free(ep->recv_pos), free((void *)ep->entry_output), free(ep->counts), free(ep->expert_start);
+    free(ep->round_counts);
+    if (ep->comm != MPI_COMM_NULL) MPI_Comm_free(&ep->comm);
+    free(ep);
+}
+
+static moert_status create_local(moert_ep *ep, const moert_layer_config *config, const int32_t *rank_of_expert) {
+    const size_t E = ep->E, d = config->d_model;
+    int32_t *owned = calloc((size_t)ep->size, sizeof(int32_t)); /* experts seen so far per rank */
+    MOERT_RETURN_ERROR_IF(owned == NULL, MOERT_ENOMEM, "expert parallelism: out of memory");
+    for (size_t e = 0; e < E; e++) {
+        const int32_t r = rank_of_expert ? rank_of_expert[e] : (int32_t)(e * (size_t)ep->size / E);
+        if (r < 0 || r >= ep->size) {
+            free(owned);
+            return moert_set_error(MOERT_EINVAL, "expert %zu on rank %d, outside 0..%d", e, (int)r, ep->size - 1);
+        }
+        ep->rank_of_expert[e] = r;
+        ep->local_index[e] = owned[r]++; /* what the owner calls it: rows carry this index */
+        if (r == ep->rank) ep->local_experts[ep->local++] = (int32_t)e;
+    }
+    free(owned);
+    MOERT_FORWARD_IF_ERROR(moert_router_create(&ep->config.router, E, &ep->router));
+    MOERT_FORWARD_IF_ERROR(moert_plan_create(&ep->plan));
+    ep->w_gate = calloc(d * E, sizeof(float));
+    ep->weights = calloc(ep->local ? ep->local : 1, sizeof(void *));
+    ep->thread_scratch = calloc((size_t)ep->threads, sizeof(float *));
+    ep->counts = calloc(4 * (size_t)ep->size, sizeof(int64_t));
+    ep->expert_start = calloc(ep->local + 1, sizeof(int64_t));
+    ep->round_counts = calloc(4 * (size_t)ep->size, sizeof(int));
+    MOERT_RETURN_ERROR_IF(!ep->w_gate || !ep->weights || !ep->thread_scratch || !ep->counts || !ep->expert_start ||
+                              !ep->round_counts,
+                          MOERT_ENOMEM, "expert parallelism: out of memory");
+    if (config->expert_kind == MOERT_EXPERT_SWIGLU) {
+        if (config->dtype == MOERT_DTYPE_BF16 && !config->convert_bf16 && config->chunk_rows <= 1024 &&
+            moert_gemm_bf16_native()) {
+            const size_t f = ep->shape.f, ld = ep->shape.ld;
+            moert_status st = moert_gemm_bf16_create(d, 2 * f, ld, 2 * f, 2 * f, config->chunk_rows, ep->threads,
+                                                     &ep->gemm13);
+            if (st == MOERT_OK) st = moert_gemm_bf16_create(f, d, f, d, ld, config->chunk_rows, ep->threads, &ep->gemm2);
+            if (st != MOERT_OK && st != MOERT_EUNSUPPORTED) return st;
+            ep->shape.native_bf16 = ep->gemm13 != NULL && ep->gemm2 != NULL;
+        }
+        ep->weight_bytes = expert_weight_bytes(&ep->shape);
+        for (size_t i = 0; i < ep->local; i++) {
+            ep->weights[i] = calloc(1, ep->weight_bytes);
+            MOERT_RETURN_ERROR_IF(ep->weights[i] == NULL, MOERT_ENOMEM, "cannot allocate %zu bytes of expert weights",
+                                  ep->weight_bytes);
+        }
+    }
+    /* Expert scratch, a gate block of f32 rows, a combine block: as the layer's. */
+    ep->scratch_floats = expert_scratch_floats(&ep->shape, config->chunk_rows) + EP_GATE_BLOCK_ROWS * d + d + 64;
+    for (int t = 0; t < ep->threads; t++) {
+        ep->thread_scratch[t] = calloc(ep->scratch_floats, sizeof(float));
+        MOERT_RETURN_ERROR_IF(ep->thread_scratch[t] == NULL, MOERT_ENOMEM, "cannot allocate %zu bytes of scratch",
+                              ep->scratch_floats * sizeof(float));
+    }
+    return MOERT_OK;
+}
+
+moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm, const int32_t *rank_of_expert,
+                             moert_ep **out) {
+    MOERT_RETURN_ERROR_IF(config == NULL || out == NULL, MOERT_EINVAL, "moert_ep_create: NULL argument");
+    *out = NULL;
+    moert_ep *ep = calloc(1, sizeof *ep);
+    MOERT_RETURN_ERROR_IF(ep == NULL, MOERT_ENOMEM, "expert parallelism: out of memory");
+    ep->comm = MPI_COMM_NULL;
+    int code = MPI_Comm_dup(comm, &ep->comm);
+    if (code != MPI_SUCCESS) {
+        free(ep);
+        return mpi_error(code, "duplicating the communicator");
+    }
+    MPI_Comm_set_errhandler(ep->comm, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(ep->comm, &ep->rank);
+    MPI_Comm_size(ep->comm, &ep->size);
+    ep->max_count = INT_MAX;
+    ep->config = *config;
+    ep->E = config->experts;
+    ep->threads = config->threads > 0 ? config->threads : omp_get_max_threads();
+    ep->config.router.threads = ep->threads;
+    ep->config.router.route_groups = 1; /* the rank's tokens are its routing group */
+    const size_t d = config->d_model;
+    ep->shape = (expert_shape){d, config->expert_kind == MOERT_EXPERT_SWIGLU ? config->d_ff : 0, (d + 15) & ~(size_t)15,
+                               config->dtype, 0};
+    moert_status st = MOERT_OK;
+    if (d == 0 || ep->E == 0 || (config->expert_kind == MOERT_EXPERT_SWIGLU && config->d_ff == 0))
+        st = moert_set_error(MOERT_EINVAL, "expert parallelism: d_model=%zu, d_ff=%zu, experts=%zu must be positive",
+                             d, config->d_ff, ep->E);
+    else if (config->dtype != MOERT_DTYPE_F32 && config->dtype != MOERT_DTYPE_BF16)
+        st = moert_set_error(MOERT_EINVAL, "expert parallelism: unknown dtype %d", (int)config->dtype);
+    else if (config->chunk_rows == 0)
+        st = moert_set_error(MOERT_EINVAL, "expert parallelism: chunk_rows is 0");
+    else if (ep->E > (size_t)INT32_MAX)
+        st = moert_set_error(MOERT_EINVAL, "expert parallelism: too many experts");
+    if (st == MOERT_OK) {
+        ep->rank_of_expert = malloc(ep->E * sizeof(int32_t));
+        ep->local_index = malloc(ep->E * sizeof(int32_t));
+        ep->local_experts = malloc(ep->E * sizeof(int32_t));
+        st = ep->rank_of_expert && ep->local_index && ep->local_experts
+                 ? create_local(ep, config, rank_of_expert)
+                 : moert_set_error(MOERT_ENOMEM, "expert parallelism: out of memory");
+    }
+    st = agree(ep, st);
+    if (st != MOERT_OK) {
+        moert_ep_destroy(ep);
+        return st;
+    }
+    *out = ep;
+    return MOERT_OK;
+}
+
+moert_status moert_ep_set_gate(moert_ep *ep, const float *w_gate) {
+    MOERT_RETURN_ERROR_IF(ep == NULL || w_gate == NULL, MOERT_EINVAL, "moert_ep_set_gate: NULL argument");
+    memcpy(ep->w_gate, w_gate, ep->config.d_model * ep->E * sizeof(float));
+    return MOERT_OK;
+}
+
+moert_status moert_ep_set_expert(moert_ep *ep, size_t expert, const float *w1, const float *w3, const float *w2) {
+    MOERT_RETURN_ERROR_IF(ep == NULL || w1 == NULL || w3 == NULL || w2 == NULL, MOERT_EINVAL,
+                          "moert_ep_set_expert: NULL argument");
+    MOERT_RETURN_ERROR_IF(expert >= ep->E, MOERT_EINVAL, "expert %zu out of range (experts=%zu)", expert, ep->E);
+    MOERT_RETURN_ERROR_IF(ep->config.expert_kind != MOERT_EXPERT_SWIGLU, MOERT_EINVAL,
+                          "expert weights set on synthetic experts");
+    if (ep->rank_of_expert[expert] == ep->rank)
+        expert_store_weights(&ep->shape, w1, w3, w2, ep->weights[ep->local_index[expert]]);
+    return MOERT_OK;
+}
+
+moert_status moert_ep_set_max_count(moert_ep *ep, int max_count) {
+    MOERT_RETURN_ERROR_IF(ep == NULL || max_count < 1, MOERT_EINVAL, "moert_ep_set_max_count: max_count must be >= 1");
+    ep->max_count = max_count;
+    return MOERT_OK;
+}
+
+const moert_plan *moert_ep_plan(const moert_ep *ep) { return ep ? ep->plan : NULL; }
+
+int moert_ep_rank_of_expert(const moert_ep *ep, size_t expert) {
+    return ep && expert < ep->E ? ep->rank_of_expert[expert] : -1;
+}
+
+moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings *t) {
+    MOERT_RETURN_ERROR_IF(ep == NULL || t == NULL, MOERT_EINVAL, "moert_ep_get_timings: NULL argument");
+    *t = ep->timings;
+    return MOERT_OK;
+}
+
+/* ---- buffers -------------------------------------------------------------------------------- */
+
+static moert_status grow(void **p, size_t *cap, size_t need, size_t elem, const char *what) {
+    if (need <= *cap && *p != NULL) return MOERT_OK;
+    size_t bytes;
+    MOERT_RETURN_ERROR_IF(moert_mul_overflows(need ? need : 1, elem, &bytes), MOERT_EOVERFLOW, "%s: size overflows", what);
+    void *q = realloc(*p, bytes);
+    MOERT_RETURN_ERROR_IF(q == NULL, MOERT_ENOMEM, "cannot allocate %zu bytes for %s", bytes, what);
+    *p = q;
+    *cap = need;
+    return MOERT_OK;
+}
+
+/* Rows to send (slots) and receive. */
+static moert_status grow_exchange(moert_ep *ep, size_t slots, size_t received) {
+    const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    if (slots > ep->send_cap || ep->send_rows == NULL) {
+        size_t cap = ep->send_cap, c2 = ep->send_cap, c3 = ep->send_cap, c4 = ep->send_cap;
+        MOERT_FORWARD_IF_ERROR(grow(&ep->send_rows, &cap, slots, ld * elem, "send rows"));
+        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->ret_rows, &c2, slots, ld * sizeof(float), "returned rows"));
+        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->send_ids, &c3, slots, sizeof(int32_t), "send ids"));
+        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->send_pos, &c4, slots, sizeof(int64_t), "send places"));
+        ep->send_cap = slots;
+    }
+    if (received > ep->recv_cap || ep->recv_rows == NULL) {
+        size_t c1 = ep->recv_cap, c2 = ep->recv_cap, c3 = ep->recv_cap, c4 = ep->recv_cap, c5 = ep->recv_cap,
+               c6 = ep->recv_cap;
+        MOERT_FORWARD_IF_ERROR(grow(&ep->recv_rows, &c1, received, ld * elem, "received rows"));
+        MOERT_FORWARD_IF_ERROR(grow(&ep->expert_rows, &c2, received, ld * elem, "expert rows"));
+        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->expert_out, &c3, received, ld * sizeof(float), "expert outputs"));
+        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->back_rows, &c4, received, ld * sizeof(float), "rows sent back"));
+        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->recv_ids, &c5, received, sizeof(int32_t), "received ids"));
+        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->recv_pos, &c6, received, sizeof(int64_t), "received places"));
+        ep->recv_cap = received;
+    }
+    return MOERT_OK;
+}
+
+/* ---- the exchange ------------------------------------------------------------------------- */
+
+/* MPI_Alltoallv of rows of `type` (row_bytes each) with 64-bit counts and displacements
+ * (in rows), in `rounds` rounds of at most max_count rows per peer: never truncated. Every
+ * rank runs the same number of rounds (agreed by the caller). Each round's buffers start
+ * at its lowest row, so its int displacements stay below the rank's total rows, which the
+ * caller has checked fit an int. */
+static moert_status alltoallv_rounds(moert_ep *ep, const void *send, const int64_t *send_counts,
+                                     const int64_t *send_displs, void *recv, const int64_t *recv_counts,
+                                     const int64_t *recv_displs, MPI_Datatype type, size_t row_bytes, int64_t rounds) {
+    const int P = ep->size;
+    int *sc = ep->round_counts, *sd = sc + P, *rc = sd + P, *rd = rc + P;
+    for (int64_t round = 0; round < rounds; round++) {
+        const int64_t done = round * ep->max_count;
+        int64_t send_base = INT64_MAX, recv_base = INT64_MAX;
+        for (int p = 0; p < P; p++) {
+            if (send_counts[p] > done && send_displs[p] + done < send_base) send_base = send_displs[p] + done;
+            if (recv_counts[p] > done && recv_displs[p] + done < recv_base) recv_base = recv_displs[p] + done;
+        }
+        if (send_base == INT64_MAX) send_base = 0;
+        if (recv_base == INT64_MAX) recv_base = 0;
+        for (int p = 0; p < P; p++) {
+            const int64_t s = send_counts[p] - done, r = recv_counts[p] - done;
+            sc[p] = s > 0 ? (int)(s < ep->max_count ? s : ep->max_count) : 0;
+            rc[p] = r > 0 ? (int)(r < ep->max_count ? r : ep->max_count) : 0;
+            sd[p] = sc[p] ? (int)(send_displs[p] + done - send_base) : 0;
+            rd[p] = rc[p] ? (int)(recv_displs[p] + done - recv_base) : 0;
+        }
+        MPI_TRY(MPI_Alltoallv((const char *)send + (size_t)send_base * row_bytes, sc, sd, type,
+                              (char *)recv + (size_t)recv_base * row_bytes, rc, rd, type, ep->comm),
+                "MPI_Alltoallv");
+    }
+    return MOERT_OK;
+}
+
+static moert_status row_type(size_t count, MPI_Datatype element, MPI_Datatype *type) {
+    MOERT_RETURN_ERROR_IF(count > INT_MAX, MOERT_EOVERFLOW, "a row of %zu elements exceeds an int", count);
+    MPI_TRY(MPI_Type_contiguous((int)count, element, type), "a row datatype");
+    MPI_TRY(MPI_Type_commit(type), "a row datatype");
+    return MOERT_OK;
+}
+
+/* ---- the forward pass ---------------------------------------------------------------------- */
+
+static moert_status local_gate_and_route(moert_ep *ep, const void *x, size_t T) {
+    const size_t d = ep->config.d_model, E = ep->E;
+    size_t cap = ep->logit_cap;
+    MOERT_FORWARD_IF_ERROR(grow((void **)&ep->logits, &cap, T ? T * E : 1, sizeof(float), "logits"));
+    ep->logit_cap = cap;
+    const size_t blocks = (T + EP_GATE_BLOCK_ROWS - 1) / EP_GATE_BLOCK_ROWS;
+    const size_t gate_offset = expert_scratch_floats(&ep->shape, ep->config.chunk_rows);
+    moert_status failed = MOERT_OK;
+    char detail[256] = "";
+    const double t0 = MPI_Wtime();
+#pragma omp parallel for schedule(static) num_threads(ep->threads)
+    for (size_t b = 0; b < blocks; b++) {
+        const size_t r0 = b * EP_GATE_BLOCK_ROWS, m = T - r0 < EP_GATE_BLOCK_ROWS ? T - r0 : EP_GATE_BLOCK_ROWS;
+        const float *a = (const float *)x + r0 * d;
+        if (ep->config.dtype == MOERT_DTYPE_BF16) {
+            float *rows = ep->thread_scratch[omp_get_thread_num()] + gate_offset;
+            moert_bf16_to_f32_row((const uint16_t *)x + r0 * d, rows, m * d);
+            a = rows;
+        }
+        const moert_status st = moert_sgemm(m, E, d, a, d, ep->w_gate, E, ep->logits + r0 * E, E, 0);
+        if (st != MOERT_OK) {
+#pragma omp critical(moert_ep_error)
+            if (failed == MOERT_OK) failed = st, snprintf(detail, sizeof detail, "%s", moert_last_error());
+        }
+    }
+    if (failed != MOERT_OK) return moert_set_error(failed, "%s", detail);
+    const double t1 = MPI_Wtime();
+    moert_status st = moert_router_route(ep->router, ep->logits, T, ep->plan);
+    ep->timings.gate = t1 - t0, ep->timings.route = MPI_Wtime() - t1;
+    return st;
+}
+
+/* The send buffer: each kept slot's row, grouped by destination rank (stable: within a
+ * rank by expert, then token), with its expert's index on that rank. */
+static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
+    const moert_plan *plan = ep->plan;
+    const size_t d = ep->config.d_model, ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    const int P = ep->size;
+    for (int p = 0; p < P; p++) send_counts[p] = 0;
+    for (size_t e = 0; e < plan->experts; e++) send_counts[ep->rank_of_expert[e]] += plan->expert_counts[e];
+    int64_t *at = ep->counts + 2 * (size_t)P; /* running place per rank (send displacements) */
+    int64_t next = 0;
+    for (int p = 0; p < P; p++) at[p] = next, next += send_counts[p];
+    int64_t *fill = ep->counts + 3 * (size_t)P;
+    memcpy(fill, at, (size_t)P * sizeof(int64_t));
+    for (size_t e = 0; e < plan->experts; e++) {
+        const int p = ep->rank_of_expert[e];
+        for (int64_t s = plan->expert_offsets[e]; s < plan->expert_offsets[e + 1]; s++) {
+            if (plan->slot_tokens[s] < 0) {
+                ep->send_pos[s] = -1; /* padding */
+                continue;
+            }
+            ep->send_pos[s] = fill[p]++;
+        }
+    }
+    const size_t slots = plan->slots;
+    const int32_t *tokens = plan->slot_tokens;
+#pragma omp parallel for schedule(static) num_threads(ep->threads) if (slots > 256)
+    for (size_t s = 0; s < slots; s++) {
+        const int64_t pos = ep->send_pos[s];
+        if (pos < 0) continue;
+        memcpy((char *)ep->send_rows + (size_t)pos * ld * elem, (const char *)x + (size_t)tokens[s] * d * elem, d * elem);
+    }
+    for (size_t e = 0; e < plan->experts; e++)
+        for (int64_t s = plan->expert_offsets[e]; s < plan->expert_offsets[e + 1]; s++)
+            if (ep->send_pos[s] >= 0) ep->send_ids[ep->send_pos[s]] = ep->local_index[e];
+    return MOERT_OK;
+}
+
+/* Received rows, regrouped expert by expert (stable: by source rank, then as sent, which
+ * is ascending token), then the experts in chunks the threads claim. */
+static moert_status run_experts(moert_ep *ep, size_t received) {
+    const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4, chunk = ep->config.chunk_rows;
+    const size_t L = ep->local;
+    memset(ep->expert_start, 0, (L + 1) * sizeof(int64_t));
+    for (size_t i = 0; i < received; i++) {
+        const int32_t id = ep->recv_ids[i];
+        MOERT_RETURN_ERROR_IF(id < 0 || (size_t)id >= L, MOERT_EINTERNAL, "a received row names local expert %d of %zu",
+                              (int)id, L);
+        ep->expert_start[id + 1]++;
+    }
+    for (size_t i = 0; i < L; i++) ep->expert_start[i + 1] += ep->expert_start[i];
+    int64_t *next = malloc((L ? L : 1) * sizeof(int64_t));
+    MOERT_RETURN_ERROR_IF(next == NULL, MOERT_ENOMEM, "experts: out of memory");
+    memcpy(next, ep->expert_start, L * sizeof(int64_t));
+    for (size_t i = 0; i < received; i++) ep->recv_pos[i] = next[ep->recv_ids[i]]++;
+    free(next);
+#pragma omp parallel for schedule(static) num_threads(ep->threads) if (received > 256)
+    for (size_t i = 0; i < received; i++)
+        memcpy((char *)ep->expert_rows + (size_t)ep->recv_pos[i] * ld * elem, (const char *)ep->recv_rows + i * ld * elem,
+               ld * elem);
+
+    /* Chunks of chunk_rows from each expert's first row, claimed in order. */
+    size_t chunks = 0;
+    for (size_t i = 0; i < L; i++) chunks += (size_t)(ep->expert_start[i + 1] - ep->expert_start[i] + (int64_t)chunk - 1) / chunk;
+    int next_chunk = 0;
+    moert_status failed = MOERT_OK;
+    char detail[256] = "";
+#pragma omp parallel num_threads(ep->threads)
+    {
+        const int tid = omp_get_thread_num();
+        expert_scratch scratch;
+        expert_scratch_bind(&scratch, &ep->shape, chunk, ep->thread_scratch[tid]);
+        scratch.gemm13 = ep->gemm13, scratch.gemm2 = ep->gemm2, scratch.thread = tid;
+        for (;;) {
+            const size_t c = (size_t)__atomic_fetch_add(&next_chunk, 1, __ATOMIC_RELAXED);
+            if (c >= chunks) break;
+            /* The c-th chunk: walk the experts (few) to find it. */
+            size_t i = 0, k = c;
+            for (;; i++) {
+                const size_t n = (size_t)(ep->expert_start[i + 1] - ep->expert_start[i] + (int64_t)chunk - 1) / chunk;
+                if (k < n) break;
+                k -= n;
+            }
+            const int64_t row = ep->expert_start[i] + (int64_t)(k * chunk);
+            const int64_t left = ep->expert_start[i + 1] - row;
+            const size_t m = left < (int64_t)chunk ? (size_t)left : chunk;
+            const void *rows = (const char *)ep->expert_rows + (size_t)row * ld * elem;
+            float *out = ep->expert_out + (size_t)row * ld;
+            moert_status st = MOERT_OK;
+            if (ep->config.expert_kind == MOERT_EXPERT_SWIGLU)
+                st = expert_swiglu(&ep->shape, ep->weights[i], rows, m, out, &scratch);
+            else
+                expert_synthetic(&ep->shape, (size_t)ep->local_experts[i], ep->config.synthetic_cost, rows, m, out);
+            if (st != MOERT_OK) {
+#pragma omp critical(moert_ep_error)
+                if (failed == MOERT_OK) failed = st, snprintf(detail, sizeof detail, "%s", moert_last_error());
+            }
+        }
+    }
+    if (failed != MOERT_OK) return moert_set_error(failed, "%s", detail);
+    /* Outputs back in the order the rows came. */
+#pragma omp parallel for schedule(static) num_threads(ep->threads) if (received > 256)
+    for (size_t i = 0; i < received; i++)
+        memcpy(ep->back_rows + i * ld, ep->expert_out + (size_t)ep->recv_pos[i] * ld, ep->shape.d * sizeof(float));
+    return MOERT_OK;
+}
+
+static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MPI_Datatype in_row,
+                            MPI_Datatype out_row) {
+    const int P = ep->size;
+    const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    int64_t *send_counts = ep->counts, *recv_counts = ep->counts + P;
+    const moert_plan *plan = ep->plan;
+    double t = MPI_Wtime();
+    /* Counts per rank. Each step that can fail on one rank is agreed on before the next
+     * collective, so no rank waits for one that gave up. */
+    moert_status local = grow_exchange(ep, plan->slots, 0);
+    if (local == MOERT_OK) local = pack(ep, x, send_counts);
+    MOERT_FORWARD_IF_ERROR(agree(ep, local));
+    MPI_TRY(MPI_Alltoall(send_counts, 1, MPI_INT64_T, recv_counts, 1, MPI_INT64_T, ep->comm), "MPI_Alltoall of counts");
+    int64_t received = 0;
+    int64_t *send_displs = malloc(2 * (size_t)P * sizeof(int64_t));
+    int64_t *recv_displs = send_displs ? send_displs + P : NULL;
+    int64_t sent = 0;
+    for (int p = 0; send_displs && p < P; p++) {
+        send_displs[p] = sent, sent += send_counts[p];
+        recv_displs[p] = received, received += recv_counts[p];
+    }
+    moert_status st = send_displs ? grow_exchange(ep, plan->slots, (size_t)received)
+                                  : moert_set_error(MOERT_ENOMEM, "exchange: out of memory");
+    if (st == MOERT_OK && (sent > INT_MAX || received > INT_MAX))
+        st = moert_set_error(MOERT_EOVERFLOW, "exchange: %lld rows sent, %lld received: more than an int can count",
+                             (long long)sent, (long long)received);
+    st = agree(ep, st);
+    /* The rounds: the largest count anywhere, over max_count. */
+    int64_t most = 0, rounds = 0;
+    for (int p = 0; st == MOERT_OK && p < P; p++) {
+        most = send_counts[p] > most ? send_counts[p] : most;
+        most = recv_counts[p] > most ? recv_counts[p] : most;
+    }
+    if (st == MOERT_OK) {
+        const int code = MPI_Allreduce(&most, &rounds, 1, MPI_INT64_T, MPI_MAX, ep->comm);
+        if (code != MPI_SUCCESS) st = mpi_error(code, "agreeing on the rounds");
+        rounds = (rounds + ep->max_count - 1) / ep->max_count;
+    }
+    if (st != MOERT_OK) {
+        free(send_displs);
+        return st;
+    }
+    const double t_counts = MPI_Wtime();
+    ep->timings.exchange_counts = t_counts - t;
+    /* Rows, and their experts. */
+    if (st == MOERT_OK)
+        st = alltoallv_rounds(ep, ep->send_rows, send_counts, send_displs, ep->recv_rows, recv_counts, recv_displs,
+                              in_row, ld * elem, rounds);
+    if (st == MOERT_OK)
+        st = alltoallv_rounds(ep, ep->send_ids, send_counts, send_displs, ep->recv_ids, recv_counts, recv_displs,
+                              MPI_INT32_T, sizeof(int32_t), rounds);
+    const double t_dispatch = MPI_Wtime();
+    ep->timings.dispatch = t_dispatch - t_counts;
+    if (st == MOERT_OK) st = run_experts(ep, (size_t)received);
+    const double t_experts = MPI_Wtime();
+    ep->timings.experts = t_experts - t_dispatch;
+    /* A failure here is local (the exchange is symmetric); agree before moving on. */
+    st = agree(ep, st);
+    if (st == MOERT_OK)
+        st = alltoallv_rounds(ep, ep->back_rows, recv_counts, recv_displs, ep->ret_rows, send_counts, send_displs,
+                              out_row, ld * sizeof(float), rounds);
+    free(send_displs);
+    const double t_back = MPI_Wtime();
+    ep->timings.combine_exchange = t_back - t_experts;
+    if (st != MOERT_OK) return st;
+    /* Combine: each entry's output row where it came back. */
+    size_t cap = ep->entry_cap;
+    MOERT_FORWARD_IF_ERROR(grow((void **)&ep->entry_output, &cap, plan->entries, sizeof(float *), "entry outputs"));
+    ep->entry_cap = cap;
+    for (size_t i = 0; i < plan->entries; i++)
+        ep->entry_output[i] = ep->ret_rows + (size_t)ep->send_pos[plan->entry_slots[i]] * ld;
+    moert_plan_view view;
+    moert_plan_get_view(plan, &view);
+    const size_t d = ep->config.d_model;
+    const size_t block_offset = expert_scratch_floats(&ep->shape, ep->config.chunk_rows) + EP_GATE_BLOCK_ROWS * d;
+#pragma omp parallel num_threads(ep->threads)
+    {
+        const int tid = omp_get_thread_num(), n = omp_get_num_threads();
+        combine_tokens(&view, ep->entry_output, d, ep->config.dtype, T * (size_t)tid / (size_t)n,
+                       T * (size_t)(tid + 1) / (size_t)n, out, ep->thread_scratch[tid] + block_offset);
+    }
+    ep->timings.combine = MPI_Wtime() - t_back;
+    return MOERT_OK;
+}
+
+moert_status moert_ep_forward(moert_ep *ep, const void *x, size_t T, void *out) {
+    MOERT_RETURN_ERROR_IF(ep == NULL, MOERT_EINVAL, "moert_ep_forward: NULL argument");
+    const double t0 = MPI_Wtime();
+    /* Local checks and routing; then every rank agrees before any exchange. */
+    moert_status st = MOERT_OK;
+    if (T > 0 && (x == NULL || out == NULL)) st = moert_set_error(MOERT_EINVAL, "moert_ep_forward: NULL argument");
+    if (st == MOERT_OK) st = local_gate_and_route(ep, x, T);
+    MOERT_FORWARD_IF_ERROR(agree(ep, st));
+    MPI_Datatype in_row, out_row;
+    const size_t ld = ep->shape.ld;
+    st = row_type(ld, ep->config.dtype == MOERT_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT, &in_row);
+    if (st == MOERT_OK) {
+        st = row_type(ld, MPI_FLOAT, &out_row);
+        if (st == MOERT_OK) {
+            st = forward(ep, x, T, out, in_row, out_row);
+            MPI_Type_free(&out_row);
+        }
+        MPI_Type_free(&in_row);
+    }
+    ep->timings.total = MPI_Wtime() - t0;
+    return agree(ep, st);
+}

@@ -1,0 +1,73 @@
+/* moert: expert parallelism over MPI ranks. Include it on its own (it needs <mpi.h>);
+ * moert/moert.h does not.
+ *
+ * Every rank holds a share of the tokens and a share of the experts. A forward pass on
+ * each rank: the gate and the router on the rank's own tokens (its tokens are a routing
+ * group: capacity, dropping and expert choice are decided per rank, as in GShard and
+ * Megatron-Core); the rows each expert needs travel to the rank that owns it (counts by
+ * MPI_Alltoall, rows and each row's local expert by MPI_Alltoallv, in rounds when a count
+ * would not fit an int); the owner regroups them expert by expert and runs its experts in
+ * chunks its threads claim; the outputs travel back; the source combines them with its
+ * weights in token-major order.
+ *
+ * With P ranks where rank r holds tokens [floor(r T / P), floor((r+1) T / P)) of a global
+ * batch, the outputs are bit-identical to the single-process layer (moert/layer.h) with
+ * route_groups = P, one worker, and the same chunk rows.
+ *
+ * Errors are agreed: a bad input or a failed allocation on any rank makes every rank
+ * return the same status after at most one extra collective, the failing rank with its
+ * detail and the others naming it. moert works on its own duplicate of the caller's
+ * communicator, with MPI_ERRORS_RETURN; MPI errors become MOERT_EMPI with MPI's string. */
+#ifndef MOERT_EP_H
+#define MOERT_EP_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moert/layer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct moert_ep moert_ep;
+
+/* Collective over comm. config as for moert_layer_create (its workers field is ignored
+ * for now: one worker per rank). rank_of_expert[E] places experts on ranks; NULL means
+ * contiguous blocks, expert e on rank floor(e P / E). */
+MOERT_API moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm,
+                                       const int32_t *rank_of_expert, moert_ep **ep);
+MOERT_API void moert_ep_destroy(moert_ep *ep);
+
+/* W_gate [d, E], float32, the same on every rank. */
+MOERT_API moert_status moert_ep_set_gate(moert_ep *ep, const float *w_gate);
+
+/* Expert e's weights (as moert_layer_set_expert); kept only by the rank that owns e, so
+ * every rank may pass every expert, or only its own. */
+MOERT_API moert_status moert_ep_set_expert(moert_ep *ep, size_t expert, const float *w1, const float *w3,
+                                           const float *w2);
+
+/* Collective: out [tokens, d] = the MoE layer of this rank's x [tokens, d] (the layer's
+ * dtype). tokens may differ between ranks, and may be 0. */
+MOERT_API moert_status moert_ep_forward(moert_ep *ep, const void *x, size_t tokens, void *out);
+
+/* This rank's plan of its last forward pass, and the rank that owns an expert. */
+MOERT_API const moert_plan *moert_ep_plan(const moert_ep *ep);
+MOERT_API int moert_ep_rank_of_expert(const moert_ep *ep, size_t expert);
+
+/* Wall-clock seconds of the stages of this rank's last forward pass. */
+typedef struct moert_ep_timings {
+    double gate, route, exchange_counts, dispatch, experts, combine_exchange, combine, total;
+} moert_ep_timings;
+MOERT_API moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings *timings);
+
+/* Testing knob: the largest count one MPI call may carry (default INT_MAX); smaller
+ * values force the transfers into several rounds. */
+MOERT_API moert_status moert_ep_set_max_count(moert_ep *ep, int max_count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOERT_EP_H */
