@@ -1,9 +1,11 @@
 /* moert info: what this machine offers moert, and what moert chose. */
 #include <getopt.h>
+#include <mpi.h>
 #include <numa.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "tools/cli.h"
 
@@ -11,7 +13,8 @@ static const char info_help[] =
     "usage: moert info\n"
     "\n"
     "Prints the version, the CPU and its vector extensions, the top-k gate variant chosen\n"
-    "(MOERT_ISA=scalar|avx2|avx512 forces one), logical CPUs, OpenMP threads and NUMA\n"
+    "(MOERT_ISA=scalar|avx2|avx512 forces one), the GEMM library and its bf16 path, the MPI\n"
+    "library (and this process's rank under mpirun), logical CPUs, OpenMP threads and NUMA\n"
     "nodes.\n";
 
 static const char *yes_no(int flag) { return flag ? "yes" : "no"; }
@@ -55,6 +58,17 @@ int cmd_info(int argc, char **argv) {
            getenv("MOERT_ISA") && getenv("MOERT_ISA")[0] ? " (forced by MOERT_ISA)" : "");
     printf("gemm:           %s\n", moert_gemm_library());
     printf("bf16 experts:   %s\n", moert_gemm_bf16_path());
+    /* MPI: the library (callable before MPI_Init), and this process's place when started by
+     * mpirun (from the launcher's environment: info does not initialise MPI). */
+    char mpi_version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int mpi_len = 0;
+    MPI_Get_library_version(mpi_version, &mpi_len);
+    char *eol = strchr(mpi_version, '\n');
+    if (eol != NULL) *eol = '\0';
+    printf("mpi:            %s\n", mpi_version);
+    const char *mpi_rank = getenv("OMPI_COMM_WORLD_RANK"), *mpi_size = getenv("OMPI_COMM_WORLD_SIZE");
+    if (mpi_rank == NULL) mpi_rank = getenv("PMI_RANK"), mpi_size = getenv("PMI_SIZE");
+    if (mpi_rank != NULL && mpi_size != NULL) printf("mpi rank:       %s of %s\n", mpi_rank, mpi_size);
     printf("openmp threads: %d (of %d processors)\n", omp_get_max_threads(), omp_get_num_procs());
 
     if (numa_available() < 0) {

@@ -14,6 +14,7 @@
 #include "common/bf16.h"
 #include "common/error.h"
 #include "tools/cli.h"
+#include "tools/layer_ep.h"
 #include "tools/layer_reference.h"
 #include "tools/npy.h"
 #include "tools/plan_io.h"
@@ -55,13 +56,18 @@ static const char layer_help[] =
     "                        the largest per-token relative error exceeds 1e-4 (f32) or 2e-2\n"
     "                        (bf16)\n"
     "  --json                one JSON object on the last line\n"
+    "  --ep P                expert parallelism over P MPI ranks: run as\n"
+    "                        mpirun -np P moert layer --ep P [...]; rank r takes tokens\n"
+    "                        [floor(r T / P), floor((r+1) T / P)) of the global batch, experts\n"
+    "                        go in contiguous blocks; rank 0 prints every rank's stage times\n"
+    "                        and their max/mean (--save is not supported with it yet)\n"
     "\n"
     "routing options (as in `moert route`; default token choice, k = 6):\n" ROUTER_CLI_HELP;
 
 enum {
     OPT_TOKENS = 256, OPT_D_MODEL, OPT_D_FF, OPT_EXPERTS, OPT_EXPERT, OPT_SYNTHETIC_COST, OPT_DTYPE, OPT_WORKERS,
     OPT_THREADS, OPT_CHUNK_ROWS, OPT_ITERS, OPT_SEED, OPT_WEIGHTS, OPT_WEIGHTS_PREFIX, OPT_INPUT, OPT_SAVE,
-    OPT_CHECK, OPT_JSON, OPT_BF16_CONVERT,
+    OPT_CHECK, OPT_JSON, OPT_BF16_CONVERT, OPT_EP,
 };
 
 #define LAYER_MAX_DIM (1 << 20) /* d_model and d_ff, from options or files */
@@ -76,7 +82,7 @@ typedef struct layer_args {
     size_t chunk_rows;
     unsigned long long seed;
     const char *weights, *prefix, *input, *save;
-    int check, json, bf16_convert;
+    int check, json, bf16_convert, ep;
 } layer_args;
 
 /* The weights as float32, the layout the layer and the reference take. */
@@ -354,6 +360,7 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
         {"check", no_argument, NULL, OPT_CHECK},
         {"json", no_argument, NULL, OPT_JSON},
         {"bf16-convert", no_argument, NULL, OPT_BF16_CONVERT},
+        {"ep", required_argument, NULL, OPT_EP},
         {"help", no_argument, NULL, 'h'},
         ROUTER_CLI_OPTIONS,
         {NULL, 0, NULL, 0},
@@ -389,6 +396,7 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
         case OPT_CHECK: a->check = 1; break;
         case OPT_JSON: a->json = 1; break;
         case OPT_BF16_CONVERT: a->bf16_convert = 1; break;
+        case OPT_EP: code = cli_parse_int("--ep", optarg, 1, 1 << 20, &a->ep); break;
         default:
             code = router_cli_option(rc, opt, optarg);
             if (code < 0) return cli_usage_error("layer", "unknown option or missing value");
@@ -397,6 +405,7 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
     }
     if (optind < argc) return cli_usage_error("layer", "unexpected argument");
     if (a->prefix[0] != '\0' && a->weights == NULL) return cli_fail(CLI_USAGE, "--weights-prefix needs --weights");
+    if (a->ep > 0 && a->save != NULL) return cli_fail(CLI_USAGE, "--save is not supported with --ep yet");
     if (strlen(a->prefix) > 512) return cli_fail(CLI_USAGE, "--weights-prefix: longer than 512 characters");
     if (a->workers > 0 && a->threads > 0 && a->workers > a->threads)
         return cli_fail(CLI_USAGE, "--workers %d exceeds --threads %d: every worker needs a thread", a->workers, a->threads);
@@ -405,7 +414,7 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
 
 int cmd_layer(int argc, char **argv) {
     layer_args a = {2048, 2048, 1408, 64, 0, 0, 0, 0, MOERT_EXPERT_SWIGLU, 64, MOERT_DTYPE_F32, 0, 0, 3, 128, 1,
-                    NULL, "", NULL, NULL, 0, 0, 0};
+                    NULL, "", NULL, NULL, 0, 0, 0, 0};
     router_cli rc;
     router_cli_init(&rc);
     rc.config.k = 6;
@@ -450,6 +459,21 @@ int cmd_layer(int argc, char **argv) {
             round_to_bf16(w.w1[e], a.d * a.f), round_to_bf16(w.w3[e], a.d * a.f), round_to_bf16(w.w2[e], a.f * a.d);
         }
         moert_f32_to_bf16_row(x, x_layer, n);
+    }
+    if (code == CLI_OK && a.ep > 0) { /* expert parallelism: every rank has the same x and weights */
+        layer_ep_args e = {moert_layer_config_default(), x, a.tokens, w.gate, (const float *const *)w.w1,
+                           (const float *const *)w.w3, (const float *const *)w.w2, a.ep, a.iters, a.check, a.json};
+        e.config.d_model = a.d, e.config.d_ff = a.kind == MOERT_EXPERT_SWIGLU ? a.f : 0, e.config.experts = a.experts;
+        e.config.expert_kind = a.kind, e.config.dtype = a.dtype, e.config.synthetic_cost = a.synthetic_cost;
+        e.config.router = rc.config;
+        e.config.threads = a.threads, e.config.chunk_rows = a.chunk_rows, e.config.convert_bf16 = a.bf16_convert;
+        code = layer_ep_run(&e);
+        weights_free(&w, a.experts);
+        if (x_layer != x) free(x_layer);
+        if (out_layer != out) free(out_layer);
+        free(x), free(out);
+        router_cli_free(&rc);
+        return code;
     }
     if (code == CLI_OK) {
         moert_layer_config c = moert_layer_config_default();
