@@ -28,5 +28,6 @@ int bench_softmax_topk(int argc, char **argv);
 int bench_route(int argc, char **argv);
 int bench_dispatch(int argc, char **argv);
 int bench_layer(int argc, char **argv);
+int bench_alltoall(int argc, char **argv);
 
 #endif /* MOERT_BENCH_H */

@@ -394,6 +394,7 @@ static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
 /* Received rows, regrouped expert by expert (stable: by source rank, then as sent, which
  * is ascending token), then the experts in chunks the threads claim. */
 static moert_status run_experts(moert_ep *ep, size_t received) {
+    const double t_start = MPI_Wtime();
     const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4, chunk = ep->config.chunk_rows;
     const size_t L = ep->local;
     memset(ep->expert_start, 0, (L + 1) * sizeof(int64_t));
@@ -414,6 +415,7 @@ static moert_status run_experts(moert_ep *ep, size_t received) {
         memcpy((char *)ep->expert_rows + (size_t)ep->recv_pos[i] * ld * elem, (const char *)ep->recv_rows + i * ld * elem,
                ld * elem);
 
+    const double t_regrouped = MPI_Wtime();
     /* Chunks of chunk_rows from each expert's first row, claimed in order. */
     size_t chunks = 0;
     for (size_t i = 0; i < L; i++) chunks += (size_t)(ep->expert_start[i + 1] - ep->expert_start[i] + (int64_t)chunk - 1) / chunk;
@@ -454,9 +456,11 @@ static moert_status run_experts(moert_ep *ep, size_t received) {
     }
     if (failed != MOERT_OK) return moert_set_error(failed, "%s", detail);
     /* Outputs back in the order the rows came. */
+    const double t_computed = MPI_Wtime();
 #pragma omp parallel for schedule(static) num_threads(ep->threads) if (received > 256)
     for (size_t i = 0; i < received; i++)
         memcpy(ep->back_rows + i * ld, ep->expert_out + (size_t)ep->recv_pos[i] * ld, ep->shape.d * sizeof(float));
+    ep->timings.regroup = (t_regrouped - t_start) + (MPI_Wtime() - t_computed);
     return MOERT_OK;
 }
 

@@ -17,6 +17,7 @@ static const bench_entry benches[] = {
     {"route", bench_route, "a routing policy with its plan and statistics vs the kernel alone"},
     {"dispatch", bench_dispatch, "moert_dispatch and moert_combine vs memcpy of the same bytes"},
     {"layer", bench_layer, "the MoE layer's stages; its expert GEMMs vs the GEMM library alone"},
+    {"alltoall", bench_alltoall, "under mpirun: expert parallelism's exchanges vs raw MPI_Alltoallv"},
 };
 
 static void print_help(FILE *out) {

@@ -59,6 +59,7 @@ MOERT_API int moert_ep_rank_of_expert(const moert_ep *ep, size_t expert);
 /* Wall-clock seconds of the stages of this rank's last forward pass. */
 typedef struct moert_ep_timings {
     double gate, route, exchange_counts, dispatch, experts, combine_exchange, combine, total;
+    double regroup; /* the part of `experts` that regroups received rows and their outputs */
 } moert_ep_timings;
 MOERT_API moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings *timings);
 
