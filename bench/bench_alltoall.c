@@ -109,10 +109,13 @@ int bench_alltoall(int argc, char **argv) {
     MPI_Datatype row;
     MPI_Type_contiguous((int)d, MPI_FLOAT, &row);
     MPI_Type_commit(&row);
+    moert_ep_timings last = {0};
     for (int r = 0; r < rounds && !any; r++) {
+        MPI_Barrier(MPI_COMM_WORLD); /* the ranks start together: the figures are the exchange's */
         moert_ep_forward(ep, x, T, out);
         moert_ep_timings t;
         moert_ep_get_timings(ep, &t);
+        last = t;
         /* The slowest rank decides each figure. */
         double mine[3] = {t.dispatch + t.combine_exchange, t.exchange_counts + t.regroup, t.dispatch + t.combine_exchange},
                slowest[3];
@@ -142,6 +145,8 @@ int bench_alltoall(int argc, char **argv) {
         printf("  expert-parallel exchanges %.2f ms (%.2f GB/s), raw MPI_Alltoallv %.2f ms (%.2f GB/s): %.2f x raw\n",
                m_ep * 1e3, bytes / m_ep / 1e9, m_raw * 1e3, bytes / m_raw / 1e9, m_ratio);
         printf("  counts and regrouping add %.1f%% to the payload exchange\n", 100 * m_over);
+        printf("  (this rank, last round: counts and expert ids %.2f ms, regrouping %.2f ms, rows out %.2f ms, back %.2f ms)\n",
+               last.exchange_counts * 1e3, last.regroup * 1e3, last.dispatch * 1e3, last.combine_exchange * 1e3);
         if (json) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "ranks", size);
