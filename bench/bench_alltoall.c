@@ -73,6 +73,9 @@ int bench_alltoall(int argc, char **argv) {
     int64_t *counts = calloc(2 * (size_t)size, sizeof(int64_t));
     int *sc = calloc(4 * (size_t)size, sizeof(int));
     code = x && out && gate && t_ep && t_raw && t_extra && t_payload && counts && sc ? CLI_OK : CLI_FAIL;
+    int failed_here = code != CLI_OK, failed_anywhere = 0; /* every rank creates, or none */
+    MPI_Allreduce(&failed_here, &failed_anywhere, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (failed_anywhere) code = CLI_FAIL;
     moert_ep *ep = NULL;
     moert_status st = MOERT_OK;
     if (code == CLI_OK) {

@@ -22,6 +22,7 @@ struct moert_ep {
     size_t E;
     int threads;
     MPI_Comm comm;
+    MPI_Datatype in_row, out_row; /* a row of ld elements: the dtype's, and float */
     int rank, size, max_count;
     int32_t *rank_of_expert; /* [E] */
     int32_t *local_index;    /* [E]: an expert's index among its owner's experts (ascending) */
@@ -67,7 +68,7 @@ static moert_status mpi_error(int code, const char *what) {
     } while (0)
 
 /* Every rank learns the worst status (and the lowest rank that had it): one collective.
- * The failing rank keeps its own detail; the others name it. */
+ * A rank that failed with that status keeps its own detail; the others name the rank. */
 static moert_status agree(moert_ep *ep, moert_status local) {
     struct {
         int status, rank;
@@ -76,7 +77,7 @@ static moert_status agree(moert_ep *ep, moert_status local) {
     int code = MPI_Allreduce(&mine, &worst, 1, MPI_2INT, MPI_MAXLOC, ep->comm);
     if (code != MPI_SUCCESS) return mpi_error(code, "agreeing on a status");
     if (worst.status == MOERT_OK) return MOERT_OK;
-    if (worst.rank == ep->rank && local != MOERT_OK) return local;
+    if (local == (moert_status)worst.status) return local; /* this rank failed so too: its own detail */
     return moert_set_error((moert_status)worst.status, "rank %d failed: %s", worst.rank,
                            moert_strerror((moert_status)worst.status));
 }
@@ -97,6 +98,8 @@ void moert_ep_destroy(moert_ep *ep) {
     free(ep->expert_out), free(ep->back_rows), free(ep->ret_rows), free(ep->send_ids), free(ep->recv_ids);
     free(ep->send_pos), free(ep->recv_pos), free((void *)ep->entry_output), free(ep->counts), free(ep->expert_start);
     free(ep->round_counts);
+    if (ep->in_row != MPI_DATATYPE_NULL) MPI_Type_free(&ep->in_row);
+    if (ep->out_row != MPI_DATATYPE_NULL) MPI_Type_free(&ep->out_row);
     if (ep->comm != MPI_COMM_NULL) MPI_Comm_free(&ep->comm);
     free(ep);
 }
@@ -154,40 +157,86 @@ static moert_status create_local(moert_ep *ep, const moert_layer_config *config,
     return MOERT_OK;
 }
 
+/* A fingerprint of what every rank must agree on: the configuration's fields that shape
+ * the collectives and the results, and the expert placement (FNV-1a over their bytes). */
+static uint64_t fingerprint(const moert_ep *ep) {
+    const moert_layer_config *c = &ep->config;
+    const moert_router_config *r = &c->router;
+    uint64_t h = 1469598103934665603ull;
+#define FP_(value)                                                                          \
+    do {                                                                                    \
+        const uint64_t v_ = (uint64_t)(value);                                              \
+        for (int i_ = 0; i_ < 8; i_++) h = (h ^ ((v_ >> (8 * i_)) & 0xFF)) * 1099511628211ull; \
+    } while (0)
+    const uint64_t fields[] = {(uint64_t)c->d_model, (uint64_t)c->d_ff, (uint64_t)c->experts,
+                               (uint64_t)c->expert_kind, (uint64_t)c->dtype, (uint64_t)c->chunk_rows,
+                               (uint64_t)c->synthetic_cost, (uint64_t)c->convert_bf16, (uint64_t)r->policy,
+                               (uint64_t)r->k, (uint64_t)r->score, (uint64_t)r->softmax_order,
+                               (uint64_t)r->renormalize, (uint64_t)r->groups, (uint64_t)r->topk_groups,
+                               (uint64_t)r->group_score, (uint64_t)r->drop_policy,
+                               (uint64_t)r->pad_to_capacity, (uint64_t)(r->bias != NULL)};
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) FP_(fields[i]);
+    uint64_t bits;
+    memcpy(&bits, &r->capacity_factor, sizeof bits);
+    FP_(bits);
+    uint32_t f32;
+    memcpy(&f32, &r->scaling, sizeof f32);
+    FP_(f32);
+    memcpy(&f32, &r->relu_threshold, sizeof f32);
+    FP_(f32);
+    for (size_t e = 0; e < ep->E; e++) FP_(ep->rank_of_expert[e]);
+#undef FP_
+    return h;
+}
+
+/* Collective: the ranks agree that they were given the same configuration and placement. */
+static moert_status agree_config(moert_ep *ep, moert_status st) {
+    const uint64_t h = st == MOERT_OK ? fingerprint(ep) : 0;
+    /* max of h and of ~h: equal everywhere iff every rank has the same h. */
+    uint64_t mine[2] = {h, ~h}, all[2];
+    const int code = MPI_Allreduce(mine, all, 2, MPI_UINT64_T, MPI_MAX, ep->comm);
+    if (code != MPI_SUCCESS) return mpi_error(code, "comparing the ranks' configurations");
+    if (st == MOERT_OK && (all[0] != h || all[1] != ~h))
+        st = moert_set_error(MOERT_EINVAL, "expert parallelism: the ranks were given different configurations or "
+                                           "expert placements");
+    return st;
+}
+
 moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm, const int32_t *rank_of_expert,
                              moert_ep **out) {
-    MOERT_RETURN_ERROR_IF(config == NULL || out == NULL, MOERT_EINVAL, "moert_ep_create: NULL argument");
-    *out = NULL;
+    /* The duplicate first, on every rank: every later failure can then be agreed on it. */
+    MPI_Comm dup = MPI_COMM_NULL;
+    int code = MPI_Comm_dup(comm, &dup);
+    if (code != MPI_SUCCESS) return mpi_error(code, "duplicating the communicator");
+    MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
     moert_ep *ep = calloc(1, sizeof *ep);
-    MOERT_RETURN_ERROR_IF(ep == NULL, MOERT_ENOMEM, "expert parallelism: out of memory");
-    ep->comm = MPI_COMM_NULL;
-    int code = MPI_Comm_dup(comm, &ep->comm);
-    if (code != MPI_SUCCESS) {
-        free(ep);
-        return mpi_error(code, "duplicating the communicator");
+    moert_status st = MOERT_OK;
+    if (out != NULL) *out = NULL;
+    if (config == NULL || out == NULL) st = moert_set_error(MOERT_EINVAL, "moert_ep_create: NULL argument");
+    else if (ep == NULL) st = moert_set_error(MOERT_ENOMEM, "expert parallelism: out of memory");
+    if (ep == NULL) { /* agree without the object */
+        int mine = st != MOERT_OK ? (int)st : (int)MOERT_ENOMEM, worst = mine;
+        MPI_Allreduce(&mine, &worst, 1, MPI_INT, MPI_MAX, dup);
+        MPI_Comm_free(&dup);
+        return st;
     }
-    MPI_Comm_set_errhandler(ep->comm, MPI_ERRORS_RETURN);
+    ep->comm = dup;
     MPI_Comm_rank(ep->comm, &ep->rank);
     MPI_Comm_size(ep->comm, &ep->size);
     ep->max_count = INT_MAX;
-    ep->config = *config;
-    ep->E = config->experts;
-    ep->threads = config->threads > 0 ? config->threads : omp_get_max_threads();
-    ep->config.router.threads = ep->threads;
-    ep->config.router.route_groups = 1; /* the rank's tokens are its routing group */
-    const size_t d = config->d_model;
-    ep->shape = (expert_shape){d, config->expert_kind == MOERT_EXPERT_SWIGLU ? config->d_ff : 0, (d + 15) & ~(size_t)15,
-                               config->dtype, 0};
-    moert_status st = MOERT_OK;
-    if (d == 0 || ep->E == 0 || (config->expert_kind == MOERT_EXPERT_SWIGLU && config->d_ff == 0))
-        st = moert_set_error(MOERT_EINVAL, "expert parallelism: d_model=%zu, d_ff=%zu, experts=%zu must be positive",
-                             d, config->d_ff, ep->E);
-    else if (config->dtype != MOERT_DTYPE_F32 && config->dtype != MOERT_DTYPE_BF16)
-        st = moert_set_error(MOERT_EINVAL, "expert parallelism: unknown dtype %d", (int)config->dtype);
-    else if (config->chunk_rows == 0)
-        st = moert_set_error(MOERT_EINVAL, "expert parallelism: chunk_rows is 0");
-    else if (ep->E > (size_t)INT32_MAX)
-        st = moert_set_error(MOERT_EINVAL, "expert parallelism: too many experts");
+    ep->in_row = ep->out_row = MPI_DATATYPE_NULL;
+    if (st == MOERT_OK) st = moert_layer_config_check(config);
+    if (st == MOERT_OK) {
+        ep->config = *config;
+        ep->E = config->experts;
+        ep->threads = config->threads > 0 ? config->threads : omp_get_max_threads();
+        ep->config.router.threads = ep->threads;
+        ep->config.router.route_groups = 1; /* the rank's tokens are its routing group */
+        const size_t d = config->d_model;
+        ep->shape = (expert_shape){d, config->expert_kind == MOERT_EXPERT_SWIGLU ? config->d_ff : 0,
+                                   (d + 15) & ~(size_t)15, config->dtype, 0};
+        if (ep->E > (size_t)INT32_MAX) st = moert_set_error(MOERT_EINVAL, "expert parallelism: too many experts");
+    }
     if (st == MOERT_OK) {
         ep->rank_of_expert = malloc(ep->E * sizeof(int32_t));
         ep->local_index = malloc(ep->E * sizeof(int32_t));
@@ -196,7 +245,17 @@ moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm, co
                  ? create_local(ep, config, rank_of_expert)
                  : moert_set_error(MOERT_ENOMEM, "expert parallelism: out of memory");
     }
-    st = agree(ep, st);
+    /* The rows' datatypes, made once. */
+    if (st == MOERT_OK && ep->shape.ld > INT_MAX) st = moert_set_error(MOERT_EOVERFLOW, "a row exceeds an int");
+    if (st == MOERT_OK) {
+        const int ld = (int)ep->shape.ld;
+        if (MPI_Type_contiguous(ld, config->dtype == MOERT_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT, &ep->in_row) !=
+                MPI_SUCCESS ||
+            MPI_Type_commit(&ep->in_row) != MPI_SUCCESS || MPI_Type_contiguous(ld, MPI_FLOAT, &ep->out_row) != MPI_SUCCESS ||
+            MPI_Type_commit(&ep->out_row) != MPI_SUCCESS)
+            st = moert_set_error(MOERT_EMPI, "expert parallelism: cannot make the rows' datatypes");
+    }
+    st = agree(ep, agree_config(ep, st));
     if (st != MOERT_OK) {
         moert_ep_destroy(ep);
         return st;
@@ -246,8 +305,11 @@ static moert_status grow(void **p, size_t *cap, size_t need, size_t elem, const 
     if (need <= *cap && *p != NULL) return MOERT_OK;
     size_t bytes;
     MOERT_RETURN_ERROR_IF(moert_mul_overflows(need ? need : 1, elem, &bytes), MOERT_EOVERFLOW, "%s: size overflows", what);
-    void *q = realloc(*p, bytes);
+    /* Fresh and zeroed: rows are sent with their padding columns (ld - d), which nothing
+     * reads but which should not be uninitialised bytes on the wire. */
+    void *q = calloc(1, bytes);
     MOERT_RETURN_ERROR_IF(q == NULL, MOERT_ENOMEM, "cannot allocate %zu bytes for %s", bytes, what);
+    free(*p);
     *p = q;
     *cap = need;
     return MOERT_OK;
@@ -310,13 +372,6 @@ static moert_status alltoallv_rounds(moert_ep *ep, const void *send, const int64
                               (char *)recv + (size_t)recv_base * row_bytes, rc, rd, type, ep->comm),
                 "MPI_Alltoallv");
     }
-    return MOERT_OK;
-}
-
-static moert_status row_type(size_t count, MPI_Datatype element, MPI_Datatype *type) {
-    MOERT_RETURN_ERROR_IF(count > INT_MAX, MOERT_EOVERFLOW, "a row of %zu elements exceeds an int", count);
-    MPI_TRY(MPI_Type_contiguous((int)count, element, type), "a row datatype");
-    MPI_TRY(MPI_Type_commit(type), "a row datatype");
     return MOERT_OK;
 }
 
@@ -498,9 +553,13 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
         most = recv_counts[p] > most ? recv_counts[p] : most;
     }
     if (st == MOERT_OK) {
-        const int code = MPI_Allreduce(&most, &rounds, 1, MPI_INT64_T, MPI_MAX, ep->comm);
+        /* The largest count anywhere, and the smallest max_count anywhere (a rank's own
+         * setting must not change the collective schedule). */
+        int64_t mine[2] = {most, -(int64_t)ep->max_count}, all[2];
+        const int code = MPI_Allreduce(mine, all, 2, MPI_INT64_T, MPI_MAX, ep->comm);
         if (code != MPI_SUCCESS) st = mpi_error(code, "agreeing on the rounds");
-        rounds = (rounds + ep->max_count - 1) / ep->max_count;
+        ep->max_count = (int)-all[1];
+        rounds = (all[0] + ep->max_count - 1) / ep->max_count;
     }
     if (st != MOERT_OK) {
         free(send_displs);
@@ -555,19 +614,13 @@ moert_status moert_ep_forward(moert_ep *ep, const void *x, size_t T, void *out) 
     /* Local checks and routing; then every rank agrees before any exchange. */
     moert_status st = MOERT_OK;
     if (T > 0 && (x == NULL || out == NULL)) st = moert_set_error(MOERT_EINVAL, "moert_ep_forward: NULL argument");
+    size_t bytes;
+    if (st == MOERT_OK && moert_mul3_overflows(T, ep->E > ep->config.d_model ? ep->E : ep->config.d_model,
+                                               sizeof(float), &bytes))
+        st = moert_set_error(MOERT_EOVERFLOW, "moert_ep_forward: %zu tokens overflow the sizes", T);
     if (st == MOERT_OK) st = local_gate_and_route(ep, x, T);
     MOERT_FORWARD_IF_ERROR(agree(ep, st));
-    MPI_Datatype in_row, out_row;
-    const size_t ld = ep->shape.ld;
-    st = row_type(ld, ep->config.dtype == MOERT_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT, &in_row);
-    if (st == MOERT_OK) {
-        st = row_type(ld, MPI_FLOAT, &out_row);
-        if (st == MOERT_OK) {
-            st = forward(ep, x, T, out, in_row, out_row);
-            MPI_Type_free(&out_row);
-        }
-        MPI_Type_free(&in_row);
-    }
+    st = forward(ep, x, T, out, ep->in_row, ep->out_row);
     ep->timings.total = MPI_Wtime() - t0;
     return agree(ep, st);
 }

@@ -99,7 +99,8 @@ static moert_status stage_error_raise(const stage_error *err) {
 
 /* ---- creation and weights ------------------------------------------------------------- */
 
-static moert_status check_config(const moert_layer_config *c) {
+moert_status moert_layer_config_check(const moert_layer_config *c) {
+    MOERT_RETURN_ERROR_IF(c == NULL, MOERT_EINVAL, "moert_layer_config_check: NULL config");
     MOERT_RETURN_ERROR_IF(c->d_model == 0, MOERT_EINVAL, "layer: d_model is 0");
     MOERT_RETURN_ERROR_IF(c->experts == 0, MOERT_EINVAL, "layer: experts is 0");
     MOERT_RETURN_ERROR_IF(c->expert_kind != MOERT_EXPERT_SWIGLU && c->expert_kind != MOERT_EXPERT_SYNTHETIC,
@@ -180,7 +181,7 @@ static void index_workers(moert_layer *L) {
 moert_status moert_layer_create(const moert_layer_config *config, moert_layer **out) {
     MOERT_RETURN_ERROR_IF(config == NULL || out == NULL, MOERT_EINVAL, "moert_layer_create: NULL argument");
     *out = NULL;
-    MOERT_FORWARD_IF_ERROR(check_config(config));
+    MOERT_FORWARD_IF_ERROR(moert_layer_config_check(config));
     moert_layer *L = calloc(1, sizeof *L);
     MOERT_RETURN_ERROR_IF(L == NULL, MOERT_ENOMEM, "layer: out of memory");
     L->config = *config;

@@ -176,6 +176,15 @@ START_TEST(test_error_agreed) {
     moert_ep *none = (moert_ep *)1;
     ck_assert_int_eq(moert_ep_create(&cfg, MPI_COMM_WORLD, bad, &none), MOERT_EINVAL);
     ck_assert_ptr_null(none);
+    /* Configurations that differ between ranks are refused on every rank, without a hang. */
+    moert_layer_config other = cfg;
+    if (rank == size - 1) other.d_model = 48;
+    none = (moert_ep *)1;
+    ck_assert_int_eq(moert_ep_create(&other, MPI_COMM_WORLD, NULL, &none), size > 1 ? MOERT_EINVAL : MOERT_OK);
+    if (size > 1) ck_assert_msg(strstr(moert_last_error(), "different configurations") != NULL, "%s", moert_last_error());
+    moert_ep_destroy(size > 1 ? NULL : none);
+    /* A rank's own max_count does not change the schedule: the smallest one is used. */
+    ck_assert_int_eq(moert_ep_set_max_count(ep, rank == 0 ? 2 : 5), MOERT_OK);
     /* And the pass after an error works. */
     x[3 * d + 1] = 0.5f;
     ck_assert_msg(moert_ep_forward(ep, x, T, out) == MOERT_OK, "rank %d: after an error: %s", rank, moert_last_error());

@@ -2,6 +2,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <mpi.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,7 @@ static int run(const layer_ep_args *a, int rank, int size) {
             st = moert_ep_set_expert(ep, e, a->w1[e], a->w3[e], a->w2[e]);
         if (st != MOERT_OK) code = rank == 0 ? cli_fail_status(st, "--ep") : CLI_FAIL;
     }
+    code = agreed_code(code); /* no rank enters the passes alone */
     double sum[STAGES] = {0};
     for (int i = 0; code == CLI_OK && i <= a->iters; i++) { /* pass 0 warms up */
         const moert_status st = moert_ep_forward(ep, x, n, out); /* collective: agreed status */
@@ -86,7 +88,7 @@ static int run(const layer_ep_args *a, int rank, int size) {
     const double tolerance = c->dtype == MOERT_DTYPE_BF16 ? 2e-2 : 1e-4;
     if (code == CLI_OK && rank == 0 && all != NULL) {
         printf("layer --ep %d: T=%zu (global) d=%zu f=%zu E=%zu %s, %d threads per rank\n", size, T, d, c->d_ff, E,
-               c->dtype == MOERT_DTYPE_BF16 ? "bf16" : "f32", c->threads);
+               c->dtype == MOERT_DTYPE_BF16 ? "bf16" : "f32", c->threads > 0 ? c->threads : omp_get_max_threads());
         printf("  %-6s", "rank");
         for (int s = 0; s < STAGES; s++) printf(" %9s", stage_names[s]);
         printf("   (ms, mean of %d passes)\n", a->iters);

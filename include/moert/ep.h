@@ -5,8 +5,8 @@
  * each rank: the gate and the router on the rank's own tokens (its tokens are a routing
  * group: capacity, dropping and expert choice are decided per rank, as in GShard and
  * Megatron-Core); the rows each expert needs travel to the rank that owns it (counts by
- * MPI_Alltoall, rows and each row's local expert by MPI_Alltoallv, in rounds when a count
- * would not fit an int); the owner regroups them expert by expert and runs its experts in
+ * MPI_Alltoall, rows and each row's local expert by MPI_Alltoallv, in rounds of at most
+ * max_count rows per peer); the owner regroups them expert by expert and runs its experts in
  * chunks its threads claim; the outputs travel back; the source combines them with its
  * weights in token-major order.
  *
@@ -16,8 +16,11 @@
  *
  * Errors are agreed: a bad input or a failed allocation on any rank makes every rank
  * return the same status after at most one extra collective, the failing rank with its
- * detail and the others naming it. moert works on its own duplicate of the caller's
- * communicator, with MPI_ERRORS_RETURN; MPI errors become MOERT_EMPI with MPI's string. */
+ * detail and the others naming it; so do configurations or placements that differ between
+ * ranks (checked at creation). moert works on its own duplicate of the caller's
+ * communicator, with MPI_ERRORS_RETURN; an error inside an MPI call becomes MOERT_EMPI with
+ * MPI's string on the rank that saw it, but MPI gives no guarantee that the others return:
+ * treat it as fatal. A rank's send or receive total is limited to INT_MAX rows. */
 #ifndef MOERT_EP_H
 #define MOERT_EP_H
 
@@ -38,7 +41,7 @@ typedef struct moert_ep moert_ep;
  * contiguous blocks, expert e on rank floor(e P / E). */
 MOERT_API moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm,
                                        const int32_t *rank_of_expert, moert_ep **ep);
-MOERT_API void moert_ep_destroy(moert_ep *ep);
+MOERT_API void moert_ep_destroy(moert_ep *ep); /* collective (it frees the communicator) */
 
 /* W_gate [d, E], float32, the same on every rank. */
 MOERT_API moert_status moert_ep_set_gate(moert_ep *ep, const float *w_gate);
@@ -64,7 +67,8 @@ typedef struct moert_ep_timings {
 MOERT_API moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings *timings);
 
 /* Testing knob: the largest count one MPI call may carry (default INT_MAX); smaller
- * values force the transfers into several rounds. */
+ * values force the transfers into several rounds. The smallest value set on any rank is
+ * used by all. */
 MOERT_API moert_status moert_ep_set_max_count(moert_ep *ep, int max_count);
 
 #ifdef __cplusplus

@@ -81,6 +81,10 @@ typedef struct moert_layer_config {
 
 MOERT_API moert_layer_config moert_layer_config_default(void);
 
+/* Checks a configuration without making a layer: MOERT_EINVAL (or MOERT_EOVERFLOW) with
+ * the detail of the first problem. */
+MOERT_API moert_status moert_layer_config_check(const moert_layer_config *config);
+
 /* Wall-clock seconds of each stage of the last forward pass. */
 typedef struct moert_layer_timings {
     double gate, route, dispatch, experts, combine, total;
