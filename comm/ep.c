@@ -130,16 +130,8 @@ static moert_status create_local(moert_ep *ep, const moert_layer_config *config,
     MOERT_RETURN_ERROR_IF(!ep->w_gate || !ep->weights || !ep->thread_scratch || !ep->counts || !ep->expert_start ||
                               !ep->round_counts,
                           MOERT_ENOMEM, "expert parallelism: out of memory");
+    MOERT_FORWARD_IF_ERROR(expert_bf16_gemms(&ep->shape, config, ep->threads, &ep->gemm13, &ep->gemm2));
     if (config->expert_kind == MOERT_EXPERT_SWIGLU) {
-        if (config->dtype == MOERT_DTYPE_BF16 && !config->convert_bf16 && config->chunk_rows <= 1024 &&
-            moert_gemm_bf16_native()) {
-            const size_t f = ep->shape.f, ld = ep->shape.ld;
-            moert_status st = moert_gemm_bf16_create(d, 2 * f, ld, 2 * f, 2 * f, config->chunk_rows, ep->threads,
-                                                     &ep->gemm13);
-            if (st == MOERT_OK) st = moert_gemm_bf16_create(f, d, f, d, ld, config->chunk_rows, ep->threads, &ep->gemm2);
-            if (st != MOERT_OK && st != MOERT_EUNSUPPORTED) return st;
-            ep->shape.native_bf16 = ep->gemm13 != NULL && ep->gemm2 != NULL;
-        }
         ep->weight_bytes = expert_weight_bytes(&ep->shape);
         for (size_t i = 0; i < ep->local; i++) {
             ep->weights[i] = calloc(1, ep->weight_bytes);

@@ -32,6 +32,15 @@ typedef struct expert_scratch {
     int thread;        /* the caller's thread, for the bf16 GEMMs' per-thread state */
 } expert_scratch;
 
+/* The bf16 GEMMs of SwiGLU experts, x W13 ([m, d] x [d, 2f]) and h W2 ([m, f] x [f, d]),
+ * where the configuration asks for bf16 and the CPU has bf16 arithmetic: *gemm13 and
+ * *gemm2 set and shape->native_bf16 = 1; otherwise both NULL and the converting path.
+ * Chunks of more than EXPERT_BF16_MAX_CHUNK rows also convert: the bf16 GEMM keeps a
+ * oneDNN memory object per chunk size and thread. */
+#define EXPERT_BF16_MAX_CHUNK 1024
+moert_status expert_bf16_gemms(expert_shape *shape, const moert_layer_config *config, int threads,
+                               moert_gemm_bf16 **gemm13, moert_gemm_bf16 **gemm2);
+
 /* Bytes of one expert's weights, and of a thread's scratch (floats). */
 size_t expert_weight_bytes(const expert_shape *s);
 size_t expert_scratch_floats(const expert_shape *s, size_t chunk_rows);

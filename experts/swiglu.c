@@ -10,6 +10,25 @@
 
 static size_t elem_bytes(moert_dtype dtype) { return dtype == MOERT_DTYPE_BF16 ? 2 : 4; }
 
+moert_status expert_bf16_gemms(expert_shape *shape, const moert_layer_config *c, int threads,
+                               moert_gemm_bf16 **gemm13, moert_gemm_bf16 **gemm2) {
+    *gemm13 = *gemm2 = NULL;
+    shape->native_bf16 = 0;
+    if (c->expert_kind != MOERT_EXPERT_SWIGLU || c->dtype != MOERT_DTYPE_BF16 || c->convert_bf16 ||
+        c->chunk_rows > EXPERT_BF16_MAX_CHUNK || !moert_gemm_bf16_native())
+        return MOERT_OK;
+    const size_t d = shape->d, f = shape->f, ld = shape->ld, chunk = c->chunk_rows;
+    moert_status st = moert_gemm_bf16_create(d, 2 * f, ld, 2 * f, 2 * f, chunk, threads, gemm13);
+    if (st == MOERT_OK) st = moert_gemm_bf16_create(f, d, f, d, ld, chunk, threads, gemm2);
+    if (st != MOERT_OK) {
+        moert_gemm_bf16_destroy(*gemm13), moert_gemm_bf16_destroy(*gemm2);
+        *gemm13 = *gemm2 = NULL;
+        return st == MOERT_EUNSUPPORTED ? MOERT_OK : st; /* oneDNN declined: convert instead */
+    }
+    shape->native_bf16 = 1;
+    return MOERT_OK;
+}
+
 size_t expert_weight_bytes(const expert_shape *s) { return 3 * s->d * s->f * elem_bytes(s->dtype); }
 
 size_t expert_scratch_floats(const expert_shape *s, size_t chunk_rows) {

@@ -15,7 +15,6 @@
 #include "numa/numa_pool.h"
 
 #define GATE_BLOCK_ROWS 64 /* the gate's GEMM blocks: fixed, for bit-identical logits */
-#define LAYER_BF16_MAX_CHUNK 1024
 
 typedef struct expert_item { /* a chunk of an expert's rows, claimed by one thread */
     int32_t expert;
@@ -222,21 +221,7 @@ moert_status moert_layer_create(const moert_layer_config *config, moert_layer **
                                      ? (int32_t)(e % (size_t)W)
                                      : (int32_t)(e * (size_t)W / L->E);
     index_workers(L);
-    /* The bf16 GEMM keeps a oneDNN memory object per chunk size and thread: chunks of
-     * more than LAYER_BF16_MAX_CHUNK rows take the converting path instead. */
-    if (config->expert_kind == MOERT_EXPERT_SWIGLU && config->dtype == MOERT_DTYPE_BF16 && !config->convert_bf16 &&
-        config->chunk_rows <= LAYER_BF16_MAX_CHUNK && moert_gemm_bf16_native()) {
-        /* The bf16 GEMMs of the experts: x W13 ([m, d] x [d, 2f]) and h W2 ([m, f] x [f, d]). */
-        const size_t f = L->shape.f, ld = L->shape.ld, chunk = config->chunk_rows;
-        st = moert_gemm_bf16_create(d, 2 * f, ld, 2 * f, 2 * f, chunk, threads, &L->gemm13);
-        if (st == MOERT_OK) st = moert_gemm_bf16_create(f, d, f, d, ld, chunk, threads, &L->gemm2);
-        if (st == MOERT_EUNSUPPORTED) { /* oneDNN declined: convert instead */
-            moert_gemm_bf16_destroy(L->gemm13);
-            L->gemm13 = NULL;
-            st = MOERT_OK;
-        }
-        L->shape.native_bf16 = L->gemm13 != NULL && L->gemm2 != NULL;
-    }
+    st = expert_bf16_gemms(&L->shape, config, threads, &L->gemm13, &L->gemm2);
     if (st == MOERT_OK && config->expert_kind == MOERT_EXPERT_SWIGLU) {
         L->weight_bytes = expert_weight_bytes(&L->shape);
         for (size_t e = 0; st == MOERT_OK && e < L->E; e++)
