@@ -335,6 +335,17 @@ static moert_status save_all(const layer_args *a, const layer_weights *w, const 
     return st;
 }
 
+/* The layer's configuration from the options. */
+static moert_layer_config layer_config_of(const layer_args *a, const router_cli *rc) {
+    moert_layer_config c = moert_layer_config_default();
+    c.d_model = a->d, c.d_ff = a->kind == MOERT_EXPERT_SWIGLU ? a->f : 0, c.experts = a->experts;
+    c.expert_kind = a->kind, c.dtype = a->dtype, c.synthetic_cost = a->synthetic_cost;
+    c.router = rc->config;
+    c.workers = a->workers, c.threads = a->threads, c.chunk_rows = a->chunk_rows;
+    c.convert_bf16 = a->bf16_convert;
+    return c;
+}
+
 static void round_to_bf16(float *p, size_t n) {
     for (size_t i = 0; i < n; i++) p[i] = moert_bf16_to_f32(moert_f32_to_bf16(p[i]));
 }
@@ -461,27 +472,14 @@ int cmd_layer(int argc, char **argv) {
         moert_f32_to_bf16_row(x, x_layer, n);
     }
     if (code == CLI_OK && a.ep > 0) { /* expert parallelism: every rank has the same x and weights */
-        layer_ep_args e = {moert_layer_config_default(), x, a.tokens, w.gate, (const float *const *)w.w1,
-                           (const float *const *)w.w3, (const float *const *)w.w2, a.ep, a.iters, a.check, a.json};
-        e.config.d_model = a.d, e.config.d_ff = a.kind == MOERT_EXPERT_SWIGLU ? a.f : 0, e.config.experts = a.experts;
-        e.config.expert_kind = a.kind, e.config.dtype = a.dtype, e.config.synthetic_cost = a.synthetic_cost;
-        e.config.router = rc.config;
-        e.config.threads = a.threads, e.config.chunk_rows = a.chunk_rows, e.config.convert_bf16 = a.bf16_convert;
+        const layer_ep_args e = {layer_config_of(&a, &rc), x, a.tokens, w.gate, (const float *const *)w.w1,
+                                 (const float *const *)w.w3, (const float *const *)w.w2, a.ep, a.iters, a.check,
+                                 a.json};
         code = layer_ep_run(&e);
-        weights_free(&w, a.experts);
-        if (x_layer != x) free(x_layer);
-        if (out_layer != out) free(out_layer);
-        free(x), free(out);
-        router_cli_free(&rc);
-        return code;
+        goto cleanup;
     }
     if (code == CLI_OK) {
-        moert_layer_config c = moert_layer_config_default();
-        c.d_model = a.d, c.d_ff = a.kind == MOERT_EXPERT_SWIGLU ? a.f : 0, c.experts = a.experts;
-        c.expert_kind = a.kind, c.dtype = a.dtype, c.synthetic_cost = a.synthetic_cost;
-        c.router = rc.config;
-        c.workers = a.workers, c.threads = a.threads, c.chunk_rows = a.chunk_rows;
-        c.convert_bf16 = a.bf16_convert;
+        const moert_layer_config c = layer_config_of(&a, &rc);
         moert_status st = moert_layer_create(&c, &L);
         if (st == MOERT_OK) st = moert_layer_set_gate(L, w.gate);
         for (size_t e = 0; st == MOERT_OK && a.kind == MOERT_EXPERT_SWIGLU && e < a.experts; e++)
@@ -570,6 +568,7 @@ int cmd_layer(int argc, char **argv) {
             code = cli_fail(CLI_FAIL, "--check: max relative error %.3g exceeds %.0e", check_error, tolerance);
     }
     if (code != CLI_OK && a.save) save_remove_all(a.save); /* nothing stale that looks valid */
+cleanup:
     moert_layer_destroy(L);
     weights_free(&w, a.experts);
     if (x_layer != x) free(x_layer);
