@@ -24,8 +24,11 @@ struct moert_ep {
     MPI_Comm comm;
     MPI_Datatype in_row, out_row; /* a row of ld elements: the dtype's, and float */
     int rank, size, max_count;
-    int32_t *rank_of_expert; /* [E] */
-    int32_t *local_index;    /* [E]: an expert's index among its owner's experts (ascending) */
+    int32_t *replica_offsets; /* [E + 1]: expert e's replicas are [offsets[e], offsets[e + 1]) */
+    int32_t *replica_ranks;   /* [replicas]: the rank holding each replica */
+    int32_t *replica_index;   /* [replicas]: the expert's index among that rank's experts */
+    int32_t *held;            /* [E]: this rank's replica of e (a replica number), or -1 */
+    int64_t *replica_rows;    /* [replicas]: rows this rank sent each replica in this pass */
     int32_t *local_experts;  /* [local] */
     size_t local;
     moert_router *router;
@@ -93,7 +96,8 @@ void moert_ep_destroy(moert_ep *ep) {
     moert_gemm_bf16_destroy(ep->gemm2);
     moert_router_destroy(ep->router);
     moert_plan_destroy(ep->plan);
-    free(ep->rank_of_expert), free(ep->local_index), free(ep->local_experts), free(ep->w_gate);
+    free(ep->replica_offsets), free(ep->replica_ranks), free(ep->replica_index), free(ep->held);
+    free(ep->replica_rows), free(ep->local_experts), free(ep->w_gate);
     free(ep->logits), free(ep->send_rows), free(ep->recv_rows), free(ep->expert_rows);
     free(ep->expert_out), free(ep->back_rows), free(ep->ret_rows), free(ep->send_ids), free(ep->recv_ids);
     free(ep->send_pos), free(ep->recv_pos), free((void *)ep->entry_output), free(ep->counts), free(ep->expert_start);
@@ -104,19 +108,42 @@ void moert_ep_destroy(moert_ep *ep) {
     free(ep);
 }
 
-static moert_status create_local(moert_ep *ep, const moert_layer_config *config, const int32_t *rank_of_expert) {
+static moert_status create_local(moert_ep *ep, const moert_layer_config *config, const int32_t *offsets,
+                                 const int32_t *ranks) {
     const size_t E = ep->E, d = config->d_model;
-    int32_t *owned = calloc((size_t)ep->size, sizeof(int32_t)); /* experts seen so far per rank */
-    MOERT_RETURN_ERROR_IF(owned == NULL, MOERT_ENOMEM, "expert parallelism: out of memory");
+    MOERT_RETURN_ERROR_IF(offsets[0] != 0, MOERT_EINVAL, "replica_offsets[0] is %d, not 0", (int)offsets[0]);
+    for (size_t e = 0; e < E; e++)
+        MOERT_RETURN_ERROR_IF(offsets[e + 1] <= offsets[e], MOERT_EINVAL, "expert %zu has no replica (offsets %d, %d)",
+                              e, (int)offsets[e], (int)offsets[e + 1]);
+    const size_t R = (size_t)offsets[E];
+    ep->replica_offsets = malloc((E + 1) * sizeof(int32_t));
+    ep->replica_ranks = malloc(R * sizeof(int32_t));
+    ep->replica_index = malloc(R * sizeof(int32_t));
+    ep->replica_rows = malloc(R * sizeof(int64_t));
+    ep->held = malloc(E * sizeof(int32_t));
+    ep->local_experts = malloc(E * sizeof(int32_t));
+    int32_t *owned = calloc((size_t)ep->size, sizeof(int32_t)); /* experts so far per rank */
+    if (!ep->replica_offsets || !ep->replica_ranks || !ep->replica_index || !ep->replica_rows || !ep->held ||
+        !ep->local_experts || !owned) {
+        free(owned);
+        return moert_set_error(MOERT_ENOMEM, "expert parallelism: out of memory");
+    }
+    memcpy(ep->replica_offsets, offsets, (E + 1) * sizeof(int32_t));
     for (size_t e = 0; e < E; e++) {
-        const int32_t r = rank_of_expert ? rank_of_expert[e] : (int32_t)(e * (size_t)ep->size / E);
-        if (r < 0 || r >= ep->size) {
-            free(owned);
-            return moert_set_error(MOERT_EINVAL, "expert %zu on rank %d, outside 0..%d", e, (int)r, ep->size - 1);
+        ep->held[e] = -1;
+        for (int32_t j = offsets[e]; j < offsets[e + 1]; j++) {
+            const int32_t r = ranks[j];
+            int twice = 0;
+            for (int32_t i = offsets[e]; i < j; i++) twice |= ranks[i] == r;
+            if (r < 0 || r >= ep->size || twice) {
+                free(owned);
+                return moert_set_error(MOERT_EINVAL, "expert %zu: replica on rank %d, %s", e, (int)r,
+                                       twice ? "which holds it twice" : "outside the communicator");
+            }
+            ep->replica_ranks[j] = r;
+            ep->replica_index[j] = owned[r]++; /* what that rank calls the expert: rows carry it */
+            if (r == ep->rank) ep->held[e] = j, ep->local_experts[ep->local++] = (int32_t)e;
         }
-        ep->rank_of_expert[e] = r;
-        ep->local_index[e] = owned[r]++; /* what the owner calls it: rows carry this index */
-        if (r == ep->rank) ep->local_experts[ep->local++] = (int32_t)e;
     }
     free(owned);
     MOERT_FORWARD_IF_ERROR(moert_router_create(&ep->config.router, E, &ep->router));
@@ -176,7 +203,8 @@ static uint64_t fingerprint(const moert_ep *ep) {
     FP_(f32);
     memcpy(&f32, &r->relu_threshold, sizeof f32);
     FP_(f32);
-    for (size_t e = 0; e < ep->E; e++) FP_(ep->rank_of_expert[e]);
+    for (size_t e = 0; e <= ep->E; e++) FP_(ep->replica_offsets[e]);
+    for (int32_t j = 0; j < ep->replica_offsets[ep->E]; j++) FP_(ep->replica_ranks[j]);
 #undef FP_
     return h;
 }
@@ -194,8 +222,9 @@ static moert_status agree_config(moert_ep *ep, moert_status st) {
     return st;
 }
 
-moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm, const int32_t *rank_of_expert,
-                             moert_ep **out) {
+moert_status moert_ep_create_replicated(const moert_layer_config *config, MPI_Comm comm,
+                                        const int32_t *replica_offsets, const int32_t *replica_ranks,
+                                        moert_ep **out) {
     /* The duplicate first, on every rank: every later failure can then be agreed on it. */
     MPI_Comm dup = MPI_COMM_NULL;
     int code = MPI_Comm_dup(comm, &dup);
@@ -229,14 +258,9 @@ moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm, co
                                    (d + 15) & ~(size_t)15, config->dtype, 0};
         if (ep->E > (size_t)INT32_MAX) st = moert_set_error(MOERT_EINVAL, "expert parallelism: too many experts");
     }
-    if (st == MOERT_OK) {
-        ep->rank_of_expert = malloc(ep->E * sizeof(int32_t));
-        ep->local_index = malloc(ep->E * sizeof(int32_t));
-        ep->local_experts = malloc(ep->E * sizeof(int32_t));
-        st = ep->rank_of_expert && ep->local_index && ep->local_experts
-                 ? create_local(ep, config, rank_of_expert)
-                 : moert_set_error(MOERT_ENOMEM, "expert parallelism: out of memory");
-    }
+    if (st == MOERT_OK && (replica_offsets == NULL || replica_ranks == NULL))
+        st = moert_set_error(MOERT_EINVAL, "moert_ep_create_replicated: NULL placement");
+    if (st == MOERT_OK) st = create_local(ep, config, replica_offsets, replica_ranks);
     /* The rows' datatypes, made once. */
     if (st == MOERT_OK && ep->shape.ld > INT_MAX) st = moert_set_error(MOERT_EOVERFLOW, "a row exceeds an int");
     if (st == MOERT_OK) {
@@ -256,6 +280,22 @@ moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm, co
     return MOERT_OK;
 }
 
+moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm, const int32_t *rank_of_expert,
+                             moert_ep **out) {
+    /* One replica per expert: on rank_of_expert[e], or in contiguous blocks. */
+    int size = 1;
+    MPI_Comm_size(comm, &size);
+    const size_t E = config != NULL ? config->experts : 0;
+    int32_t *offsets = malloc((E + 1) * sizeof(int32_t)), *ranks = malloc((E ? E : 1) * sizeof(int32_t));
+    const int ok = offsets != NULL && ranks != NULL && E <= (size_t)INT32_MAX;
+    for (size_t e = 0; ok && e <= E; e++) offsets[e] = (int32_t)e;
+    for (size_t e = 0; ok && e < E; e++) ranks[e] = rank_of_expert ? rank_of_expert[e] : (int32_t)(e * (size_t)size / E);
+    /* A failed allocation here still goes through the collective create, as a NULL placement. */
+    const moert_status st = moert_ep_create_replicated(config, comm, ok ? offsets : NULL, ok ? ranks : NULL, out);
+    free(offsets), free(ranks);
+    return st;
+}
+
 moert_status moert_ep_set_gate(moert_ep *ep, const float *w_gate) {
     MOERT_RETURN_ERROR_IF(ep == NULL || w_gate == NULL, MOERT_EINVAL, "moert_ep_set_gate: NULL argument");
     memcpy(ep->w_gate, w_gate, ep->config.d_model * ep->E * sizeof(float));
@@ -268,8 +308,8 @@ moert_status moert_ep_set_expert(moert_ep *ep, size_t expert, const float *w1, c
     MOERT_RETURN_ERROR_IF(expert >= ep->E, MOERT_EINVAL, "expert %zu out of range (experts=%zu)", expert, ep->E);
     MOERT_RETURN_ERROR_IF(ep->config.expert_kind != MOERT_EXPERT_SWIGLU, MOERT_EINVAL,
                           "expert weights set on synthetic experts");
-    if (ep->rank_of_expert[expert] == ep->rank)
-        expert_store_weights(&ep->shape, w1, w3, w2, ep->weights[ep->local_index[expert]]);
+    if (ep->held[expert] >= 0)
+        expert_store_weights(&ep->shape, w1, w3, w2, ep->weights[ep->replica_index[ep->held[expert]]]);
     return MOERT_OK;
 }
 
@@ -282,7 +322,7 @@ moert_status moert_ep_set_max_count(moert_ep *ep, int max_count) {
 const moert_plan *moert_ep_plan(const moert_ep *ep) { return ep ? ep->plan : NULL; }
 
 int moert_ep_rank_of_expert(const moert_ep *ep, size_t expert) {
-    return ep && expert < ep->E ? ep->rank_of_expert[expert] : -1;
+    return ep && expert < ep->E ? ep->replica_ranks[ep->replica_offsets[expert]] : -1;
 }
 
 moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings *t) {
@@ -402,28 +442,45 @@ static moert_status local_gate_and_route(moert_ep *ep, const void *x, size_t T) 
 }
 
 /* The send buffer: each kept slot's row, grouped by destination rank (stable: within a
- * rank by expert, then token), with its expert's index on that rank. */
+ * rank by expert, then token), with its expert's index on that rank. A replicated expert's
+ * row goes to this rank's replica if it holds one, else to the replica this rank has sent
+ * the fewest rows so far in this pass (ties to the first listed): deterministic. */
 static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
     const moert_plan *plan = ep->plan;
     const size_t d = ep->config.d_model, ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
     const int P = ep->size;
     for (int p = 0; p < P; p++) send_counts[p] = 0;
-    for (size_t e = 0; e < plan->experts; e++) send_counts[ep->rank_of_expert[e]] += plan->expert_counts[e];
-    int64_t *at = ep->counts + 2 * (size_t)P; /* running place per rank (send displacements) */
-    int64_t next = 0;
-    for (int p = 0; p < P; p++) at[p] = next, next += send_counts[p];
-    int64_t *fill = ep->counts + 3 * (size_t)P;
-    memcpy(fill, at, (size_t)P * sizeof(int64_t));
+    memset(ep->replica_rows, 0, (size_t)ep->replica_offsets[ep->E] * sizeof(int64_t));
+    /* Each slot's replica (kept in send_pos for now), and the counts per rank. */
     for (size_t e = 0; e < plan->experts; e++) {
-        const int p = ep->rank_of_expert[e];
+        const int32_t first = ep->replica_offsets[e], last = ep->replica_offsets[e + 1];
         for (int64_t s = plan->expert_offsets[e]; s < plan->expert_offsets[e + 1]; s++) {
             if (plan->slot_tokens[s] < 0) {
                 ep->send_pos[s] = -1; /* padding */
                 continue;
             }
-            ep->send_pos[s] = fill[p]++;
+            int32_t j = ep->held[e];
+            if (j < 0) {
+                j = first;
+                for (int32_t i = first + 1; i < last; i++)
+                    if (ep->replica_rows[i] < ep->replica_rows[j]) j = i;
+            }
+            ep->replica_rows[j]++;
+            send_counts[ep->replica_ranks[j]]++;
+            ep->send_pos[s] = j;
         }
     }
+    int64_t *fill = ep->counts + 3 * (size_t)P; /* running place per rank */
+    int64_t next = 0;
+    for (int p = 0; p < P; p++) fill[p] = next, next += send_counts[p];
+    for (size_t e = 0; e < plan->experts; e++)
+        for (int64_t s = plan->expert_offsets[e]; s < plan->expert_offsets[e + 1]; s++) {
+            const int64_t j = ep->send_pos[s];
+            if (j < 0) continue;
+            const int64_t pos = fill[ep->replica_ranks[j]]++;
+            ep->send_ids[pos] = ep->replica_index[j];
+            ep->send_pos[s] = pos;
+        }
     const size_t slots = plan->slots;
     const int32_t *tokens = plan->slot_tokens;
 #pragma omp parallel for schedule(static) num_threads(ep->threads) if (slots > 256)
@@ -432,9 +489,6 @@ static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
         if (pos < 0) continue;
         memcpy((char *)ep->send_rows + (size_t)pos * ld * elem, (const char *)x + (size_t)tokens[s] * d * elem, d * elem);
     }
-    for (size_t e = 0; e < plan->experts; e++)
-        for (int64_t s = plan->expert_offsets[e]; s < plan->expert_offsets[e + 1]; s++)
-            if (ep->send_pos[s] >= 0) ep->send_ids[ep->send_pos[s]] = ep->local_index[e];
     return MOERT_OK;
 }
 

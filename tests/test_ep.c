@@ -22,6 +22,7 @@ typedef struct ep_case {
     int one_expert;    /* every token to expert 0 (k = 1) */
     int max_count;     /* 0, or a small count to force rounds */
     const int32_t *rank_of_expert;
+    const int32_t *replica_offsets, *replica_ranks; /* replicated experts, or NULL */
 } ep_case;
 
 static float *normal(test_rng *rng, size_t n, float scale) {
@@ -72,8 +73,11 @@ static void run_case(const ep_case *c) {
     moert_layer_config dist = cfg;
     dist.threads = 2;
     moert_ep *ep = NULL;
-    ck_assert_msg(moert_ep_create(&dist, MPI_COMM_WORLD, c->rank_of_expert, &ep) == MOERT_OK, "%s: ep: %s", c->name,
-                  moert_last_error());
+    const moert_status created = c->replica_offsets
+                                     ? moert_ep_create_replicated(&dist, MPI_COMM_WORLD, c->replica_offsets,
+                                                                  c->replica_ranks, &ep)
+                                     : moert_ep_create(&dist, MPI_COMM_WORLD, c->rank_of_expert, &ep);
+    ck_assert_msg(created == MOERT_OK, "%s: ep: %s", c->name, moert_last_error());
     if (c->max_count) ck_assert_int_eq(moert_ep_set_max_count(ep, c->max_count), MOERT_OK);
     ck_assert_int_eq(moert_ep_set_gate(ep, gate), MOERT_OK);
     for (size_t e = 0; cfg.expert_kind == MOERT_EXPERT_SWIGLU && e < E; e++)
@@ -107,43 +111,62 @@ static moert_layer_config base_config(void) {
 }
 
 START_TEST(test_token_choice) {
-    ep_case c = {"top-2", base_config(), 97, 0, 0, NULL};
+    ep_case c = {"top-2", base_config(), 97, 0, 0, NULL, NULL, NULL};
     run_case(&c);
     c.name = "top-2 with capacity 1 and padding";
     c.config.router.capacity_factor = 1.0, c.config.router.pad_to_capacity = 1;
     run_case(&c);
-    c = (ep_case){"rounds of at most 3 rows", base_config(), 97, 0, 3, NULL};
+    c = (ep_case){"rounds of at most 3 rows", base_config(), 97, 0, 3, NULL, NULL, NULL};
     run_case(&c);
 }
 END_TEST
 
 START_TEST(test_edge_cases) {
     /* Fewer tokens than ranks: rank 0 has none (with 2 ranks or more). */
-    ep_case c = {"a rank without tokens", base_config(), (size_t)(size - 1), 0, 0, NULL};
+    ep_case c = {"a rank without tokens", base_config(), (size_t)(size - 1), 0, 0, NULL, NULL, NULL};
     if (size > 1) run_case(&c);
     /* Every token to expert 0, on rank 0. */
-    c = (ep_case){"every token to one expert", base_config(), 50, 1, 0, NULL};
+    c = (ep_case){"every token to one expert", base_config(), 50, 1, 0, NULL, NULL, NULL};
     c.config.router.k = 1;
     run_case(&c);
     /* Experts placed out of order, all but one on the last rank. */
     int32_t map[6];
     for (int e = 0; e < 6; e++) map[e] = e == 2 ? 0 : size - 1;
-    c = (ep_case){"an explicit placement", base_config(), 61, 0, 0, map};
+    c = (ep_case){"an explicit placement", base_config(), 61, 0, 0, map, NULL, NULL};
+    run_case(&c);
+    /* Replicated experts: expert 0 on every rank, expert 3 on the first and last, the rest
+     * one each; rows go to the own rank's replica or the least-loaded one. */
+    int32_t offsets[7], ranks[6 * 4];
+    int32_t n = 0;
+    for (int e = 0; e < 6; e++) {
+        offsets[e] = n;
+        if (e == 0)
+            for (int r = 0; r < size; r++) ranks[n++] = r;
+        else if (e == 3 && size > 1)
+            ranks[n++] = 0, ranks[n++] = size - 1;
+        else
+            ranks[n++] = (e * size) / 6;
+    }
+    offsets[6] = n;
+    c = (ep_case){"replicated experts", base_config(), 83, 0, 0, NULL, offsets, ranks};
+    run_case(&c);
+    c.name = "replicated experts, all tokens to the replicated one";
+    c.one_expert = 1, c.config.router.k = 1;
     run_case(&c);
 }
 END_TEST
 
 START_TEST(test_policies_and_dtypes) {
-    ep_case c = {"expert choice", base_config(), 90, 0, 0, NULL};
+    ep_case c = {"expert choice", base_config(), 90, 0, 0, NULL, NULL, NULL};
     c.config.router.policy = MOERT_POLICY_EXPERT_CHOICE, c.config.router.capacity_factor = 1.5;
     run_case(&c);
-    c = (ep_case){"relu", base_config(), 90, 0, 0, NULL};
+    c = (ep_case){"relu", base_config(), 90, 0, 0, NULL, NULL, NULL};
     c.config.router.policy = MOERT_POLICY_RELU;
     run_case(&c);
-    c = (ep_case){"bf16 rows", base_config(), 90, 0, 0, NULL};
+    c = (ep_case){"bf16 rows", base_config(), 90, 0, 0, NULL, NULL, NULL};
     c.config.dtype = MOERT_DTYPE_BF16;
     run_case(&c);
-    c = (ep_case){"synthetic experts", base_config(), 90, 0, 0, NULL};
+    c = (ep_case){"synthetic experts", base_config(), 90, 0, 0, NULL, NULL, NULL};
     c.config.expert_kind = MOERT_EXPERT_SYNTHETIC, c.config.synthetic_cost = 5;
     run_case(&c);
 }

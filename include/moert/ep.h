@@ -41,13 +41,22 @@ typedef struct moert_ep moert_ep;
  * contiguous blocks, expert e on rank floor(e P / E). */
 MOERT_API moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm,
                                        const int32_t *rank_of_expert, moert_ep **ep);
+/* The same with replicated experts: expert e's replicas are on ranks
+ * replica_ranks[replica_offsets[e] .. replica_offsets[e + 1]) (at least one, no rank
+ * twice). A token's row for e goes to the replica on its own rank if there is one, else to
+ * the replica its rank has sent the fewest rows so far in the pass (ties to the first
+ * listed): deterministic, and each replica computes the rows it gets. */
+MOERT_API moert_status moert_ep_create_replicated(const moert_layer_config *config, MPI_Comm comm,
+                                                  const int32_t *replica_offsets, const int32_t *replica_ranks,
+                                                  moert_ep **ep);
+
 MOERT_API void moert_ep_destroy(moert_ep *ep); /* collective (it frees the communicator) */
 
 /* W_gate [d, E], float32, the same on every rank. */
 MOERT_API moert_status moert_ep_set_gate(moert_ep *ep, const float *w_gate);
 
-/* Expert e's weights (as moert_layer_set_expert); kept only by the rank that owns e, so
- * every rank may pass every expert, or only its own. */
+/* Expert e's weights (as moert_layer_set_expert); kept only by the ranks that hold a
+ * replica of e, so every rank may pass every expert, or only its own. */
 MOERT_API moert_status moert_ep_set_expert(moert_ep *ep, size_t expert, const float *w1, const float *w3,
                                            const float *w2);
 
@@ -55,7 +64,7 @@ MOERT_API moert_status moert_ep_set_expert(moert_ep *ep, size_t expert, const fl
  * dtype). tokens may differ between ranks, and may be 0. */
 MOERT_API moert_status moert_ep_forward(moert_ep *ep, const void *x, size_t tokens, void *out);
 
-/* This rank's plan of its last forward pass, and the rank that owns an expert. */
+/* This rank's plan of its last forward pass, and the rank of an expert's first replica. */
 MOERT_API const moert_plan *moert_ep_plan(const moert_ep *ep);
 MOERT_API int moert_ep_rank_of_expert(const moert_ep *ep, size_t expert);
 
