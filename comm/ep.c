@@ -670,3 +670,116 @@ moert_status moert_ep_forward(moert_ep *ep, const void *x, size_t T, void *out) 
     ep->timings.total = MPI_Wtime() - t0;
     return agree(ep, st);
 }
+
+/* ---- gathering the whole batch ---------------------------------------------------------------- */
+
+/* The plan of the whole batch on `root`, merged as the router merges routing groups: the
+ * ranks' entries in rank order, routed counts and probability sums added in rank order,
+ * the capacity the largest, padding to the sum of capacities. */
+static moert_status merge_plans(moert_ep *ep, int root, moert_plan *whole) {
+    const moert_plan *mine = ep->plan;
+    const int P = ep->size;
+    const size_t E = ep->E;
+    int64_t shape[3] = {(int64_t)mine->tokens, (int64_t)mine->entries, mine->capacity};
+    int64_t *shapes = ep->rank == root ? malloc(3 * (size_t)P * sizeof(int64_t)) : NULL;
+    int64_t *routed = ep->rank == root ? malloc((size_t)P * E * sizeof(int64_t)) : NULL;
+    double *sums = ep->rank == root ? malloc((size_t)P * E * sizeof(double)) : NULL;
+    int *counts = ep->rank == root ? malloc(4 * (size_t)P * sizeof(int)) : NULL;
+    moert_status st = MOERT_OK;
+    if (ep->rank == root && (!shapes || !routed || !sums || !counts))
+        st = moert_set_error(MOERT_ENOMEM, "gathering the plan: out of memory");
+    st = agree(ep, st);
+    if (st == MOERT_OK) {
+        MPI_Gather(shape, 3, MPI_INT64_T, shapes, 3, MPI_INT64_T, root, ep->comm);
+        MPI_Gather(mine->expert_routed, (int)E, MPI_INT64_T, routed, (int)E, MPI_INT64_T, root, ep->comm);
+        MPI_Gather(mine->prob_sums, (int)E, MPI_DOUBLE, sums, (int)E, MPI_DOUBLE, root, ep->comm);
+    }
+    int64_t tokens = 0, entries = 0, capacity_sum = 0, capacity_max = 0;
+    if (st == MOERT_OK && ep->rank == root)
+        for (int p = 0; p < P; p++) {
+            tokens += shapes[3 * p], entries += shapes[3 * p + 1];
+            capacity_sum += shapes[3 * p + 2];
+            capacity_max = shapes[3 * p + 2] > capacity_max ? shapes[3 * p + 2] : capacity_max;
+        }
+    const int pad = ep->config.router.pad_to_capacity && capacity_sum > 0;
+    if (st == MOERT_OK && ep->rank == root) {
+        if (tokens > INT_MAX || entries > INT_MAX) st = moert_set_error(MOERT_EOVERFLOW, "gathering the plan: too big");
+        else st = plan_reserve(whole, (size_t)tokens, (size_t)entries, E,
+                               pad ? (size_t)capacity_sum * E : (size_t)entries, ep->threads);
+    }
+    st = agree(ep, st);
+    if (st != MOERT_OK) {
+        free(shapes), free(routed), free(sums), free(counts);
+        return st;
+    }
+    /* Per-token entry counts (in token_offsets[1..]), entries, logsumexp. */
+    int64_t *per_token = malloc((mine->tokens ? mine->tokens : 1) * sizeof(int64_t));
+    for (size_t t = 0; per_token && t < mine->tokens; t++)
+        per_token[t] = mine->token_offsets[t + 1] - mine->token_offsets[t];
+    int *tc = counts, *td = counts ? counts + P : NULL, *ec = counts ? counts + 2 * P : NULL,
+        *ed = counts ? counts + 3 * P : NULL;
+    if (ep->rank == root) {
+        int64_t t = 0, e = 0;
+        for (int p = 0; p < P; p++) {
+            tc[p] = (int)shapes[3 * p], td[p] = (int)t, t += shapes[3 * p];
+            ec[p] = (int)shapes[3 * p + 1], ed[p] = (int)e, e += shapes[3 * p + 1];
+        }
+    }
+    st = agree(ep, per_token ? MOERT_OK : moert_set_error(MOERT_ENOMEM, "gathering the plan: out of memory"));
+    if (st == MOERT_OK) {
+        MPI_Gatherv(per_token, (int)mine->tokens, MPI_INT64_T, ep->rank == root ? whole->token_offsets + 1 : NULL, tc,
+                    td, MPI_INT64_T, root, ep->comm);
+        MPI_Gatherv(mine->expert_ids, (int)mine->entries, MPI_INT32_T, ep->rank == root ? whole->expert_ids : NULL, ec,
+                    ed, MPI_INT32_T, root, ep->comm);
+        MPI_Gatherv(mine->weights, (int)mine->entries, MPI_FLOAT, ep->rank == root ? whole->weights : NULL, ec, ed,
+                    MPI_FLOAT, root, ep->comm);
+        MPI_Gatherv(mine->logsumexp, (int)mine->tokens, MPI_FLOAT, ep->rank == root ? whole->logsumexp : NULL, tc, td,
+                    MPI_FLOAT, root, ep->comm);
+    }
+    free(per_token);
+    if (st == MOERT_OK && ep->rank == root) {
+        whole->token_offsets[0] = 0;
+        for (int64_t t = 0; t < tokens; t++) whole->token_offsets[t + 1] += whole->token_offsets[t];
+        whole->tokens = (size_t)tokens, whole->experts = E, whole->entries = (size_t)entries;
+        st = plan_build_expert_major(whole, ep->threads, pad ? capacity_sum : 0, pad);
+        if (st == MOERT_OK) {
+            for (size_t e = 0; e < E; e++) {
+                whole->expert_routed[e] = 0, whole->prob_sums[e] = 0;
+                for (int p = 0; p < P; p++)
+                    whole->expert_routed[e] += routed[(size_t)p * E + e], whole->prob_sums[e] += sums[(size_t)p * E + e];
+            }
+            whole->capacity = capacity_max;
+            plan_compute_stats(whole, whole->prob_sums, whole->logsumexp);
+        }
+    }
+    free(shapes), free(routed), free(sums), free(counts);
+    return agree(ep, st);
+}
+
+moert_status moert_ep_gather(moert_ep *ep, int root, const void *out, void *whole_out, moert_plan *whole_plan) {
+    MOERT_RETURN_ERROR_IF(ep == NULL, MOERT_EINVAL, "moert_ep_gather: NULL argument");
+    moert_status st = MOERT_OK;
+    if (root < 0 || root >= ep->size) st = moert_set_error(MOERT_EINVAL, "moert_ep_gather: root %d", root);
+    else if (ep->rank == root && (whole_out == NULL || whole_plan == NULL))
+        st = moert_set_error(MOERT_EINVAL, "moert_ep_gather: NULL output on the root");
+    MOERT_FORWARD_IF_ERROR(agree(ep, st));
+    /* The output rows, in rank order. */
+    const int P = ep->size;
+    const size_t d = ep->config.d_model;
+    int mine = (int)ep->plan->tokens, *rows = ep->rank == root ? malloc(2 * (size_t)P * sizeof(int)) : NULL;
+    st = agree(ep, ep->rank == root && rows == NULL ? moert_set_error(MOERT_ENOMEM, "gather: out of memory") : MOERT_OK);
+    if (st != MOERT_OK) return st;
+    MPI_Gather(&mine, 1, MPI_INT, rows, 1, MPI_INT, root, ep->comm);
+    int64_t at = 0;
+    for (int p = 0; ep->rank == root && p < P; p++) rows[P + p] = (int)at, at += rows[p];
+    MPI_Datatype row;
+    MPI_Type_contiguous((int)d, ep->config.dtype == MOERT_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT, &row);
+    MPI_Type_commit(&row);
+    const int code = MPI_Gatherv(out, mine, row, whole_out, rows, rows ? rows + P : NULL, row, root, ep->comm);
+    MPI_Type_free(&row);
+    free(rows);
+    st = code == MPI_SUCCESS ? MOERT_OK : mpi_error(code, "gathering the outputs");
+    st = agree(ep, st);
+    if (st != MOERT_OK) return st;
+    return merge_plans(ep, root, whole_plan);
+}

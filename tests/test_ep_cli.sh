@@ -29,8 +29,20 @@ grep -q '^  max ' "$tmp/out" || fail "--ep prints no max row"
 "$mpiexec" -n 2 --oversubscribe "$moert" layer --ep 3 "${small[@]}" --k 2 >"$tmp/out" 2>"$tmp/err"
 [ $? -ne 0 ] || fail "--ep 3 on 2 ranks succeeded"
 grep -q 'moert: --ep 3: running on 2 MPI ranks' "$tmp/err" || fail "--ep 3 on 2 ranks: $(head -3 "$tmp/err")"
-expect_error 2 "$moert" layer --ep 2 --save "$tmp/s" "${small[@]}"; grep -q 'not supported with --ep' "$tmp/err" \
-  || fail "--ep with --save: $(cat "$tmp/err")"
+# --save under --ep writes, from rank 0, the same files as the single-process run with
+# --route-groups P: byte for byte, statistics included.
+for ranks in 2 3 4; do
+  for opts in "--k 2 --capacity-factor 1 --pad" "--policy expert-choice --capacity-factor 2" "--k 2 --dtype bf16"; do
+    rm -rf "$tmp/ep" "$tmp/single"
+    # shellcheck disable=SC2086
+    expect 0 "$mpiexec" -n "$ranks" --oversubscribe "$moert" layer --ep "$ranks" "${small[@]}" $opts --save "$tmp/ep"
+    # shellcheck disable=SC2086
+    expect 0 "$moert" layer --route-groups "$ranks" "${small[@]}" $opts --save "$tmp/single"
+    for f in "$tmp"/single/*; do
+      cmp -s "$f" "$tmp/ep/$(basename "$f")" || fail "--ep $ranks $opts: $(basename "$f") differs from --route-groups $ranks"
+    done
+  done
+done
 
 [ "$failures" -eq 0 ] && echo "all --ep CLI checks passed"
 exit $((failures > 0))

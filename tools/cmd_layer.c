@@ -60,7 +60,8 @@ static const char layer_help[] =
     "                        mpirun -np P moert layer --ep P [...]; rank r takes tokens\n"
     "                        [floor(r T / P), floor((r+1) T / P)) of the global batch, experts\n"
     "                        go in contiguous blocks; rank 0 prints every rank's stage times\n"
-    "                        and their max/mean (--save is not supported with it yet)\n"
+    "                        and their max/mean; --save: rank 0 gathers the whole batch and\n"
+    "                        writes the files of the single-process run with --route-groups P\n"
     "\n"
     "routing options (as in `moert route`; default token choice, k = 6):\n" ROUTER_CLI_HELP;
 
@@ -271,7 +272,7 @@ static moert_status save_safetensors(const layer_args *a, const layer_weights *w
 }
 
 static moert_status save_files(const layer_args *a, const layer_weights *w, const float *x, const float *out,
-                               const moert_layer *L, const router_cli *rc) {
+                               const moert_plan *plan, const router_cli *rc) {
     struct stat sb;
     if (stat(a->save, &sb) != 0 && mkdir(a->save, 0777) != 0)
         return moert_set_error(MOERT_EIO, "%s: cannot create: %s", a->save, strerror(errno));
@@ -312,7 +313,7 @@ static moert_status save_files(const layer_args *a, const layer_weights *w, cons
     cJSON_AddNumberToObject(extra, "d_model", (double)d);
     cJSON_AddNumberToObject(extra, "d_ff", (double)f);
     cJSON_AddStringToObject(extra, "dtype", a->dtype == MOERT_DTYPE_BF16 ? "bf16" : "f32");
-    moert_status st = plan_write_dir(moert_layer_plan(L), a->save, extra);
+    moert_status st = plan_write_dir(plan, a->save, extra);
     cJSON_Delete(extra);
     for (int i = 0; st == MOERT_OK && i < LAYER_FILES; i++) {
         char final[4096];
@@ -329,10 +330,26 @@ static moert_status save_files(const layer_args *a, const layer_weights *w, cons
 }
 
 static moert_status save_all(const layer_args *a, const layer_weights *w, const float *x, const float *out,
-                             const moert_layer *L, const router_cli *rc) {
-    const moert_status st = save_files(a, w, x, out, L, rc);
+                             const moert_plan *plan, const router_cli *rc) {
+    const moert_status st = save_files(a, w, x, out, plan, rc);
     if (st != MOERT_OK) save_remove_all(a->save);
     return st;
+}
+
+/* --save under --ep: rank 0 writes the whole batch's files, as the single-process run with
+ * --route-groups P does (its stats.json says so). */
+typedef struct ep_save_context {
+    const layer_args *a;
+    const layer_weights *w;
+    const float *x;
+    const router_cli *rc;
+} ep_save_context;
+
+static moert_status ep_save(void *context, const float *out, const moert_plan *plan, int ranks) {
+    const ep_save_context *c = context;
+    router_cli rc = *c->rc;
+    rc.config.route_groups = ranks;
+    return save_all(c->a, c->w, c->x, out, plan, &rc);
 }
 
 /* The layer's configuration from the options. */
@@ -416,7 +433,6 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
     }
     if (optind < argc) return cli_usage_error("layer", "unexpected argument");
     if (a->prefix[0] != '\0' && a->weights == NULL) return cli_fail(CLI_USAGE, "--weights-prefix needs --weights");
-    if (a->ep > 0 && a->save != NULL) return cli_fail(CLI_USAGE, "--save is not supported with --ep yet");
     if (strlen(a->prefix) > 512) return cli_fail(CLI_USAGE, "--weights-prefix: longer than 512 characters");
     if (a->workers > 0 && a->threads > 0 && a->workers > a->threads)
         return cli_fail(CLI_USAGE, "--workers %d exceeds --threads %d: every worker needs a thread", a->workers, a->threads);
@@ -472,9 +488,10 @@ int cmd_layer(int argc, char **argv) {
         moert_f32_to_bf16_row(x, x_layer, n);
     }
     if (code == CLI_OK && a.ep > 0) { /* expert parallelism: every rank has the same x and weights */
+        ep_save_context saving = {&a, &w, x, &rc};
         const layer_ep_args e = {layer_config_of(&a, &rc), x, a.tokens, w.gate, (const float *const *)w.w1,
                                  (const float *const *)w.w3, (const float *const *)w.w2, a.ep, a.iters, a.check,
-                                 a.json};
+                                 a.json, a.save ? ep_save : NULL, &saving};
         code = layer_ep_run(&e);
         goto cleanup;
     }
@@ -519,7 +536,7 @@ int cmd_layer(int argc, char **argv) {
     }
     const double tolerance = a.dtype == MOERT_DTYPE_BF16 ? 2e-2 : 1e-4;
     if (code == CLI_OK && a.save && !(a.check && !(check_error <= tolerance))) { /* not a failed check's */
-        moert_status st = save_all(&a, &w, x, out, L, &rc);
+        moert_status st = save_all(&a, &w, x, out, moert_layer_plan(L), &rc);
         if (st != MOERT_OK) code = cli_fail_status(st, "--save");
     }
     if (code == CLI_OK) {

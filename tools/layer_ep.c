@@ -82,6 +82,29 @@ static int run(const layer_ep_args *a, int rank, int size) {
         MPI_Allreduce(&mine, &check_error, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     }
     code = agreed_code(code);
+    /* --save: the whole batch on rank 0, then its files (a failure there is agreed too). */
+    if (code == CLI_OK && a->save != NULL) {
+        void *whole = rank == 0 ? malloc(T * d * elem + 1) : NULL;
+        float *whole_f32 = rank == 0 ? malloc(T * d * sizeof(float) + 1) : NULL;
+        moert_plan *plan = NULL;
+        if (rank == 0) moert_plan_create(&plan);
+        const int ready = rank != 0 || (whole && whole_f32 && plan);
+        int all_ready = 0;
+        MPI_Allreduce(&ready, &all_ready, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+        moert_status st = all_ready ? moert_ep_gather(ep, 0, out, whole, plan)
+                                    : moert_set_error(MOERT_ENOMEM, "--save: cannot allocate the whole batch");
+        if (st == MOERT_OK && rank == 0) {
+            if (c->dtype == MOERT_DTYPE_BF16)
+                for (size_t i = 0; i < T * d; i++) whole_f32[i] = moert_bf16_to_f32(((uint16_t *)whole)[i]);
+            else
+                memcpy(whole_f32, whole, T * d * sizeof(float));
+            st = a->save(a->save_context, whole_f32, plan, size);
+        }
+        if (st != MOERT_OK) code = rank == 0 ? cli_fail_status(st, "--save") : CLI_FAIL;
+        free(whole), free(whole_f32);
+        moert_plan_destroy(plan);
+        code = agreed_code(code);
+    }
     /* Every rank's stage times to rank 0. */
     double *all = rank == 0 ? malloc((size_t)size * STAGES * sizeof(double)) : NULL;
     if (code == CLI_OK) MPI_Gather(sum, STAGES, MPI_DOUBLE, all, STAGES, MPI_DOUBLE, 0, MPI_COMM_WORLD);

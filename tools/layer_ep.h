@@ -14,6 +14,9 @@ typedef struct layer_ep_args {
     const float *gate;                                /* [d, E] */
     const float *const *w1, *const *w3, *const *w2;   /* [E], SwiGLU only */
     int ranks, iters, check, json;
+    /* --save: on rank 0, the whole batch's output (f32) and plan; NULL: no saving. */
+    moert_status (*save)(void *context, const float *out, const moert_plan *plan, int ranks);
+    void *save_context;
 } layer_ep_args;
 
 /* Runs on every rank; rank r takes tokens [floor(r T / P), floor((r+1) T / P)). Rank 0

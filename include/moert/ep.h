@@ -68,6 +68,14 @@ MOERT_API moert_status moert_ep_forward(moert_ep *ep, const void *x, size_t toke
 MOERT_API const moert_plan *moert_ep_plan(const moert_ep *ep);
 MOERT_API int moert_ep_rank_of_expert(const moert_ep *ep, size_t expert);
 
+/* Collective, after a forward pass: the whole batch on `root`. Its whole_out [sum of the
+ * ranks' tokens, d] (the layer's dtype) receives every rank's `out` in rank order, and
+ * whole_plan the plan of the whole batch, merged as the single-process router merges
+ * routing groups (so, with rank r holding group r, both equal the single-process layer's
+ * with route_groups = P, statistics included). Other ranks pass NULL for both. */
+MOERT_API moert_status moert_ep_gather(moert_ep *ep, int root, const void *out, void *whole_out,
+                                       moert_plan *whole_plan);
+
 /* Wall-clock seconds of the stages of this rank's last forward pass. */
 typedef struct moert_ep_timings {
     double gate, route, exchange_counts, dispatch, experts, combine_exchange, combine, total;
