@@ -12,6 +12,7 @@
 #include "experts/experts.h"
 #include "moert/ep.h"
 #include "moert/gemm.h"
+#include "numa/numa_pool.h"
 #include "router/internal.h"
 
 #define EP_GATE_BLOCK_ROWS 64 /* as the layer's, from the rank's first token */
@@ -42,8 +43,8 @@ struct moert_ep {
     /* Buffers grown by forward passes. */
     float *logits;
     size_t logit_cap;
-    void *send_rows, *recv_rows, *expert_rows;   /* dtype rows, stride ld */
-    float *expert_out, *back_rows, *ret_rows;    /* f32 rows, stride ld */
+    void *send_rows, *recv_rows;                  /* dtype rows, stride ld */
+    float *back_rows, *ret_rows;                  /* f32 rows, stride ld */
     int32_t *send_ids, *recv_ids;
     int64_t *send_pos;       /* [slots]: a slot's row in the send buffer, -1 for padding */
     int64_t *recv_pos;       /* [received]: a received row's place in expert-major order */
@@ -52,6 +53,18 @@ struct moert_ep {
     int64_t *counts;         /* [4 size]: send, recv counts; send, recv displacements */
     int64_t *expert_start;   /* [local + 1] */
     int *round_counts;       /* [4 size]: one round's int counts and displacements */
+    /* NUMA workers inside the rank: local expert i on worker i mod W; its weights, rows and
+     * outputs in that worker's node memory; each worker's threads claim its experts' chunks.
+     * Rows are numbered worker by worker (expert_start), each worker's in its own buffers. */
+    numa_pool pool;
+    int32_t *worker_of;      /* [local] */
+    int32_t *order;          /* [local]: local experts, worker by worker */
+    int64_t *worker_first;   /* [W + 1]: each worker's first row */
+    void **worker_rows;      /* [W]: [rows, ld] dtype */
+    float **worker_out;      /* [W]: [rows, ld] f32 */
+    size_t *worker_cap;      /* [W] rows */
+    int *worker_next;        /* [W]: the next chunk to claim */
+    int64_t *next_rows;      /* [local]: rows per expert, then each expert's next place */
     moert_ep_timings timings;
 };
 
@@ -89,7 +102,15 @@ static moert_status agree(moert_ep *ep, moert_status local) {
 
 void moert_ep_destroy(moert_ep *ep) {
     if (ep == NULL) return;
-    for (size_t i = 0; ep->weights && i < ep->local; i++) free(ep->weights[i]);
+    for (size_t i = 0; ep->weights && i < ep->local; i++) numa_pool_release(ep->weights[i], ep->weight_bytes);
+    const size_t ld_bytes = ep->shape.ld * (ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4);
+    for (int w = 0; ep->worker_cap && w < ep->pool.workers; w++) {
+        numa_pool_release(ep->worker_rows[w], ep->worker_cap[w] * ld_bytes);
+        numa_pool_release(ep->worker_out[w], ep->worker_cap[w] * ep->shape.ld * sizeof(float));
+    }
+    free(ep->worker_of), free(ep->order), free(ep->worker_first), free(ep->worker_rows), free(ep->worker_out);
+    free(ep->worker_cap), free(ep->worker_next), free(ep->next_rows);
+    numa_pool_free(&ep->pool);
     for (int t = 0; ep->thread_scratch && t < ep->threads; t++) free(ep->thread_scratch[t]);
     free(ep->weights), free(ep->thread_scratch);
     moert_gemm_bf16_destroy(ep->gemm13);
@@ -98,8 +119,8 @@ void moert_ep_destroy(moert_ep *ep) {
     moert_plan_destroy(ep->plan);
     free(ep->replica_offsets), free(ep->replica_ranks), free(ep->replica_index), free(ep->held);
     free(ep->replica_rows), free(ep->local_experts), free(ep->w_gate);
-    free(ep->logits), free(ep->send_rows), free(ep->recv_rows), free(ep->expert_rows);
-    free(ep->expert_out), free(ep->back_rows), free(ep->ret_rows), free(ep->send_ids), free(ep->recv_ids);
+    free(ep->logits), free(ep->send_rows), free(ep->recv_rows);
+    free(ep->back_rows), free(ep->ret_rows), free(ep->send_ids), free(ep->recv_ids);
     free(ep->send_pos), free(ep->recv_pos), free((void *)ep->entry_output), free(ep->counts), free(ep->expert_start);
     free(ep->round_counts);
     if (ep->in_row != MPI_DATATYPE_NULL) MPI_Type_free(&ep->in_row);
@@ -158,13 +179,29 @@ static moert_status create_local(moert_ep *ep, const moert_layer_config *config,
                               !ep->round_counts,
                           MOERT_ENOMEM, "expert parallelism: out of memory");
     MOERT_FORWARD_IF_ERROR(expert_bf16_gemms(&ep->shape, config, ep->threads, &ep->gemm13, &ep->gemm2));
+    MOERT_FORWARD_IF_ERROR(numa_pool_init(&ep->pool, config->workers, ep->threads, config->bind_threads,
+                                          !config->ignore_numa));
+    const int W = ep->pool.workers;
+    ep->worker_of = malloc((ep->local ? ep->local : 1) * sizeof(int32_t));
+    ep->order = malloc((ep->local ? ep->local : 1) * sizeof(int32_t));
+    ep->worker_first = calloc((size_t)W + 1, sizeof(int64_t));
+    ep->worker_rows = calloc((size_t)W, sizeof(void *));
+    ep->worker_out = calloc((size_t)W, sizeof(float *));
+    ep->worker_cap = calloc((size_t)W, sizeof(size_t));
+    ep->worker_next = calloc((size_t)W, sizeof(int));
+    ep->next_rows = calloc(ep->local ? ep->local : 1, sizeof(int64_t));
+    MOERT_RETURN_ERROR_IF(!ep->worker_of || !ep->order || !ep->worker_first || !ep->worker_rows || !ep->worker_out ||
+                              !ep->worker_cap || !ep->worker_next || !ep->next_rows,
+                          MOERT_ENOMEM, "expert parallelism: out of memory");
+    size_t n = 0;
+    for (size_t i = 0; i < ep->local; i++) ep->worker_of[i] = (int32_t)(i % (size_t)W);
+    for (int w = 0; w < W; w++)
+        for (size_t i = 0; i < ep->local; i++)
+            if (ep->worker_of[i] == w) ep->order[n++] = (int32_t)i;
     if (config->expert_kind == MOERT_EXPERT_SWIGLU) {
         ep->weight_bytes = expert_weight_bytes(&ep->shape);
-        for (size_t i = 0; i < ep->local; i++) {
-            ep->weights[i] = calloc(1, ep->weight_bytes);
-            MOERT_RETURN_ERROR_IF(ep->weights[i] == NULL, MOERT_ENOMEM, "cannot allocate %zu bytes of expert weights",
-                                  ep->weight_bytes);
-        }
+        for (size_t i = 0; i < ep->local; i++)
+            MOERT_FORWARD_IF_ERROR(numa_pool_alloc(&ep->pool, ep->worker_of[i], ep->weight_bytes, &ep->weights[i]));
     }
     /* Expert scratch, a gate block of f32 rows, a combine block: as the layer's. */
     ep->scratch_floats = expert_scratch_floats(&ep->shape, config->chunk_rows) + EP_GATE_BLOCK_ROWS * d + d + 64;
@@ -362,8 +399,7 @@ static moert_status grow_exchange(moert_ep *ep, size_t slots, size_t received) {
         size_t c1 = ep->recv_cap, c2 = ep->recv_cap, c3 = ep->recv_cap, c4 = ep->recv_cap, c5 = ep->recv_cap,
                c6 = ep->recv_cap;
         MOERT_FORWARD_IF_ERROR(grow(&ep->recv_rows, &c1, received, ld * elem, "received rows"));
-        MOERT_FORWARD_IF_ERROR(grow(&ep->expert_rows, &c2, received, ld * elem, "expert rows"));
-        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->expert_out, &c3, received, ld * sizeof(float), "expert outputs"));
+        (void)c2, (void)c3;
         MOERT_FORWARD_IF_ERROR(grow((void **)&ep->back_rows, &c4, received, ld * sizeof(float), "rows sent back"));
         MOERT_FORWARD_IF_ERROR(grow((void **)&ep->recv_ids, &c5, received, sizeof(int32_t), "received ids"));
         MOERT_FORWARD_IF_ERROR(grow((void **)&ep->recv_pos, &c6, received, sizeof(int64_t), "received places"));
@@ -494,73 +530,120 @@ static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
 
 /* Received rows, regrouped expert by expert (stable: by source rank, then as sent, which
  * is ascending token), then the experts in chunks the threads claim. */
+/* The row g (numbered worker by worker) of local expert i: in its worker's buffers. */
+static inline size_t worker_row(const moert_ep *ep, int32_t i, int64_t g) {
+    return (size_t)(g - ep->worker_first[ep->worker_of[i]]);
+}
+
+/* Received rows regrouped expert by expert (stable: by source rank, then as sent, which is
+ * ascending token) into their workers' buffers; the experts in chunks of chunk_rows from
+ * each expert's first row, claimed by the threads of the expert's worker; the outputs
+ * back in the order the rows came. */
 static moert_status run_experts(moert_ep *ep, size_t received) {
     const double t_start = MPI_Wtime();
     const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4, chunk = ep->config.chunk_rows;
     const size_t L = ep->local;
-    memset(ep->expert_start, 0, (L + 1) * sizeof(int64_t));
+    const int W = ep->pool.workers;
+    /* Rows per expert, then each expert's first row in worker-by-worker order. */
+    int64_t *rows_of = ep->next_rows;
+    memset(rows_of, 0, (L ? L : 1) * sizeof(int64_t));
     for (size_t i = 0; i < received; i++) {
         const int32_t id = ep->recv_ids[i];
         MOERT_RETURN_ERROR_IF(id < 0 || (size_t)id >= L, MOERT_EINTERNAL, "a received row names local expert %d of %zu",
                               (int)id, L);
-        ep->expert_start[id + 1]++;
+        rows_of[id]++;
     }
-    for (size_t i = 0; i < L; i++) ep->expert_start[i + 1] += ep->expert_start[i];
-    int64_t *next = malloc((L ? L : 1) * sizeof(int64_t));
-    MOERT_RETURN_ERROR_IF(next == NULL, MOERT_ENOMEM, "experts: out of memory");
-    memcpy(next, ep->expert_start, L * sizeof(int64_t));
-    for (size_t i = 0; i < received; i++) ep->recv_pos[i] = next[ep->recv_ids[i]]++;
-    free(next);
+    int64_t row = 0;
+    for (int w = 0, k = 0; w <= W; w++) {
+        ep->worker_first[w] = row;
+        for (; w < W && (size_t)k < L && ep->worker_of[ep->order[k]] == w; k++) {
+            const int32_t i = ep->order[k];
+            ep->expert_start[i] = row, row += rows_of[i];
+        }
+    }
+    /* Each worker's buffers on its node, grown when a pass needs more. */
+    for (int w = 0; w < W; w++) {
+        const size_t need = (size_t)(ep->worker_first[w + 1] - ep->worker_first[w]);
+        if (need <= ep->worker_cap[w] && ep->worker_rows[w] != NULL) continue;
+        const size_t cap = need + need / 4 + 1;
+        void *r, *o;
+        MOERT_FORWARD_IF_ERROR(numa_pool_alloc(&ep->pool, w, cap * ld * elem, &r));
+        moert_status st = numa_pool_alloc(&ep->pool, w, cap * ld * sizeof(float), &o);
+        if (st != MOERT_OK) {
+            numa_pool_release(r, cap * ld * elem);
+            return st;
+        }
+        numa_pool_release(ep->worker_rows[w], ep->worker_cap[w] * ld * elem);
+        numa_pool_release(ep->worker_out[w], ep->worker_cap[w] * ld * sizeof(float));
+        ep->worker_rows[w] = r, ep->worker_out[w] = o, ep->worker_cap[w] = cap;
+    }
+    /* Places, then the rows copied there by their worker's threads (first touch). */
+    memcpy(rows_of, ep->expert_start, (L ? L : 1) * sizeof(int64_t)); /* now: the next place */
+    for (size_t i = 0; i < received; i++) ep->recv_pos[i] = rows_of[ep->recv_ids[i]]++;
 #pragma omp parallel for schedule(static) num_threads(ep->threads) if (received > 256)
-    for (size_t i = 0; i < received; i++)
-        memcpy((char *)ep->expert_rows + (size_t)ep->recv_pos[i] * ld * elem, (const char *)ep->recv_rows + i * ld * elem,
-               ld * elem);
-
+    for (size_t i = 0; i < received; i++) {
+        const int32_t id = ep->recv_ids[i];
+        memcpy((char *)ep->worker_rows[ep->worker_of[id]] + worker_row(ep, id, ep->recv_pos[i]) * ld * elem,
+               (const char *)ep->recv_rows + i * ld * elem, ld * elem);
+    }
     const double t_regrouped = MPI_Wtime();
-    /* Chunks of chunk_rows from each expert's first row, claimed in order. */
-    size_t chunks = 0;
-    for (size_t i = 0; i < L; i++) chunks += (size_t)(ep->expert_start[i + 1] - ep->expert_start[i] + (int64_t)chunk - 1) / chunk;
-    int next_chunk = 0;
+    for (int w = 0; w < W; w++) ep->worker_next[w] = 0;
     moert_status failed = MOERT_OK;
     char detail[256] = "";
 #pragma omp parallel num_threads(ep->threads)
     {
         const int tid = omp_get_thread_num();
+        /* A smaller team (OMP_THREAD_LIMIT) cannot serve every worker: one thread does all. */
+        const int full = omp_get_num_threads() == ep->pool.threads;
+        if (full) numa_pool_bind_thread(&ep->pool, tid);
         expert_scratch scratch;
         expert_scratch_bind(&scratch, &ep->shape, chunk, ep->thread_scratch[tid]);
         scratch.gemm13 = ep->gemm13, scratch.gemm2 = ep->gemm2, scratch.thread = tid;
-        for (;;) {
-            const size_t c = (size_t)__atomic_fetch_add(&next_chunk, 1, __ATOMIC_RELAXED);
-            if (c >= chunks) break;
-            /* The c-th chunk: walk the experts (few) to find it. */
-            size_t i = 0, k = c;
-            for (;; i++) {
-                const size_t n = (size_t)(ep->expert_start[i + 1] - ep->expert_start[i] + (int64_t)chunk - 1) / chunk;
-                if (k < n) break;
-                k -= n;
-            }
-            const int64_t row = ep->expert_start[i] + (int64_t)(k * chunk);
-            const int64_t left = ep->expert_start[i + 1] - row;
-            const size_t m = left < (int64_t)chunk ? (size_t)left : chunk;
-            const void *rows = (const char *)ep->expert_rows + (size_t)row * ld * elem;
-            float *out = ep->expert_out + (size_t)row * ld;
-            moert_status st = MOERT_OK;
-            if (ep->config.expert_kind == MOERT_EXPERT_SWIGLU)
-                st = expert_swiglu(&ep->shape, ep->weights[i], rows, m, out, &scratch);
-            else
-                expert_synthetic(&ep->shape, (size_t)ep->local_experts[i], ep->config.synthetic_cost, rows, m, out);
-            if (st != MOERT_OK) {
+        for (int w = full ? numa_pool_worker_of_thread(&ep->pool, tid) : 0; w < W; w++) {
+            if (!full && tid != 0) break;
+            /* The worker's chunks, in its experts' order, claimed one by one. */
+            for (;;) {
+                const size_t c = (size_t)__atomic_fetch_add(&ep->worker_next[w], 1, __ATOMIC_RELAXED);
+                size_t k = c, at = 0;
+                int32_t i = -1;
+                for (size_t j = 0; j < L; j++) {
+                    if (ep->worker_of[ep->order[j]] != w) continue;
+                    const int32_t e = ep->order[j];
+                    const int64_t rows = rows_of[e] - ep->expert_start[e]; /* rows_of now holds the end */
+                    const size_t chunks = (size_t)(rows + (int64_t)chunk - 1) / chunk;
+                    if (k < chunks) {
+                        i = e, at = k;
+                        break;
+                    }
+                    k -= chunks;
+                }
+                if (i < 0) break;
+                const int64_t first = ep->expert_start[i] + (int64_t)(at * chunk);
+                const int64_t left = rows_of[i] - first;
+                const size_t m = left < (int64_t)chunk ? (size_t)left : chunk;
+                const void *rows = (const char *)ep->worker_rows[w] + worker_row(ep, i, first) * ld * elem;
+                float *out = ep->worker_out[w] + worker_row(ep, i, first) * ld;
+                moert_status st = MOERT_OK;
+                if (ep->config.expert_kind == MOERT_EXPERT_SWIGLU)
+                    st = expert_swiglu(&ep->shape, ep->weights[i], rows, m, out, &scratch);
+                else
+                    expert_synthetic(&ep->shape, (size_t)ep->local_experts[i], ep->config.synthetic_cost, rows, m, out);
+                if (st != MOERT_OK) {
 #pragma omp critical(moert_ep_error)
-                if (failed == MOERT_OK) failed = st, snprintf(detail, sizeof detail, "%s", moert_last_error());
+                    if (failed == MOERT_OK) failed = st, snprintf(detail, sizeof detail, "%s", moert_last_error());
+                }
             }
+            if (full) break; /* only its own worker */
         }
     }
     if (failed != MOERT_OK) return moert_set_error(failed, "%s", detail);
-    /* Outputs back in the order the rows came. */
     const double t_computed = MPI_Wtime();
 #pragma omp parallel for schedule(static) num_threads(ep->threads) if (received > 256)
-    for (size_t i = 0; i < received; i++)
-        memcpy(ep->back_rows + i * ld, ep->expert_out + (size_t)ep->recv_pos[i] * ld, ep->shape.d * sizeof(float));
+    for (size_t i = 0; i < received; i++) {
+        const int32_t id = ep->recv_ids[i];
+        memcpy(ep->back_rows + i * ld, ep->worker_out[ep->worker_of[id]] + worker_row(ep, id, ep->recv_pos[i]) * ld,
+               ep->shape.d * sizeof(float));
+    }
     ep->timings.regroup = (t_regrouped - t_start) + (MPI_Wtime() - t_computed);
     return MOERT_OK;
 }

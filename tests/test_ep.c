@@ -166,6 +166,11 @@ START_TEST(test_policies_and_dtypes) {
     c = (ep_case){"bf16 rows", base_config(), 90, 0, 0, NULL, NULL, NULL};
     c.config.dtype = MOERT_DTYPE_BF16;
     run_case(&c);
+    c = (ep_case){"two NUMA workers in each rank", base_config(), 90, 0, 0, NULL, NULL, NULL};
+    c.config.workers = 2; /* the ranks run 2 threads: a worker each */
+    run_case(&c);
+    c.config.dtype = MOERT_DTYPE_BF16, c.name = "two NUMA workers in each rank, bf16";
+    run_case(&c);
     c = (ep_case){"synthetic experts", base_config(), 90, 0, 0, NULL, NULL, NULL};
     c.config.expert_kind = MOERT_EXPERT_SYNTHETIC, c.config.synthetic_cost = 5;
     run_case(&c);

@@ -36,9 +36,11 @@ extern "C" {
 
 typedef struct moert_ep moert_ep;
 
-/* Collective over comm. config as for moert_layer_create (its workers field is ignored
- * for now: one worker per rank). rank_of_expert[E] places experts on ranks; NULL means
- * contiguous blocks, expert e on rank floor(e P / E). */
+/* Collective over comm. config as for moert_layer_create, NUMA workers included: inside
+ * each rank, its experts go round-robin to its workers, whose node memory holds their
+ * weights, rows and outputs and whose threads claim their chunks (one worker per node by
+ * default). rank_of_expert[E] places experts on ranks; NULL means contiguous blocks,
+ * expert e on rank floor(e P / E). */
 MOERT_API moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm,
                                        const int32_t *rank_of_expert, moert_ep **ep);
 /* The same with replicated experts: expert e's replicas are on ranks
