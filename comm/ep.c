@@ -659,6 +659,9 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
      * collective, so no rank waits for one that gave up. */
     moert_status local = grow_exchange(ep, plan->slots, 0);
     if (local == MOERT_OK) local = pack(ep, x, send_counts);
+    const double t_packed = MPI_Wtime();
+    ep->timings.pack = t_packed - t;
+    t = t_packed; /* the count exchange starts here */
     MOERT_FORWARD_IF_ERROR(agree(ep, local));
     MPI_TRY(MPI_Alltoall(send_counts, 1, MPI_INT64_T, recv_counts, 1, MPI_INT64_T, ep->comm), "MPI_Alltoall of counts");
     int64_t received = 0;

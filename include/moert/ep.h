@@ -82,6 +82,7 @@ MOERT_API moert_status moert_ep_gather(moert_ep *ep, int root, const void *out, 
 typedef struct moert_ep_timings {
     double gate, route, exchange_counts, dispatch, experts, combine_exchange, combine, total;
     double regroup; /* the part of `experts` that regroups received rows and their outputs */
+    double pack;    /* gathering this rank's routed rows into the send buffer, before the counts */
 } moert_ep_timings;
 MOERT_API moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings *timings);
 
