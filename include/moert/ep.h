@@ -6,9 +6,10 @@
  * group: capacity, dropping and expert choice are decided per rank, as in GShard and
  * Megatron-Core); the rows each expert needs travel to the rank that owns it (counts by
  * MPI_Alltoall, rows and each row's local expert by MPI_Alltoallv, in rounds of at most
- * max_count rows per peer); the owner regroups them expert by expert and runs its experts in
- * chunks its threads claim; the outputs travel back; the source combines them with its
- * weights in token-major order.
+ * max_count rows per peer); the owner numbers each expert's rows in order (by source, then
+ * token) without moving them, its threads claim chunks, gather each into node-local
+ * scratch and run the expert there, writing the outputs where they travel back from; the
+ * source combines them with its weights in token-major order.
  *
  * With P ranks where rank r holds tokens [floor(r T / P), floor((r+1) T / P)) of a global
  * batch, the outputs are bit-identical to the single-process layer (moert/layer.h) with
