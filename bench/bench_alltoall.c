@@ -18,8 +18,8 @@ static const char help[] =
     "\n"
     "Each rank routes T tokens (default 8192) of d (4096) f32 over E (64) experts, top-k (2),\n"
     "experts in contiguous blocks per rank, synthetic experts of cost 0 (a copy). Each round\n"
-    "times one expert-parallel forward pass (its exchanges: rows and expert ids out, outputs\n"
-    "back; the count exchange; the regrouping of received rows) and raw MPI_Alltoallv of the\n"
+    "times one expert-parallel forward pass (its exchanges: rows out, outputs back; the\n"
+    "count exchange; the regrouping of received rows) and raw MPI_Alltoallv of the\n"
     "same per-peer byte counts, out and back. Rank 0 reports the medians over rounds of the\n"
     "slowest rank: the exchanges' rate, raw MPI's, their ratio, and what the count exchange\n"
     "and the regrouping add on top of the payload (packing the send buffer, the local gather\n"
@@ -149,7 +149,7 @@ int bench_alltoall(int argc, char **argv) {
         printf("  expert-parallel exchanges %.2f ms (%.2f GB/s), raw MPI_Alltoallv %.2f ms (%.2f GB/s): %.2f x raw\n",
                m_ep * 1e3, bytes / m_ep / 1e9, m_raw * 1e3, bytes / m_raw / 1e9, m_ratio);
         printf("  counts and regrouping add %.1f%% to the payload exchange\n", 100 * m_over);
-        printf("  (this rank, last round: packing %.2f ms, counts %.2f ms, rows and ids out %.2f ms, regrouping %.2f ms, "
+        printf("  (this rank, last round: packing %.2f ms, counts %.2f ms, rows out %.2f ms, regrouping %.2f ms, "
                "back %.2f ms)\n",
                last.pack * 1e3, last.exchange_counts * 1e3, last.dispatch * 1e3, last.regroup * 1e3,
                last.combine_exchange * 1e3);

@@ -45,7 +45,11 @@ struct moert_ep {
     size_t logit_cap;
     void *send_rows, *recv_rows;                  /* dtype rows, stride ld */
     float *back_rows, *ret_rows;                  /* f32 rows, stride ld */
-    int32_t *send_ids, *recv_ids;
+    /* Rows per (rank, expert on it): this rank's to every expert's replicas, arranged by
+     * destination (rank p's experts at expert_displ[p]), and what each source sends this
+     * rank's experts ([P][local]). They tell the receiver each row's expert. */
+    int *experts_on, *expert_displ, *local_counts, *local_displs; /* [P] each */
+    int64_t *rows_to_expert, *rows_from;
     int64_t *send_pos;       /* [slots]: a slot's row in the send buffer, -1 for padding */
     const float **entry_output;
     size_t send_cap, recv_cap, entry_cap;
@@ -112,7 +116,8 @@ void moert_ep_destroy(moert_ep *ep) {
     free(ep->replica_offsets), free(ep->replica_ranks), free(ep->replica_index), free(ep->held);
     free(ep->replica_rows), free(ep->local_experts), free(ep->w_gate);
     free(ep->logits), free(ep->send_rows), free(ep->recv_rows);
-    free(ep->back_rows), free(ep->ret_rows), free(ep->send_ids), free(ep->recv_ids);
+    free(ep->back_rows), free(ep->ret_rows), free(ep->experts_on), free(ep->expert_displ);
+    free(ep->local_counts), free(ep->local_displs), free(ep->rows_to_expert), free(ep->rows_from);
     free(ep->send_pos), free(ep->place_source), free((void *)ep->entry_output), free(ep->counts), free(ep->expert_start);
     free(ep->round_counts);
     if (ep->in_row != MPI_DATATYPE_NULL) MPI_Type_free(&ep->in_row);
@@ -157,6 +162,20 @@ static moert_status create_local(moert_ep *ep, const moert_layer_config *config,
             ep->replica_index[j] = owned[r]++; /* what that rank calls the expert: rows carry it */
             if (r == ep->rank) ep->held[e] = j, ep->local_experts[ep->local++] = (int32_t)e;
         }
+    }
+    const size_t P = (size_t)ep->size;
+    ep->experts_on = malloc(P * sizeof(int)), ep->expert_displ = malloc(P * sizeof(int));
+    ep->local_counts = malloc(P * sizeof(int)), ep->local_displs = malloc(P * sizeof(int));
+    ep->rows_to_expert = calloc(R ? R : 1, sizeof(int64_t));
+    ep->rows_from = calloc(P * (ep->local ? ep->local : 1), sizeof(int64_t));
+    if (!ep->experts_on || !ep->expert_displ || !ep->local_counts || !ep->local_displs || !ep->rows_to_expert ||
+        !ep->rows_from) {
+        free(owned);
+        return moert_set_error(MOERT_ENOMEM, "expert parallelism: out of memory");
+    }
+    for (size_t p = 0, at = 0; p < P; p++) {
+        ep->experts_on[p] = owned[p], ep->expert_displ[p] = (int)at, at += (size_t)owned[p];
+        ep->local_counts[p] = (int)ep->local, ep->local_displs[p] = (int)(p * ep->local);
     }
     free(owned);
     MOERT_FORWARD_IF_ERROR(moert_router_create(&ep->config.router, E, &ep->router));
@@ -383,7 +402,7 @@ static moert_status grow_exchange(moert_ep *ep, size_t slots, size_t received) {
         size_t cap = ep->send_cap, c2 = ep->send_cap, c3 = ep->send_cap, c4 = ep->send_cap;
         MOERT_FORWARD_IF_ERROR(grow(&ep->send_rows, &cap, slots, ld * elem, "send rows"));
         MOERT_FORWARD_IF_ERROR(grow((void **)&ep->ret_rows, &c2, slots, ld * sizeof(float), "returned rows"));
-        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->send_ids, &c3, slots, sizeof(int32_t), "send ids"));
+        (void)c3;
         MOERT_FORWARD_IF_ERROR(grow((void **)&ep->send_pos, &c4, slots, sizeof(int64_t), "send places"));
         ep->send_cap = slots;
     }
@@ -391,7 +410,7 @@ static moert_status grow_exchange(moert_ep *ep, size_t slots, size_t received) {
         size_t c1 = ep->recv_cap, c2 = ep->recv_cap, c3 = ep->recv_cap, c4 = ep->recv_cap;
         MOERT_FORWARD_IF_ERROR(grow(&ep->recv_rows, &c1, received, ld * elem, "received rows"));
         MOERT_FORWARD_IF_ERROR(grow((void **)&ep->back_rows, &c2, received, ld * sizeof(float), "rows sent back"));
-        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->recv_ids, &c3, received, sizeof(int32_t), "received ids"));
+        (void)c3;
         MOERT_FORWARD_IF_ERROR(grow((void **)&ep->place_source, &c4, received, sizeof(int64_t), "place sources"));
         ep->recv_cap = received;
     }
@@ -496,6 +515,8 @@ static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
             ep->send_pos[s] = j;
         }
     }
+    for (int32_t j = 0; j < ep->replica_offsets[ep->E]; j++) /* what each expert on each rank gets */
+        ep->rows_to_expert[ep->expert_displ[ep->replica_ranks[j]] + ep->replica_index[j]] = ep->replica_rows[j];
     int64_t *fill = ep->counts + 3 * (size_t)P; /* running place per rank */
     int64_t next = 0;
     for (int p = 0; p < P; p++) fill[p] = next, next += send_counts[p];
@@ -503,9 +524,7 @@ static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
         for (int64_t s = plan->expert_offsets[e]; s < plan->expert_offsets[e + 1]; s++) {
             const int64_t j = ep->send_pos[s];
             if (j < 0) continue;
-            const int64_t pos = fill[ep->replica_ranks[j]]++;
-            ep->send_ids[pos] = ep->replica_index[j];
-            ep->send_pos[s] = pos;
+            ep->send_pos[s] = fill[ep->replica_ranks[j]]++;
         }
     const size_t slots = plan->slots;
     const int32_t *tokens = plan->slot_tokens;
@@ -527,27 +546,31 @@ static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
  * the expert there, and writes each output row straight to where it returns from; so the
  * rows are read once and the outputs written once, and every GEMM has the shape it has in
  * the single-process layer. */
-static moert_status run_experts(moert_ep *ep, size_t received) {
+static moert_status run_experts(moert_ep *ep, size_t received, const int64_t *recv_displs) {
     const double t_start = MPI_Wtime();
     const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4, chunk = ep->config.chunk_rows;
     const size_t L = ep->local;
     const int W = ep->pool.workers;
-    /* Rows per expert; each expert's first place, worker by worker; each place's row. */
+    /* Rows per expert; each expert's first place, worker by worker; each place's row: a
+     * source's rows come expert by expert, so expert i's from source s start after its
+     * rows for experts 0..i-1. */
+    const int P = ep->size;
     int64_t *next = ep->next_rows;
     memset(next, 0, (L ? L : 1) * sizeof(int64_t));
-    for (size_t i = 0; i < received; i++) {
-        const int32_t id = ep->recv_ids[i];
-        MOERT_RETURN_ERROR_IF(id < 0 || (size_t)id >= L, MOERT_EINTERNAL, "a received row names local expert %d of %zu",
-                              (int)id, L);
-        next[id]++;
-    }
+    for (int s = 0; s < P; s++)
+        for (size_t i = 0; i < L; i++) next[i] += ep->rows_from[(size_t)s * L + i];
     int64_t place = 0;
     for (size_t k = 0; k < L; k++) {
         const int32_t i = ep->order[k];
         ep->expert_start[i] = place, place += next[i];
     }
     memcpy(next, ep->expert_start, (L ? L : 1) * sizeof(int64_t));
-    for (size_t i = 0; i < received; i++) ep->place_source[next[ep->recv_ids[i]]++] = (int64_t)i;
+    for (int s = 0; s < P; s++) {
+        int64_t row = recv_displs[s];
+        for (size_t i = 0; i < L; i++)
+            for (int64_t r = 0; r < ep->rows_from[(size_t)s * L + i]; r++) ep->place_source[next[i]++] = row++;
+    }
+    (void)received;
     /* next[i] is now the end of expert i's places. */
     const double t_placed = MPI_Wtime();
     for (int w = 0; w < W; w++) ep->worker_next[w] = 0;
@@ -617,7 +640,15 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
     ep->timings.pack = t_packed - t;
     t = t_packed; /* the count exchange starts here */
     MOERT_FORWARD_IF_ERROR(agree(ep, local));
-    MPI_TRY(MPI_Alltoall(send_counts, 1, MPI_INT64_T, recv_counts, 1, MPI_INT64_T, ep->comm), "MPI_Alltoall of counts");
+    /* The rows each source sends each of this rank's experts: the rows per rank, and each
+     * row's expert, follow from them. */
+    MPI_TRY(MPI_Alltoallv(ep->rows_to_expert, ep->experts_on, ep->expert_displ, MPI_INT64_T, ep->rows_from,
+                          ep->local_counts, ep->local_displs, MPI_INT64_T, ep->comm),
+            "MPI_Alltoallv of counts");
+    for (int p = 0; p < P; p++) {
+        recv_counts[p] = 0;
+        for (size_t i = 0; i < ep->local; i++) recv_counts[p] += ep->rows_from[(size_t)p * ep->local + i];
+    }
     int64_t received = 0;
     int64_t *send_displs = malloc(2 * (size_t)P * sizeof(int64_t));
     int64_t *recv_displs = send_displs ? send_displs + P : NULL;
@@ -657,12 +688,9 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
     if (st == MOERT_OK)
         st = alltoallv_rounds(ep, ep->send_rows, send_counts, send_displs, ep->recv_rows, recv_counts, recv_displs,
                               in_row, ld * elem, rounds);
-    if (st == MOERT_OK)
-        st = alltoallv_rounds(ep, ep->send_ids, send_counts, send_displs, ep->recv_ids, recv_counts, recv_displs,
-                              MPI_INT32_T, sizeof(int32_t), rounds);
     const double t_dispatch = MPI_Wtime();
     ep->timings.dispatch = t_dispatch - t_counts;
-    if (st == MOERT_OK) st = run_experts(ep, (size_t)received);
+    if (st == MOERT_OK) st = run_experts(ep, (size_t)received, recv_displs);
     const double t_experts = MPI_Wtime();
     ep->timings.experts = t_experts - t_dispatch;
     /* A failure here is local (the exchange is symmetric); agree before moving on. */
