@@ -4,9 +4,9 @@
  * Every rank holds a share of the tokens and a share of the experts. A forward pass on
  * each rank: the gate and the router on the rank's own tokens (its tokens are a routing
  * group: capacity, dropping and expert choice are decided per rank, as in GShard and
- * Megatron-Core); the rows each expert needs travel to the rank that owns it (counts by
- * MPI_Alltoall, rows and each row's local expert by MPI_Alltoallv, in rounds of at most
- * max_count rows per peer); the owner numbers each expert's rows in order (by source, then
+ * Megatron-Core); the rows each expert needs travel to the rank that owns it (the rows per
+ * (rank, expert) by a small MPI_Alltoallv, which also tells each row's expert; the rows by
+ * MPI_Alltoallv, in rounds of at most max_count rows per peer); the owner numbers each expert's rows in order (by source, then
  * token) without moving them, its threads claim chunks, gather each into node-local
  * scratch and run the expert there, writing the outputs where they travel back from; the
  * source combines them with its weights in token-major order.
