@@ -53,7 +53,8 @@ struct moert_ep {
     int64_t *send_pos;       /* [slots]: a slot's row in the send buffer, -1 for padding */
     const float **entry_output;
     size_t send_cap, recv_cap, entry_cap;
-    int64_t *counts;         /* [4 size]: send, recv counts; send, recv displacements */
+    int64_t *counts;         /* [4 size]: send counts, recv counts, send displacements, recv
+                                displacements (pack's running places until the exchange) */
     int64_t *expert_start;   /* [local + 1] */
     int *round_counts;       /* [4 size]: one round's int counts and displacements */
     /* NUMA workers inside the rank: local expert i on worker i mod W, its weights in that
@@ -399,19 +400,17 @@ static moert_status grow(void **p, size_t *cap, size_t need, size_t elem, const 
 static moert_status grow_exchange(moert_ep *ep, size_t slots, size_t received) {
     const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
     if (slots > ep->send_cap || ep->send_rows == NULL) {
-        size_t cap = ep->send_cap, c2 = ep->send_cap, c3 = ep->send_cap, c4 = ep->send_cap;
-        MOERT_FORWARD_IF_ERROR(grow(&ep->send_rows, &cap, slots, ld * elem, "send rows"));
+        size_t c1 = ep->send_cap, c2 = ep->send_cap, c3 = ep->send_cap;
+        MOERT_FORWARD_IF_ERROR(grow(&ep->send_rows, &c1, slots, ld * elem, "send rows"));
         MOERT_FORWARD_IF_ERROR(grow((void **)&ep->ret_rows, &c2, slots, ld * sizeof(float), "returned rows"));
-        (void)c3;
-        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->send_pos, &c4, slots, sizeof(int64_t), "send places"));
+        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->send_pos, &c3, slots, sizeof(int64_t), "send places"));
         ep->send_cap = slots;
     }
     if (received > ep->recv_cap || ep->recv_rows == NULL) {
-        size_t c1 = ep->recv_cap, c2 = ep->recv_cap, c3 = ep->recv_cap, c4 = ep->recv_cap;
+        size_t c1 = ep->recv_cap, c2 = ep->recv_cap, c3 = ep->recv_cap;
         MOERT_FORWARD_IF_ERROR(grow(&ep->recv_rows, &c1, received, ld * elem, "received rows"));
         MOERT_FORWARD_IF_ERROR(grow((void **)&ep->back_rows, &c2, received, ld * sizeof(float), "rows sent back"));
-        (void)c3;
-        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->place_source, &c4, received, sizeof(int64_t), "place sources"));
+        MOERT_FORWARD_IF_ERROR(grow((void **)&ep->place_source, &c3, received, sizeof(int64_t), "place sources"));
         ep->recv_cap = received;
     }
     return MOERT_OK;
@@ -517,9 +516,9 @@ static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
     }
     for (int32_t j = 0; j < ep->replica_offsets[ep->E]; j++) /* what each expert on each rank gets */
         ep->rows_to_expert[ep->expert_displ[ep->replica_ranks[j]] + ep->replica_index[j]] = ep->replica_rows[j];
-    int64_t *fill = ep->counts + 3 * (size_t)P; /* running place per rank */
+    int64_t *displs = ep->counts + 2 * (size_t)P, *fill = ep->counts + 3 * (size_t)P; /* running place per rank */
     int64_t next = 0;
-    for (int p = 0; p < P; p++) fill[p] = next, next += send_counts[p];
+    for (int p = 0; p < P; p++) displs[p] = fill[p] = next, next += send_counts[p];
     for (size_t e = 0; e < plan->experts; e++)
         for (int64_t s = plan->expert_offsets[e]; s < plan->expert_offsets[e + 1]; s++) {
             const int64_t j = ep->send_pos[s];
@@ -649,16 +648,11 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
         recv_counts[p] = 0;
         for (size_t i = 0; i < ep->local; i++) recv_counts[p] += ep->rows_from[(size_t)p * ep->local + i];
     }
-    int64_t received = 0;
-    int64_t *send_displs = malloc(2 * (size_t)P * sizeof(int64_t));
-    int64_t *recv_displs = send_displs ? send_displs + P : NULL;
-    int64_t sent = 0;
-    for (int p = 0; send_displs && p < P; p++) {
-        send_displs[p] = sent, sent += send_counts[p];
-        recv_displs[p] = received, received += recv_counts[p];
-    }
-    moert_status st = send_displs ? grow_exchange(ep, plan->slots, (size_t)received)
-                                  : moert_set_error(MOERT_ENOMEM, "exchange: out of memory");
+    const int64_t *send_displs = ep->counts + 2 * (size_t)P; /* set by pack */
+    int64_t *recv_displs = ep->counts + 3 * (size_t)P, received = 0;
+    for (int p = 0; p < P; p++) recv_displs[p] = received, received += recv_counts[p];
+    const int64_t sent = send_displs[P - 1] + send_counts[P - 1];
+    moert_status st = grow_exchange(ep, plan->slots, (size_t)received);
     if (st == MOERT_OK && (sent > INT_MAX || received > INT_MAX))
         st = moert_set_error(MOERT_EOVERFLOW, "exchange: %lld rows sent, %lld received: more than an int can count",
                              (long long)sent, (long long)received);
@@ -678,10 +672,7 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
         ep->max_count = (int)-all[1];
         rounds = (all[0] + ep->max_count - 1) / ep->max_count;
     }
-    if (st != MOERT_OK) {
-        free(send_displs);
-        return st;
-    }
+    if (st != MOERT_OK) return st;
     const double t_counts = MPI_Wtime();
     ep->timings.exchange_counts = t_counts - t;
     /* Rows, and their experts. */
@@ -698,7 +689,6 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
     if (st == MOERT_OK)
         st = alltoallv_rounds(ep, ep->back_rows, recv_counts, recv_displs, ep->ret_rows, send_counts, send_displs,
                               out_row, ld * sizeof(float), rounds);
-    free(send_displs);
     const double t_back = MPI_Wtime();
     ep->timings.combine_exchange = t_back - t_experts;
     if (st != MOERT_OK) return st;
