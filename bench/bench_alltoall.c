@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "bench/bench.h"
 #include "moert/ep.h"
@@ -20,10 +21,22 @@ static const char help[] =
     "experts in contiguous blocks per rank, synthetic experts of cost 0 (a copy). Each round\n"
     "times one expert-parallel forward pass (its exchanges: rows out, outputs back; the\n"
     "count exchange; the regrouping of received rows) and raw MPI_Alltoallv of the\n"
-    "same per-peer byte counts, out and back. Rank 0 reports the medians over rounds of the\n"
+    "same per-peer byte counts, out and back (on huge-page buffers, as moert's, and on\n"
+    "4 KiB-page ones). Rank 0 reports the medians over rounds of the\n"
     "slowest rank: the exchanges' rate, raw MPI's, their ratio, and what the count exchange\n"
     "and the regrouping add on top of the payload (packing the send buffer, the local gather\n"
-    "a single process does too, is reported apart).\n";
+    "a single process does too, is reported apart, and so is the waiting for slower ranks at\n"
+    "the agreements after packing and after the experts).\n";
+
+/* The raw exchange's buffers: on 2 MiB transparent huge pages as moert's own exchange
+ * buffers are (common/large_alloc.c), or on the 4 KiB pages plain malloc gives. */
+static void *raw_buffer(size_t bytes, int huge) {
+    void *p = NULL;
+    if (!huge) return malloc(bytes);
+    if (posix_memalign(&p, (size_t)2 << 20, bytes) != 0) return NULL;
+    (void)madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
 
 int bench_alltoall(int argc, char **argv) {
     enum { OPT_TOKENS = 256, OPT_D, OPT_E, OPT_K, OPT_THREADS, OPT_ROUNDS, OPT_JSON };
@@ -68,10 +81,10 @@ int bench_alltoall(int argc, char **argv) {
     float *x = malloc(T * d * sizeof(float)), *out = malloc(T * d * sizeof(float));
     float *gate = malloc(d * E * sizeof(float));
     double *t_ep = calloc((size_t)rounds, sizeof(double)), *t_raw = calloc((size_t)rounds, sizeof(double));
-    double *t_extra = calloc((size_t)rounds, sizeof(double));
+    double *t_extra = calloc((size_t)rounds, sizeof(double)), *t_small = calloc((size_t)rounds, sizeof(double));
     int64_t *counts = calloc(2 * (size_t)size, sizeof(int64_t));
     int *sc = calloc(4 * (size_t)size, sizeof(int));
-    code = x && out && gate && t_ep && t_raw && t_extra && counts && sc ? CLI_OK : CLI_FAIL;
+    code = x && out && gate && t_ep && t_raw && t_extra && t_small && counts && sc ? CLI_OK : CLI_FAIL;
     int failed_here = code != CLI_OK, failed_anywhere = 0; /* every rank creates, or none */
     MPI_Allreduce(&failed_here, &failed_anywhere, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (failed_anywhere) code = CLI_FAIL;
@@ -86,7 +99,7 @@ int bench_alltoall(int argc, char **argv) {
         if (st == MOERT_OK) st = moert_ep_forward(ep, x, T, out); /* warm-up: buffers grow */
     }
     /* The raw exchange's per-peer counts, in rows of d floats: what this rank sends to each. */
-    char *send = NULL, *recv = NULL;
+    char *send = NULL, *recv = NULL, *send_small = NULL, *recv_small = NULL;
     int *rc = sc + size, *sd = rc + size, *rd = sd + size;
     if (code == CLI_OK && st == MOERT_OK) {
         moert_plan_stats s;
@@ -96,10 +109,14 @@ int bench_alltoall(int argc, char **argv) {
         MPI_Alltoall(sc, 1, MPI_INT, rc, 1, MPI_INT, MPI_COMM_WORLD);
         int64_t sent = 0, received = 0;
         for (int p = 0; p < size; p++) sd[p] = (int)sent, sent += sc[p], rd[p] = (int)received, received += rc[p];
-        send = malloc((size_t)sent * d * sizeof(float) + 1);
-        recv = malloc((size_t)received * d * sizeof(float) + 1);
-        if (!send || !recv) code = CLI_FAIL;
-        else memset(send, 1, (size_t)sent * d * sizeof(float)), memset(recv, 2, (size_t)received * d * sizeof(float));
+        const size_t send_bytes = (size_t)sent * d * sizeof(float) + 1, recv_bytes = (size_t)received * d * sizeof(float) + 1;
+        send = raw_buffer(send_bytes, 1), recv = raw_buffer(recv_bytes, 1);
+        send_small = raw_buffer(send_bytes, 0), recv_small = raw_buffer(recv_bytes, 0);
+        if (!send || !recv || !send_small || !recv_small) code = CLI_FAIL;
+        else {
+            memset(send, 1, send_bytes), memset(recv, 2, recv_bytes);
+            memset(send_small, 1, send_bytes), memset(recv_small, 2, recv_bytes);
+        }
     }
     int worst = code != CLI_OK || st != MOERT_OK;
     int any = 0;
@@ -125,8 +142,14 @@ int bench_alltoall(int argc, char **argv) {
         MPI_Alltoallv(send, sc, sd, row, recv, rc, rd, row, MPI_COMM_WORLD);
         MPI_Alltoallv(recv, rc, rd, row, send, sc, sd, row, MPI_COMM_WORLD);
         const double raw = MPI_Wtime() - t0;
+        MPI_Barrier(MPI_COMM_WORLD);
+        const double t1 = MPI_Wtime();
+        MPI_Alltoallv(send_small, sc, sd, row, recv_small, rc, rd, row, MPI_COMM_WORLD);
+        MPI_Alltoallv(recv_small, rc, rd, row, send_small, sc, sd, row, MPI_COMM_WORLD);
+        const double small = MPI_Wtime() - t1;
         MPI_Allreduce(mine, slowest, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
         MPI_Allreduce(&raw, &t_raw[r], 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+        MPI_Allreduce(&small, &t_small[r], 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
         t_ep[r] = slowest[0], t_extra[r] = slowest[1];
     }
     if (!any && rank == 0) {
@@ -134,35 +157,40 @@ int bench_alltoall(int argc, char **argv) {
         int64_t rows = 0;
         for (int p = 0; p < size; p++) rows += sc[p];
         const double bytes = 2.0 * (double)rows * (double)d * 4.0;
-        double ratio[101];
-        for (int r = 0; r < rounds; r++) ratio[r] = t_raw[r] / t_ep[r];
+        double ratio[101], ratio_small[101];
+        for (int r = 0; r < rounds; r++) ratio[r] = t_raw[r] / t_ep[r], ratio_small[r] = t_small[r] / t_ep[r];
         double overhead[101];
         for (int r = 0; r < rounds; r++) overhead[r] = t_extra[r] / t_ep[r]; /* on top of the payload */
         const double m_ep = bench_median(t_ep, rounds), m_raw = bench_median(t_raw, rounds);
         const double m_ratio = bench_median(ratio, rounds), m_over = bench_median(overhead, rounds);
+        const double m_small = bench_median(t_small, rounds), m_ratio_small = bench_median(ratio_small, rounds);
         printf("alltoall: %d ranks, T=%zu per rank, d=%zu, E=%zu, k=%d, f32, %d rounds (medians of the slowest rank)\n",
                size, T, d, E, k, rounds);
         printf("  expert-parallel exchanges %.2f ms (%.2f GB/s), raw MPI_Alltoallv %.2f ms (%.2f GB/s): %.2f x raw\n",
                m_ep * 1e3, bytes / m_ep / 1e9, m_raw * 1e3, bytes / m_raw / 1e9, m_ratio);
+        printf("  (raw MPI_Alltoallv on 4 KiB-page buffers instead of huge pages: %.2f ms (%.2f GB/s): %.2f x)\n",
+               m_small * 1e3, bytes / m_small / 1e9, m_ratio_small);
         printf("  counts and regrouping add %.1f%% to the payload exchange\n", 100 * m_over);
-        printf("  (this rank, last round: packing %.2f ms, counts %.2f ms, rows out %.2f ms, regrouping %.2f ms, "
-               "back %.2f ms)\n",
-               last.pack * 1e3, last.exchange_counts * 1e3, last.dispatch * 1e3, last.regroup * 1e3,
-               last.combine_exchange * 1e3);
+        printf("  (this rank, last round: packing %.2f ms, waiting %.2f ms, counts %.2f ms, rows out %.2f ms, "
+               "regrouping %.2f ms, back %.2f ms)\n",
+               last.pack * 1e3, last.wait * 1e3, last.exchange_counts * 1e3, last.dispatch * 1e3,
+               last.regroup * 1e3, last.combine_exchange * 1e3);
         if (json) {
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "ranks", size);
             cJSON_AddNumberToObject(o, "ep_exchange_ms", m_ep * 1e3);
             cJSON_AddNumberToObject(o, "raw_alltoallv_ms", m_raw * 1e3);
             cJSON_AddNumberToObject(o, "ep_ratio_to_raw", m_ratio);
+            cJSON_AddNumberToObject(o, "raw_alltoallv_small_pages_ms", m_small * 1e3);
+            cJSON_AddNumberToObject(o, "ep_ratio_to_raw_small_pages", m_ratio_small);
             cJSON_AddNumberToObject(o, "counts_regroup_over_payload", m_over);
             cli_print_json_line(o);
         }
     }
     MPI_Type_free(&row);
     moert_ep_destroy(ep);
-    free(x), free(out), free(gate), free(t_ep), free(t_raw), free(t_extra), free(counts), free(sc);
-    free(send), free(recv);
+    free(x), free(out), free(gate), free(t_ep), free(t_raw), free(t_extra), free(t_small), free(counts), free(sc);
+    free(send), free(recv), free(send_small), free(recv_small);
     if (!initialized) MPI_Finalize();
     return code;
 }

@@ -7,6 +7,7 @@
 
 #include "common/bf16.h"
 #include "common/error.h"
+#include "common/large_alloc.h"
 #include "common/size.h"
 #include "dispatch/dispatch.h"
 #include "experts/experts.h"
@@ -387,8 +388,9 @@ static moert_status grow(void **p, size_t *cap, size_t need, size_t elem, const 
     size_t bytes;
     MOERT_RETURN_ERROR_IF(moert_mul_overflows(need ? need : 1, elem, &bytes), MOERT_EOVERFLOW, "%s: size overflows", what);
     /* Fresh and zeroed: rows are sent with their padding columns (ld - d), which nothing
-     * reads but which should not be uninitialised bytes on the wire. */
-    void *q = calloc(1, bytes);
+     * reads but which should not be uninitialised bytes on the wire. Huge pages when large:
+     * the exchange reads them across processes. */
+    void *q = moert_large_calloc(bytes);
     MOERT_RETURN_ERROR_IF(q == NULL, MOERT_ENOMEM, "cannot allocate %zu bytes for %s", bytes, what);
     free(*p);
     *p = q;
@@ -637,8 +639,10 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
     if (local == MOERT_OK) local = pack(ep, x, send_counts);
     const double t_packed = MPI_Wtime();
     ep->timings.pack = t_packed - t;
-    t = t_packed; /* the count exchange starts here */
     MOERT_FORWARD_IF_ERROR(agree(ep, local));
+    /* The agreement is where a rank waits for slower ones' packing: counted apart. */
+    t = MPI_Wtime();
+    ep->timings.wait = t - t_packed; /* the count exchange starts here */
     /* The rows each source sends each of this rank's experts: the rows per rank, and each
      * row's expert, follow from them. */
     MPI_TRY(MPI_Alltoallv(ep->rows_to_expert, ep->experts_on, ep->expert_displ, MPI_INT64_T, ep->rows_from,
@@ -682,10 +686,13 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
     const double t_dispatch = MPI_Wtime();
     ep->timings.dispatch = t_dispatch - t_counts;
     if (st == MOERT_OK) st = run_experts(ep, (size_t)received, recv_displs);
-    const double t_experts = MPI_Wtime();
-    ep->timings.experts = t_experts - t_dispatch;
-    /* A failure here is local (the exchange is symmetric); agree before moving on. */
+    const double t_ran = MPI_Wtime();
+    ep->timings.experts = t_ran - t_dispatch;
+    /* A failure here is local (the exchange is symmetric); agree before moving on. Here a
+     * rank waits for the slowest rank's experts: waiting, not the exchange's cost. */
     st = agree(ep, st);
+    const double t_experts = MPI_Wtime();
+    ep->timings.wait += t_experts - t_ran;
     if (st == MOERT_OK)
         st = alltoallv_rounds(ep, ep->back_rows, recv_counts, recv_displs, ep->ret_rows, send_counts, send_displs,
                               out_row, ld * sizeof(float), rounds);

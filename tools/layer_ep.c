@@ -13,13 +13,13 @@
 #include "tools/layer_ep.h"
 #include "tools/layer_reference.h"
 
-enum { STAGES = 8 };
-static const char *const stage_names[STAGES] = {"gate", "route", "counts", "dispatch", "experts", "return", "combine",
-                                                "total"};
+enum { STAGES = 9 };
+static const char *const stage_names[STAGES] = {"gate", "route", "counts", "dispatch", "experts", "wait", "return",
+                                                "combine", "total"};
 
 static void timings_array(const moert_ep_timings *t, double *v) {
-    const double a[STAGES] = {t->gate, t->route, t->exchange_counts, t->dispatch, t->experts, t->combine_exchange,
-                              t->combine, t->total};
+    const double a[STAGES] = {t->gate, t->route, t->exchange_counts, t->dispatch, t->experts, t->wait,
+                              t->combine_exchange, t->combine, t->total};
     memcpy(v, a, sizeof a);
 }
 

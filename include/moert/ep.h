@@ -84,6 +84,8 @@ typedef struct moert_ep_timings {
     double gate, route, exchange_counts, dispatch, experts, combine_exchange, combine, total;
     double regroup; /* the part of `experts` that regroups received rows and their outputs */
     double pack;    /* gathering this rank's routed rows into the send buffer, before the counts */
+    double wait;    /* in the agreements after packing and after the experts: waiting for slower
+                       ranks (load imbalance) plus the agreements' own latency */
 } moert_ep_timings;
 MOERT_API moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings *timings);
 
