@@ -68,6 +68,7 @@ int bench_alltoall(int argc, char **argv) {
     }
     if (optind < argc) return cli_usage_error("bench alltoall", "unexpected argument");
     if ((size_t)k > E) return cli_fail(CLI_USAGE, "--k %d exceeds --experts %zu", k, E);
+    const size_t ld = (d + 15) & ~(size_t)15; /* moert sends rows padded to 16 floats: so does the raw exchange */
 
     int initialized = 0, provided, rank, size;
     MPI_Initialized(&initialized);
@@ -109,7 +110,7 @@ int bench_alltoall(int argc, char **argv) {
         MPI_Alltoall(sc, 1, MPI_INT, rc, 1, MPI_INT, MPI_COMM_WORLD);
         int64_t sent = 0, received = 0;
         for (int p = 0; p < size; p++) sd[p] = (int)sent, sent += sc[p], rd[p] = (int)received, received += rc[p];
-        const size_t send_bytes = (size_t)sent * d * sizeof(float) + 1, recv_bytes = (size_t)received * d * sizeof(float) + 1;
+        const size_t send_bytes = (size_t)sent * ld * sizeof(float) + 1, recv_bytes = (size_t)received * ld * sizeof(float) + 1;
         send = raw_buffer(send_bytes, 1), recv = raw_buffer(recv_bytes, 1);
         send_small = raw_buffer(send_bytes, 0), recv_small = raw_buffer(recv_bytes, 0);
         if (!send || !recv || !send_small || !recv_small) code = CLI_FAIL;
@@ -126,12 +127,17 @@ int bench_alltoall(int argc, char **argv) {
         else code = CLI_FAIL;
     }
     MPI_Datatype row;
-    MPI_Type_contiguous((int)d, MPI_FLOAT, &row);
+    MPI_Type_contiguous((int)ld, MPI_FLOAT, &row);
     MPI_Type_commit(&row);
     moert_ep_timings last = {0};
     for (int r = 0; r < rounds && !any; r++) {
         MPI_Barrier(MPI_COMM_WORLD); /* the ranks start together: the figures are the exchange's */
-        moert_ep_forward(ep, x, T, out);
+        const moert_status failed = moert_ep_forward(ep, x, T, out);
+        if (failed != MOERT_OK) { /* agreed: every rank stops here */
+            code = rank == 0 ? cli_fail_status(failed, "bench alltoall: forward") : CLI_FAIL;
+            any = 1;
+            break;
+        }
         moert_ep_timings t;
         moert_ep_get_timings(ep, &t);
         last = t;
@@ -156,7 +162,7 @@ int bench_alltoall(int argc, char **argv) {
         /* Bytes: this rank's rows out and back (rank 0's share; the ranks are alike). */
         int64_t rows = 0;
         for (int p = 0; p < size; p++) rows += sc[p];
-        const double bytes = 2.0 * (double)rows * (double)d * 4.0;
+        const double bytes = 2.0 * (double)rows * (double)ld * 4.0;
         double ratio[101], ratio_small[101];
         for (int r = 0; r < rounds; r++) ratio[r] = t_raw[r] / t_ep[r], ratio_small[r] = t_small[r] / t_ep[r];
         double overhead[101];
@@ -170,7 +176,9 @@ int bench_alltoall(int argc, char **argv) {
                m_ep * 1e3, bytes / m_ep / 1e9, m_raw * 1e3, bytes / m_raw / 1e9, m_ratio);
         printf("  (raw MPI_Alltoallv on 4 KiB-page buffers instead of huge pages: %.2f ms (%.2f GB/s): %.2f x)\n",
                m_small * 1e3, bytes / m_small / 1e9, m_ratio_small);
-        printf("  counts and regrouping add %.1f%% to the payload exchange\n", 100 * m_over);
+        printf("  counts and regrouping add %.1f%% to the payload exchange (%s)\n", 100 * m_over,
+               last.per_expert_exchange ? "one exchange per local expert: rows land in expert-major order"
+                                        : "one exchange for all experts: rows gathered by place");
         printf("  (this rank, last round: packing %.2f ms, waiting %.2f ms, counts %.2f ms, rows out %.2f ms, "
                "regrouping %.2f ms, back %.2f ms)\n",
                last.pack * 1e3, last.wait * 1e3, last.exchange_counts * 1e3, last.dispatch * 1e3,

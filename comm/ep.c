@@ -26,6 +26,7 @@ struct moert_ep {
     MPI_Comm comm;
     MPI_Datatype in_row, out_row; /* a row of ld elements: the dtype's, and float */
     int rank, size, max_count;
+    int exchange_mode; /* moert_ep_exchange */
     int32_t *replica_offsets; /* [E + 1]: expert e's replicas are [offsets[e], offsets[e + 1]) */
     int32_t *replica_ranks;   /* [replicas]: the rank holding each replica */
     int32_t *replica_index;   /* [replicas]: the expert's index among that rank's experts */
@@ -65,9 +66,12 @@ struct moert_ep {
     int32_t *worker_of;      /* [local] */
     int32_t *order;          /* [local]: local experts, worker by worker */
     int *worker_next;        /* [W]: the next chunk to claim */
-    int64_t *next_rows;      /* [local]: rows per expert, then each expert's next place */
-    int64_t *place_source;   /* [received]: the received row at each expert-major place */
-    size_t chunk_offset;     /* in a thread's scratch: its chunk's rows, then outputs */
+    int64_t *next_rows;      /* [local]: rows per expert, then the end of each expert's rows */
+    int64_t *call_counts;    /* [4 size]: one per-expert exchange's counts and displacements */
+    int64_t *place_source;   /* [received], one exchange for all experts: the received row at
+                                each expert-major place */
+    int max_local;           /* the most experts any rank holds: the per-expert exchanges */
+    size_t chunk_offset;     /* in a thread's scratch: where a chunk's rows would start */
     moert_ep_timings timings;
 };
 
@@ -120,7 +124,7 @@ void moert_ep_destroy(moert_ep *ep) {
     free(ep->logits), free(ep->send_rows), free(ep->recv_rows);
     free(ep->back_rows), free(ep->ret_rows), free(ep->experts_on), free(ep->expert_displ);
     free(ep->local_counts), free(ep->local_displs), free(ep->rows_to_expert), free(ep->rows_from);
-    free(ep->send_pos), free(ep->place_source), free((void *)ep->entry_output), free(ep->counts), free(ep->expert_start);
+    free(ep->send_pos), free(ep->call_counts), free(ep->place_source), free((void *)ep->entry_output), free(ep->counts), free(ep->expert_start);
     free(ep->round_counts);
     if (ep->in_row != MPI_DATATYPE_NULL) MPI_Type_free(&ep->in_row);
     if (ep->out_row != MPI_DATATYPE_NULL) MPI_Type_free(&ep->out_row);
@@ -177,6 +181,7 @@ static moert_status create_local(moert_ep *ep, const moert_layer_config *config,
     }
     for (size_t p = 0, at = 0; p < P; p++) {
         ep->experts_on[p] = owned[p], ep->expert_displ[p] = (int)at, at += (size_t)owned[p];
+        ep->max_local = owned[p] > ep->max_local ? owned[p] : ep->max_local;
         ep->local_counts[p] = (int)ep->local, ep->local_displs[p] = (int)(p * ep->local);
     }
     free(owned);
@@ -188,8 +193,9 @@ static moert_status create_local(moert_ep *ep, const moert_layer_config *config,
     ep->counts = calloc(4 * (size_t)ep->size, sizeof(int64_t));
     ep->expert_start = calloc(ep->local + 1, sizeof(int64_t));
     ep->round_counts = calloc(4 * (size_t)ep->size, sizeof(int));
+    ep->call_counts = calloc(4 * (size_t)ep->size, sizeof(int64_t));
     MOERT_RETURN_ERROR_IF(!ep->w_gate || !ep->weights || !ep->thread_scratch || !ep->counts || !ep->expert_start ||
-                              !ep->round_counts,
+                              !ep->round_counts || !ep->call_counts,
                           MOERT_ENOMEM, "expert parallelism: out of memory");
     MOERT_FORWARD_IF_ERROR(expert_bf16_gemms(&ep->shape, config, ep->threads, &ep->gemm13, &ep->gemm2));
     MOERT_FORWARD_IF_ERROR(numa_pool_init(&ep->pool, config->workers, ep->threads, config->bind_threads,
@@ -285,9 +291,15 @@ moert_status moert_ep_create_replicated(const moert_layer_config *config, MPI_Co
     if (out != NULL) *out = NULL;
     if (config == NULL || out == NULL) st = moert_set_error(MOERT_EINVAL, "moert_ep_create: NULL argument");
     else if (ep == NULL) st = moert_set_error(MOERT_ENOMEM, "expert parallelism: out of memory");
-    if (ep == NULL) { /* agree without the object */
-        int mine = st != MOERT_OK ? (int)st : (int)MOERT_ENOMEM, worst = mine;
-        MPI_Allreduce(&mine, &worst, 1, MPI_INT, MPI_MAX, dup);
+    if (ep == NULL) { /* the same two collectives as agree(agree_config()) below, without the object */
+        uint64_t fingerprints[2] = {0, ~(uint64_t)0}, all[2];
+        MPI_Allreduce(fingerprints, all, 2, MPI_UINT64_T, MPI_MAX, dup);
+        int rank = 0;
+        MPI_Comm_rank(dup, &rank);
+        struct {
+            int status, rank;
+        } mine = {(int)st, rank}, worst;
+        MPI_Allreduce(&mine, &worst, 1, MPI_2INT, MPI_MAXLOC, dup);
         MPI_Comm_free(&dup);
         return st;
     }
@@ -363,6 +375,15 @@ moert_status moert_ep_set_expert(moert_ep *ep, size_t expert, const float *w1, c
     return MOERT_OK;
 }
 
+moert_status moert_ep_set_exchange(moert_ep *ep, moert_ep_exchange mode) {
+    MOERT_RETURN_ERROR_IF(ep == NULL, MOERT_EINVAL, "moert_ep_set_exchange: NULL argument");
+    MOERT_RETURN_ERROR_IF(mode != MOERT_EP_EXCHANGE_AUTO && mode != MOERT_EP_EXCHANGE_PER_EXPERT &&
+                              mode != MOERT_EP_EXCHANGE_ONE,
+                          MOERT_EINVAL, "moert_ep_set_exchange: mode %d is not auto, per-expert or one", (int)mode);
+    ep->exchange_mode = (int)mode;
+    return MOERT_OK;
+}
+
 moert_status moert_ep_set_max_count(moert_ep *ep, int max_count) {
     MOERT_RETURN_ERROR_IF(ep == NULL || max_count < 1, MOERT_EINVAL, "moert_ep_set_max_count: max_count must be >= 1");
     ep->max_count = max_count;
@@ -417,6 +438,10 @@ static moert_status grow_exchange(moert_ep *ep, size_t slots, size_t received) {
     }
     return MOERT_OK;
 }
+
+/* A per-expert exchange's least bytes between two ranks, on average, for one exchange per
+ * local expert number to beat one for all (bench/README.md: measured at 128 KiB-4 MiB). */
+#define EP_PER_EXPERT_MIN_BYTES (512.0 * 1024.0)
 
 /* ---- the exchange ------------------------------------------------------------------------- */
 
@@ -538,23 +563,11 @@ static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
     return MOERT_OK;
 }
 
-/* Received rows, regrouped expert by expert (stable: by source rank, then as sent, which
- * is ascending token), then the experts in chunks the threads claim. */
-/* The experts on the received rows, regrouped expert by expert without moving them:
- * each expert's rows in order (by source rank, then as sent: ascending token), in chunks
- * of chunk_rows from its first row, claimed by the threads of the expert's worker. A
- * thread gathers its chunk's rows into its own scratch (its worker's node, in cache), runs
- * the expert there, and writes each output row straight to where it returns from; so the
- * rows are read once and the outputs written once, and every GEMM has the shape it has in
- * the single-process layer. */
-static moert_status run_experts(moert_ep *ep, size_t received, const int64_t *recv_displs) {
-    const double t_start = MPI_Wtime();
-    const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4, chunk = ep->config.chunk_rows;
+/* Where each local expert's received rows go: experts worker by worker, each expert's rows
+ * by source rank, then as sent (ascending token). expert_start[i] is expert i's first row,
+ * next_rows[i] the end of its rows. */
+static void layout_received(moert_ep *ep) {
     const size_t L = ep->local;
-    const int W = ep->pool.workers;
-    /* Rows per expert; each expert's first place, worker by worker; each place's row: a
-     * source's rows come expert by expert, so expert i's from source s start after its
-     * rows for experts 0..i-1. */
     const int P = ep->size;
     int64_t *next = ep->next_rows;
     memset(next, 0, (L ? L : 1) * sizeof(int64_t));
@@ -564,30 +577,93 @@ static moert_status run_experts(moert_ep *ep, size_t received, const int64_t *re
     for (size_t k = 0; k < L; k++) {
         const int32_t i = ep->order[k];
         ep->expert_start[i] = place, place += next[i];
+        next[i] = place;
     }
-    memcpy(next, ep->expert_start, (L ? L : 1) * sizeof(int64_t));
-    for (int s = 0; s < P; s++) {
+}
+
+/* With one exchange for all experts the rows arrive source by source (each source's expert
+ * by expert): each expert-major place's received row, without moving any. */
+static void number_received(moert_ep *ep, const int64_t *recv_displs) {
+    const size_t L = ep->local;
+    int64_t *next = ep->call_counts; /* [L] would do; the counts are free until the exchange */
+    int64_t *fill = L <= 4 * (size_t)ep->size ? next : NULL;
+    for (int s = 0, first = 1; s < ep->size; s++) {
         int64_t row = recv_displs[s];
-        for (size_t i = 0; i < L; i++)
-            for (int64_t r = 0; r < ep->rows_from[(size_t)s * L + i]; r++) ep->place_source[next[i]++] = row++;
+        for (size_t i = 0; i < L; i++) {
+            /* expert i's next place: its start plus the rows of the sources before s */
+            int64_t at = ep->expert_start[i];
+            if (fill != NULL) {
+                if (first) fill[i] = at;
+                at = fill[i];
+            } else {
+                for (int u = 0; u < s; u++) at += ep->rows_from[(size_t)u * L + i];
+            }
+            const int64_t n = ep->rows_from[(size_t)s * L + i];
+            for (int64_t r = 0; r < n; r++) ep->place_source[at + r] = row++;
+            if (fill != NULL) fill[i] = at + n;
+        }
+        first = 0;
     }
-    (void)received;
-    /* next[i] is now the end of expert i's places. */
-    const double t_placed = MPI_Wtime();
+}
+
+/* Rows out (back = 0) or outputs back (back = 1), one MPI_Alltoallv per local expert
+ * number j (as many as the most experts a rank holds): call j carries, between every
+ * source and every owner, the rows of the owner's j-th expert. A source's rows for an
+ * owner come expert by expert, so each call's part is contiguous at the source; at the
+ * owner it lands at the expert's own place (layout_received), so the received rows are
+ * in expert-major order as they arrive, and the outputs leave from there. */
+static moert_status exchange_by_expert(moert_ep *ep, int back, MPI_Datatype in_row, MPI_Datatype out_row,
+                                       int64_t rounds) {
+    const int P = ep->size;
+    const size_t L = ep->local, ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    const int64_t *source_displs = ep->counts + 2 * (size_t)P; /* each owner's part of the send buffer */
+    int64_t *sc = ep->call_counts, *sd = sc + P, *rc = sd + P, *rd = rc + P;
+    for (int j = 0; j < ep->max_local; j++) {
+        for (int p = 0; p < P; p++) { /* as a source: this rank's rows for p's j-th expert */
+            const int64_t *to_p = ep->rows_to_expert + ep->expert_displ[p];
+            int64_t before = 0;
+            for (int i = 0; i < j && i < ep->experts_on[p]; i++) before += to_p[i];
+            sc[p] = j < ep->experts_on[p] ? to_p[j] : 0;
+            sd[p] = source_displs[p] + before;
+        }
+        for (int s = 0; s < P; s++) { /* as an owner: source s's rows for this rank's j-th expert */
+            rc[s] = (size_t)j < L ? ep->rows_from[(size_t)s * L + (size_t)j] : 0;
+            rd[s] = (size_t)j < L ? (s == 0 ? ep->expert_start[j] : rd[s - 1] + rc[s - 1]) : 0;
+        }
+        const moert_status st =
+            back ? alltoallv_rounds(ep, ep->back_rows, rc, rd, ep->ret_rows, sc, sd, out_row, ld * sizeof(float), rounds)
+                 : alltoallv_rounds(ep, ep->send_rows, sc, sd, ep->recv_rows, rc, rd, in_row, ld * elem, rounds);
+        if (st != MOERT_OK) return st;
+    }
+    return MOERT_OK;
+}
+
+/* The experts on the received rows, which are in expert-major order already: each
+ * expert's rows in chunks of chunk_rows from its first row (as in the single-process
+ * layer, so every GEMM has the same shape and the bits do not change), claimed by the
+ * threads of the expert's worker, read where they arrived and written where they return
+ * from. */
+static moert_status run_experts(moert_ep *ep, int gathered) {
+    const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4, chunk = ep->config.chunk_rows;
+    const size_t L = ep->local;
+    const int W = ep->pool.workers;
+    const int64_t *end = ep->next_rows;
     for (int w = 0; w < W; w++) ep->worker_next[w] = 0;
     moert_status failed = MOERT_OK;
     char detail[256] = "";
+    double moving = 0.0; /* the slowest thread's gathering and scattering */
 #pragma omp parallel num_threads(ep->threads)
     {
         const int tid = omp_get_thread_num();
+        double moved = 0.0;
         /* A smaller team (OMP_THREAD_LIMIT) cannot serve every worker: thread 0 does all. */
         const int full = omp_get_num_threads() == ep->pool.threads;
         if (full) numa_pool_bind_thread(&ep->pool, tid);
         expert_scratch scratch;
         expert_scratch_bind(&scratch, &ep->shape, chunk, ep->thread_scratch[tid]);
         scratch.gemm13 = ep->gemm13, scratch.gemm2 = ep->gemm2, scratch.thread = tid;
-        char *rows = (char *)(ep->thread_scratch[tid] + ep->chunk_offset);
-        float *outs = ep->thread_scratch[tid] + ep->chunk_offset + ((chunk * ld * elem / 4 + 15) & ~(size_t)15);
+        char *chunk_rows = (char *)(ep->thread_scratch[tid] + ep->chunk_offset);
+        float *chunk_outs = ep->thread_scratch[tid] + ep->chunk_offset + ((chunk * ld * elem / 4 + 15) & ~(size_t)15);
         for (int w = full ? numa_pool_worker_of_thread(&ep->pool, tid) : 0; w < W && (full || tid == 0); w++) {
             for (;;) { /* the worker's chunks, in its experts' order, claimed one by one */
                 size_t k = (size_t)__atomic_fetch_add(&ep->worker_next[w], 1, __ATOMIC_RELAXED), at = 0;
@@ -595,24 +671,33 @@ static moert_status run_experts(moert_ep *ep, size_t received, const int64_t *re
                 for (size_t j = 0; j < L && i < 0; j++) {
                     const int32_t e = ep->order[j];
                     if (ep->worker_of[e] != w) continue;
-                    const size_t chunks = (size_t)(next[e] - ep->expert_start[e] + (int64_t)chunk - 1) / chunk;
+                    const size_t chunks = (size_t)(end[e] - ep->expert_start[e] + (int64_t)chunk - 1) / chunk;
                     if (k < chunks) i = e, at = k;
                     else k -= chunks;
                 }
                 if (i < 0) break;
                 const int64_t first = ep->expert_start[i] + (int64_t)(at * chunk);
-                const size_t m = next[i] - first < (int64_t)chunk ? (size_t)(next[i] - first) : chunk;
-                for (size_t r = 0; r < m; r++)
-                    memcpy(rows + r * ld * elem, (const char *)ep->recv_rows + (size_t)ep->place_source[first + r] * ld * elem,
-                           ld * elem);
+                const size_t m = end[i] - first < (int64_t)chunk ? (size_t)(end[i] - first) : chunk;
+                const void *rows = (const char *)ep->recv_rows + (size_t)first * ld * elem;
+                float *outs = ep->back_rows + (size_t)first * ld;
+                const double t_gather = gathered ? omp_get_wtime() : 0.0;
+                if (gathered) { /* into the thread's node-local scratch, in cache */
+                    for (size_t r = 0; r < m; r++)
+                        memcpy(chunk_rows + r * ld * elem,
+                               (const char *)ep->recv_rows + (size_t)ep->place_source[first + r] * ld * elem, ld * elem);
+                    rows = chunk_rows, outs = chunk_outs;
+                    moved += omp_get_wtime() - t_gather;
+                }
                 moert_status st = MOERT_OK;
                 if (ep->config.expert_kind == MOERT_EXPERT_SWIGLU)
                     st = expert_swiglu(&ep->shape, ep->weights[i], rows, m, outs, &scratch);
                 else
                     expert_synthetic(&ep->shape, (size_t)ep->local_experts[i], ep->config.synthetic_cost, rows, m, outs);
-                for (size_t r = 0; r < m; r++)
-                    memcpy(ep->back_rows + (size_t)ep->place_source[first + r] * ld, outs + r * ld,
+                const double t_scatter = gathered ? omp_get_wtime() : 0.0;
+                for (size_t r = 0; gathered && r < m; r++) /* each output where it returns from */
+                    memcpy(ep->back_rows + (size_t)ep->place_source[first + r] * ld, chunk_outs + r * ld,
                            ep->shape.d * sizeof(float));
+                if (gathered) moved += omp_get_wtime() - t_scatter;
                 if (st != MOERT_OK) {
 #pragma omp critical(moert_ep_error)
                     if (failed == MOERT_OK) failed = st, snprintf(detail, sizeof detail, "%s", moert_last_error());
@@ -620,9 +705,11 @@ static moert_status run_experts(moert_ep *ep, size_t received, const int64_t *re
             }
             if (full) break; /* only its own worker */
         }
+#pragma omp critical(moert_ep_moving)
+        moving = moved > moving ? moved : moving;
     }
+    ep->timings.regroup += moving;
     if (failed != MOERT_OK) return moert_set_error(failed, "%s", detail);
-    ep->timings.regroup = t_placed - t_start;
     return MOERT_OK;
 }
 
@@ -662,7 +749,8 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
                              (long long)sent, (long long)received);
     st = agree(ep, st);
     /* The rounds: the largest count anywhere, over max_count. */
-    int64_t most = 0, rounds = 0;
+    int64_t most = 0, rounds = 0, all_most = 0;
+    int exchange_mode = MOERT_EP_EXCHANGE_AUTO;
     for (int p = 0; st == MOERT_OK && p < P; p++) {
         most = send_counts[p] > most ? send_counts[p] : most;
         most = recv_counts[p] > most ? recv_counts[p] : most;
@@ -670,22 +758,42 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
     if (st == MOERT_OK) {
         /* The largest count anywhere, and the smallest max_count anywhere (a rank's own
          * setting must not change the collective schedule). */
-        int64_t mine[2] = {most, -(int64_t)ep->max_count}, all[2];
-        const int code = MPI_Allreduce(mine, all, 2, MPI_INT64_T, MPI_MAX, ep->comm);
+        int64_t mine[3] = {most, -(int64_t)ep->max_count, ep->exchange_mode}, all[3];
+        const int code = MPI_Allreduce(mine, all, 3, MPI_INT64_T, MPI_MAX, ep->comm);
         if (code != MPI_SUCCESS) st = mpi_error(code, "agreeing on the rounds");
         ep->max_count = (int)-all[1];
         rounds = (all[0] + ep->max_count - 1) / ep->max_count;
+        all_most = all[0], exchange_mode = (int)all[2];
     }
     if (st != MOERT_OK) return st;
     const double t_counts = MPI_Wtime();
     ep->timings.exchange_counts = t_counts - t;
-    /* Rows, and their experts. */
-    if (st == MOERT_OK)
-        st = alltoallv_rounds(ep, ep->send_rows, send_counts, send_displs, ep->recv_rows, recv_counts, recv_displs,
-                              in_row, ld * elem, rounds);
+    /* One exchange per local expert number puts the rows straight at their expert-major
+     * places, but each costs a collective's latency: it pays when a call carries enough
+     * (EP_PER_EXPERT_MIN_BYTES between two ranks, on average). Otherwise one exchange for
+     * all experts, and each chunk's rows gathered by place. Decided on agreed figures, so
+     * every rank takes the same path. */
+    const int per_expert =
+        exchange_mode == MOERT_EP_EXCHANGE_PER_EXPERT ||
+        (exchange_mode == MOERT_EP_EXCHANGE_AUTO &&
+         (double)all_most * (double)(ld * elem) / (double)(ep->max_local > 0 ? ep->max_local : 1) >= EP_PER_EXPERT_MIN_BYTES);
+    ep->timings.per_expert_exchange = per_expert;
+    /* The regrouping: where each expert's rows go. */
+    layout_received(ep);
+    if (!per_expert) number_received(ep, recv_displs);
+    const double t_layout = MPI_Wtime();
+    ep->timings.regroup = t_layout - t_counts;
+    st = per_expert ? exchange_by_expert(ep, 0, in_row, out_row, rounds)
+                    : alltoallv_rounds(ep, ep->send_rows, send_counts, send_displs, ep->recv_rows, recv_counts,
+                                       recv_displs, in_row, ld * elem, rounds);
     const double t_dispatch = MPI_Wtime();
-    ep->timings.dispatch = t_dispatch - t_counts;
-    if (st == MOERT_OK) st = run_experts(ep, (size_t)received, recv_displs);
+    ep->timings.dispatch = t_dispatch - t_layout;
+    if (st == MOERT_OK) st = run_experts(ep, !per_expert);
+    if (st == MOERT_OK) { /* the last thing that can fail, before the last agreement */
+        size_t cap = ep->entry_cap;
+        st = grow((void **)&ep->entry_output, &cap, plan->entries, sizeof(float *), "entry outputs");
+        ep->entry_cap = cap;
+    }
     const double t_ran = MPI_Wtime();
     ep->timings.experts = t_ran - t_dispatch;
     /* A failure here is local (the exchange is symmetric); agree before moving on. Here a
@@ -694,15 +802,13 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
     const double t_experts = MPI_Wtime();
     ep->timings.wait += t_experts - t_ran;
     if (st == MOERT_OK)
-        st = alltoallv_rounds(ep, ep->back_rows, recv_counts, recv_displs, ep->ret_rows, send_counts, send_displs,
-                              out_row, ld * sizeof(float), rounds);
+        st = per_expert ? exchange_by_expert(ep, 1, in_row, out_row, rounds)
+                        : alltoallv_rounds(ep, ep->back_rows, recv_counts, recv_displs, ep->ret_rows, send_counts,
+                                           send_displs, out_row, ld * sizeof(float), rounds);
     const double t_back = MPI_Wtime();
     ep->timings.combine_exchange = t_back - t_experts;
     if (st != MOERT_OK) return st;
     /* Combine: each entry's output row where it came back. */
-    size_t cap = ep->entry_cap;
-    MOERT_FORWARD_IF_ERROR(grow((void **)&ep->entry_output, &cap, plan->entries, sizeof(float *), "entry outputs"));
-    ep->entry_cap = cap;
     for (size_t i = 0; i < plan->entries; i++)
         ep->entry_output[i] = ep->ret_rows + (size_t)ep->send_pos[plan->entry_slots[i]] * ld;
     moert_plan_view view;
@@ -731,12 +837,22 @@ moert_status moert_ep_forward(moert_ep *ep, const void *x, size_t T, void *out) 
         st = moert_set_error(MOERT_EOVERFLOW, "moert_ep_forward: %zu tokens overflow the sizes", T);
     if (st == MOERT_OK) st = local_gate_and_route(ep, x, T);
     MOERT_FORWARD_IF_ERROR(agree(ep, st));
+    /* Every failure in forward is agreed where it happens (once); an MPI error is not
+     * (the communicator is then unusable: ep.h). */
     st = forward(ep, x, T, out, ep->in_row, ep->out_row);
     ep->timings.total = MPI_Wtime() - t0;
-    return agree(ep, st);
+    return st;
 }
 
 /* ---- gathering the whole batch ---------------------------------------------------------------- */
+
+/* Runs an MPI call and keeps the first failure in `code`; every rank makes every call, so
+ * the collectives stay matched, and the failure is agreed on after them. */
+#define MPI_KEEP_FIRST(code, call)                       \
+    do {                                                 \
+        const int code_ = (call);                        \
+        if ((code) == MPI_SUCCESS) (code) = code_;       \
+    } while (0)
 
 /* The plan of the whole batch on `root`, merged as the router merges routing groups: the
  * ranks' entries in rank order, routed counts and probability sums added in rank order,
@@ -755,9 +871,12 @@ static moert_status merge_plans(moert_ep *ep, int root, moert_plan *whole) {
         st = moert_set_error(MOERT_ENOMEM, "gathering the plan: out of memory");
     st = agree(ep, st);
     if (st == MOERT_OK) {
-        MPI_Gather(shape, 3, MPI_INT64_T, shapes, 3, MPI_INT64_T, root, ep->comm);
-        MPI_Gather(mine->expert_routed, (int)E, MPI_INT64_T, routed, (int)E, MPI_INT64_T, root, ep->comm);
-        MPI_Gather(mine->prob_sums, (int)E, MPI_DOUBLE, sums, (int)E, MPI_DOUBLE, root, ep->comm);
+        int code = MPI_SUCCESS;
+        MPI_KEEP_FIRST(code, MPI_Gather(shape, 3, MPI_INT64_T, shapes, 3, MPI_INT64_T, root, ep->comm));
+        MPI_KEEP_FIRST(code, MPI_Gather(mine->expert_routed, (int)E, MPI_INT64_T, routed, (int)E, MPI_INT64_T, root,
+                                        ep->comm));
+        MPI_KEEP_FIRST(code, MPI_Gather(mine->prob_sums, (int)E, MPI_DOUBLE, sums, (int)E, MPI_DOUBLE, root, ep->comm));
+        st = agree(ep, code == MPI_SUCCESS ? MOERT_OK : mpi_error(code, "gathering the plans' shapes"));
     }
     int64_t tokens = 0, entries = 0, capacity_sum = 0, capacity_max = 0;
     if (st == MOERT_OK && ep->rank == root)
@@ -792,14 +911,17 @@ static moert_status merge_plans(moert_ep *ep, int root, moert_plan *whole) {
     }
     st = agree(ep, per_token ? MOERT_OK : moert_set_error(MOERT_ENOMEM, "gathering the plan: out of memory"));
     if (st == MOERT_OK) {
-        MPI_Gatherv(per_token, (int)mine->tokens, MPI_INT64_T, ep->rank == root ? whole->token_offsets + 1 : NULL, tc,
-                    td, MPI_INT64_T, root, ep->comm);
-        MPI_Gatherv(mine->expert_ids, (int)mine->entries, MPI_INT32_T, ep->rank == root ? whole->expert_ids : NULL, ec,
-                    ed, MPI_INT32_T, root, ep->comm);
-        MPI_Gatherv(mine->weights, (int)mine->entries, MPI_FLOAT, ep->rank == root ? whole->weights : NULL, ec, ed,
-                    MPI_FLOAT, root, ep->comm);
-        MPI_Gatherv(mine->logsumexp, (int)mine->tokens, MPI_FLOAT, ep->rank == root ? whole->logsumexp : NULL, tc, td,
-                    MPI_FLOAT, root, ep->comm);
+        int code = MPI_SUCCESS;
+        MPI_KEEP_FIRST(code, MPI_Gatherv(per_token, (int)mine->tokens, MPI_INT64_T,
+                                         ep->rank == root ? whole->token_offsets + 1 : NULL, tc, td, MPI_INT64_T, root,
+                                         ep->comm));
+        MPI_KEEP_FIRST(code, MPI_Gatherv(mine->expert_ids, (int)mine->entries, MPI_INT32_T,
+                                         ep->rank == root ? whole->expert_ids : NULL, ec, ed, MPI_INT32_T, root, ep->comm));
+        MPI_KEEP_FIRST(code, MPI_Gatherv(mine->weights, (int)mine->entries, MPI_FLOAT,
+                                         ep->rank == root ? whole->weights : NULL, ec, ed, MPI_FLOAT, root, ep->comm));
+        MPI_KEEP_FIRST(code, MPI_Gatherv(mine->logsumexp, (int)mine->tokens, MPI_FLOAT,
+                                         ep->rank == root ? whole->logsumexp : NULL, tc, td, MPI_FLOAT, root, ep->comm));
+        st = agree(ep, code == MPI_SUCCESS ? MOERT_OK : mpi_error(code, "gathering the plans' entries"));
     }
     free(per_token);
     if (st == MOERT_OK && ep->rank == root) {
@@ -834,13 +956,24 @@ moert_status moert_ep_gather(moert_ep *ep, int root, const void *out, void *whol
     int mine = (int)ep->plan->tokens, *rows = ep->rank == root ? malloc(2 * (size_t)P * sizeof(int)) : NULL;
     st = agree(ep, ep->rank == root && rows == NULL ? moert_set_error(MOERT_ENOMEM, "gather: out of memory") : MOERT_OK);
     if (st != MOERT_OK) return st;
-    MPI_Gather(&mine, 1, MPI_INT, rows, 1, MPI_INT, root, ep->comm);
+    int code = MPI_Gather(&mine, 1, MPI_INT, rows, 1, MPI_INT, root, ep->comm);
     int64_t at = 0;
     for (int p = 0; ep->rank == root && p < P; p++) rows[P + p] = (int)at, at += rows[p];
-    MPI_Datatype row;
-    MPI_Type_contiguous((int)d, ep->config.dtype == MOERT_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT, &row);
-    MPI_Type_commit(&row);
-    const int code = MPI_Gatherv(out, mine, row, whole_out, rows, rows ? rows + P : NULL, row, root, ep->comm);
+    st = agree(ep, code == MPI_SUCCESS ? MOERT_OK : mpi_error(code, "gathering the row counts"));
+    if (st != MOERT_OK) {
+        free(rows);
+        return st;
+    }
+    MPI_Datatype row = MPI_DATATYPE_NULL;
+    code = MPI_Type_contiguous((int)d, ep->config.dtype == MOERT_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT, &row);
+    if (code == MPI_SUCCESS) code = MPI_Type_commit(&row);
+    st = agree(ep, code == MPI_SUCCESS ? MOERT_OK : mpi_error(code, "making the rows' datatype"));
+    if (st != MOERT_OK) {
+        if (row != MPI_DATATYPE_NULL) MPI_Type_free(&row);
+        free(rows);
+        return st;
+    }
+    code = MPI_Gatherv(out, mine, row, whole_out, rows, rows ? rows + P : NULL, row, root, ep->comm);
     MPI_Type_free(&row);
     free(rows);
     st = code == MPI_SUCCESS ? MOERT_OK : mpi_error(code, "gathering the outputs");

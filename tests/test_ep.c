@@ -84,11 +84,16 @@ static void run_case(const ep_case *c) {
         ck_assert_int_eq(moert_ep_set_expert(ep, e, w1[e], w3[e], w2[e]), MOERT_OK);
     const size_t begin = T * (size_t)rank / (size_t)size, end = T * (size_t)(rank + 1) / (size_t)size;
     char *got = malloc((end - begin) * d * elem + 1);
-    for (int pass = 0; pass < 2; pass++) { /* the second reuses every buffer */
+    for (int pass = 0; pass < 4; pass++) { /* each exchange twice: the second reuses every buffer */
+        ck_assert_int_eq(moert_ep_set_exchange(ep, pass < 2 ? MOERT_EP_EXCHANGE_ONE : MOERT_EP_EXCHANGE_PER_EXPERT),
+                         MOERT_OK);
         const moert_status st = moert_ep_forward(ep, (const char *)xin + begin * d * elem, end - begin, got);
         /* Every rank learns whether any differed before asserting, so that a failure
          * ends the test on all ranks instead of leaving the others in a collective. */
-        const int differs = st != MOERT_OK || memcmp(got, want + begin * d * elem, (end - begin) * d * elem) != 0;
+        moert_ep_timings timings;
+        moert_ep_get_timings(ep, &timings);
+        const int differs = st != MOERT_OK || memcmp(got, want + begin * d * elem, (end - begin) * d * elem) != 0 ||
+                            timings.per_expert_exchange != (pass >= 2);
         int any = 0;
         MPI_Allreduce(&differs, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         ck_assert_msg(!any, "%s: rank %d of %d: %s (pass %d)", c->name, rank, size,

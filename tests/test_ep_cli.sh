@@ -21,7 +21,7 @@ for ranks in 1 2 3 4; do
 done
 
 expect 0 "$mpiexec" -n 2 --oversubscribe "$moert" layer --ep 2 "${small[@]}" --k 2 --json
-for key in gate_ms route_ms counts_ms dispatch_ms experts_ms wait_ms return_ms combine_ms total_ms total_max_over_mean; do
+for key in gate_ms route_ms pack_ms counts_ms dispatch_ms experts_ms regroup_ms wait_ms return_ms combine_ms total_ms total_max_over_mean; do
   tail -n 1 "$tmp/out" | grep -q "\"$key\":" || fail "--ep --json has no $key"
 done
 grep -q '^  max ' "$tmp/out" || fail "--ep prints no max row"

@@ -434,6 +434,10 @@ static int parse_args(int argc, char **argv, layer_args *a, router_cli *rc) {
     if (optind < argc) return cli_usage_error("layer", "unexpected argument");
     if (a->prefix[0] != '\0' && a->weights == NULL) return cli_fail(CLI_USAGE, "--weights-prefix needs --weights");
     if (strlen(a->prefix) > 512) return cli_fail(CLI_USAGE, "--weights-prefix: longer than 512 characters");
+    if (a->ep > 0 && (rc->given >> (ROUTER_OPT_ROUTE_GROUPS - ROUTER_OPT_POLICY) & 1) && rc->config.route_groups != a->ep)
+        return cli_fail(CLI_USAGE, "--route-groups %d with --ep %d: each rank's tokens are one routing group, so the "
+                                   "groups are the ranks",
+                        rc->config.route_groups, a->ep);
     if (a->workers > 0 && a->threads > 0 && a->workers > a->threads)
         return cli_fail(CLI_USAGE, "--workers %d exceeds --threads %d: every worker needs a thread", a->workers, a->threads);
     return CLI_OK;

@@ -13,14 +13,29 @@
 #include "tools/layer_ep.h"
 #include "tools/layer_reference.h"
 
-enum { STAGES = 9 };
-static const char *const stage_names[STAGES] = {"gate", "route", "counts", "dispatch", "experts", "wait", "return",
-                                                "combine", "total"};
+/* regroup is a part of experts; the others add up to the total. */
+enum { STAGES = 11 };
+static const char *const stage_names[STAGES] = {"gate",    "route",   "pack", "counts",  "dispatch", "experts",
+                                                "regroup", "wait",    "return", "combine", "total"};
 
 static void timings_array(const moert_ep_timings *t, double *v) {
-    const double a[STAGES] = {t->gate, t->route, t->exchange_counts, t->dispatch, t->experts, t->wait,
-                              t->combine_exchange, t->combine, t->total};
+    const double a[STAGES] = {t->gate,    t->route,  t->pack, t->exchange_counts,  t->dispatch, t->experts,
+                              t->regroup, t->wait,   t->combine_exchange, t->combine, t->total};
     memcpy(v, a, sizeof a);
+}
+
+/* An agreed failure: the rank whose own failure it was prints its detail (the others'
+ * detail is "rank R failed: ..."); rank 0 prints when no rank has its own detail. */
+static int report_failure(moert_status st, const char *what, int rank) {
+    const int own = strncmp(moert_last_error(), "rank ", 5) != 0;
+    int own_anywhere = 0;
+    MPI_Allreduce(&own, &own_anywhere, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (own) {
+        char prefixed[64];
+        snprintf(prefixed, sizeof prefixed, "rank %d: %s", rank, what);
+        return cli_fail_status(st, prefixed);
+    }
+    return !own_anywhere && rank == 0 ? cli_fail_status(st, what) : CLI_FAIL;
 }
 
 /* The same code on every rank: the worst one. */
@@ -49,14 +64,14 @@ static int run(const layer_ep_args *a, int rank, int size) {
         if (st == MOERT_OK) st = moert_ep_set_gate(ep, a->gate);
         for (size_t e = 0; st == MOERT_OK && c->expert_kind == MOERT_EXPERT_SWIGLU && e < E; e++)
             st = moert_ep_set_expert(ep, e, a->w1[e], a->w3[e], a->w2[e]);
-        if (st != MOERT_OK) code = rank == 0 ? cli_fail_status(st, "--ep") : CLI_FAIL;
+        if (st != MOERT_OK) code = report_failure(st, "--ep", rank);
     }
     code = agreed_code(code); /* no rank enters the passes alone */
     double sum[STAGES] = {0};
     for (int i = 0; code == CLI_OK && i <= a->iters; i++) { /* pass 0 warms up */
         const moert_status st = moert_ep_forward(ep, x, n, out); /* collective: agreed status */
         if (st != MOERT_OK) {
-            code = rank == 0 ? cli_fail_status(st, "--ep forward") : CLI_FAIL;
+            code = report_failure(st, "--ep forward", rank);
             break;
         }
         moert_ep_timings t;

@@ -82,10 +82,15 @@ MOERT_API moert_status moert_ep_gather(moert_ep *ep, int root, const void *out, 
 /* Wall-clock seconds of the stages of this rank's last forward pass. */
 typedef struct moert_ep_timings {
     double gate, route, exchange_counts, dispatch, experts, combine_exchange, combine, total;
-    double regroup; /* the part of `experts` that regroups received rows and their outputs */
+    double regroup; /* placing the received rows in expert-major order: working out each
+                       expert's place (the per-expert exchanges then put its rows there), or
+                       numbering each place's received row, plus (part of `experts`) the
+                       slowest thread's gathering of rows by place and scattering of outputs */
     double pack;    /* gathering this rank's routed rows into the send buffer, before the counts */
     double wait;    /* in the agreements after packing and after the experts: waiting for slower
                        ranks (load imbalance) plus the agreements' own latency */
+    int per_expert_exchange; /* 1: one exchange per local expert number put the rows at their
+                                expert-major places; 0: one exchange, rows gathered by place */
 } moert_ep_timings;
 MOERT_API moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings *timings);
 
@@ -93,6 +98,17 @@ MOERT_API moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings
  * values force the transfers into several rounds. The smallest value set on any rank is
  * used by all. */
 MOERT_API moert_status moert_ep_set_max_count(moert_ep *ep, int max_count);
+
+/* How the rows travel: one MPI_Alltoallv per local expert number, which lands the rows at
+ * their expert-major places (when each call carries at least 512 KiB between two ranks on
+ * average), or one MPI_Alltoallv for all, each chunk's rows then gathered by place (else).
+ * The results are the same bits either way. The largest value set on any rank is used. */
+typedef enum moert_ep_exchange {
+    MOERT_EP_EXCHANGE_AUTO = 0,
+    MOERT_EP_EXCHANGE_ONE = 1,
+    MOERT_EP_EXCHANGE_PER_EXPERT = 2,
+} moert_ep_exchange;
+MOERT_API moert_status moert_ep_set_exchange(moert_ep *ep, moert_ep_exchange mode);
 
 #ifdef __cplusplus
 }
