@@ -160,6 +160,7 @@ void plan_compute_stats(moert_plan *plan, const double *prob_sums, const float *
     moert_plan_stats *s = &plan->stats;
     memset(s, 0, sizeof *s);
     s->tokens = T, s->experts = E, s->capacity = plan->capacity;
+    s->threshold = NAN; /* batch-topk sets it after */
     s->expert_counts = plan->expert_counts;
     s->expert_routed = plan->expert_routed;
     s->experts_per_token = plan->experts_per_token;

@@ -1,102 +1,41 @@
 /* ReLU routing (ReMoE: Wang et al., "ReMoE: Fully Differentiable Mixture-of-Experts with
  * ReLU Routing", 2024): weight relu(logit - threshold), and a token goes to every expert
- * whose weight is positive. The number of experts per token varies.
- *
- * One pass over the logits: the gate (top-1, which also checks the logits and yields the
- * softmax sums and logsumexp for the statistics) runs block by block, and right after
- * each block, while its rows are in cache, the variant's ReLU row kernel compacts each
- * token's active experts and sorts them by weight into the thread's stage. The stages
- * are then copied into the plan in token order. */
+ * whose weight is positive. The number of experts per token varies. With score softpick
+ * the weights are the softpick scores instead (softpick's rectified form: an expert whose
+ * score is 0 is not used). Each row by the variant's ReLU row kernel, which compacts the
+ * active experts and sorts them by weight, in router_route_rows's one pass. */
 #include <stdint.h>
-#include <string.h>
 
-#include "common/error.h"
-#include "common/size.h"
 #include "router/internal.h"
+#include "router/scores.h"
 
-typedef struct relu_pass {
-    const float *logits;
-    size_t experts;
+typedef struct relu_row_context {
     float threshold;
+    int softpick;
     topk_relu_row_fn relu_row;
-    float *scratch; /* [threads][TOPK_RELU_SCRATCH(experts)] */
-    router_stage *stages;
-    int64_t *counts; /* [tokens + 1]: counts[t + 1] = entries of token t */
-    moert_status *failed; /* [threads] */
-} relu_pass;
+} relu_row_context;
 
-static int relu_block(void *context, int thread, size_t row_begin, size_t row_end) {
-    relu_pass *pass = context;
-    router_stage *stage = &pass->stages[thread];
-    const size_t E = pass->experts;
-    if (stage->first_token == SIZE_MAX) stage->first_token = row_begin;
-    const moert_status st = router_stage_reserve(stage, (row_end - row_begin) * E);
-    if (st != MOERT_OK) {
-        pass->failed[thread] = st;
-        return 1;
+static size_t relu_row(const void *context, const float *x, size_t E, size_t t, int32_t *ids, float *weights,
+                       float *scratch) {
+    (void)t;
+    const relu_row_context *c = context;
+    size_t n = c->relu_row(x, E, c->threshold, ids, weights, scratch);
+    if (c->softpick && n > 0) {
+        /* The experts with e^x > 1 (x > 0: what relu found), weighted by their scores; by x
+         * the scores do not increase, so the equal ones go in id order, and any that round
+         * to 0 (at the end) are not used. */
+        float m, cm, den;
+        scores_softpick_row(x, E, &m, &cm, &den); /* x > 0 somewhere: m > 0 */
+        for (size_t j = 0; j < n; j++) weights[j] = scores_softpick_weight(x[ids[j]], m, cm, den);
+        topk_order_equal_weights(ids, weights, (int)n);
+        while (n > 0 && weights[n - 1] == 0.0f) n--;
     }
-    float *scratch = pass->scratch + (size_t)thread * TOPK_RELU_SCRATCH(E);
-    for (size_t t = row_begin; t < row_end; t++) {
-        const size_t n = pass->relu_row(pass->logits + t * E, E, pass->threshold, stage->ids + stage->used,
-                                        stage->weights + stage->used, scratch);
-        pass->counts[t + 1] = (int64_t)n;
-        stage->used += n;
-    }
-    return 0;
+    return n;
 }
 
-moert_status router_relu(const moert_router_config *c, const float *logits, size_t tokens,
-                         size_t experts, moert_plan *plan, router_workspace *ws) {
-    const size_t T = tokens, E = experts;
-    const int threads = router_threads(c->threads);
-    const float threshold = c->relu_threshold;
-
-    /* The workspace: the gate's top-1 (unused), each thread's row scratch and status. */
-    const size_t gate_bytes = moert_round_up_64(T * (sizeof(int32_t) + sizeof(float)));
-    const size_t scratch_bytes = moert_round_up_64((size_t)threads * TOPK_RELU_SCRATCH(E) * sizeof(float));
-    MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, gate_bytes + scratch_bytes + (size_t)threads * sizeof(moert_status)));
-    MOERT_FORWARD_IF_ERROR(router_workspace_reserve_stages(ws, threads));
-    MOERT_FORWARD_IF_ERROR(plan_reserve(plan, T, 0, E, 0, threads));
-    moert_status *failed = (moert_status *)((unsigned char *)ws->bytes + gate_bytes + scratch_bytes);
-    for (int i = 0; i < threads; i++) failed[i] = MOERT_OK;
-
-    relu_pass pass = {
-        .logits = logits,
-        .experts = E,
-        .threshold = threshold,
-        .relu_row = topk_variant_for(c->isa)->relu_row,
-        .scratch = (float *)((unsigned char *)ws->bytes + gate_bytes),
-        .stages = ws->stages,
-        .counts = plan->token_offsets,
-        .failed = failed,
-    };
-    moert_topk_gate_params p = moert_topk_gate_params_default();
-    p.k = 1;
-    p.threads = threads;
-    p.isa = c->isa;
-    const moert_topk_gate_output gate = {ws->bytes, (float *)((int32_t *)ws->bytes + T), plan->prob_sums,
-                                         plan->logsumexp};
-    MOERT_FORWARD_IF_ERROR(topk_gate_run_with(topk_variant_for(c->isa), &p, logits, T, E, &gate, relu_block, &pass, &ws->gate));
-    for (int i = 0; i < threads; i++)
-        MOERT_RETURN_ERROR_IF(failed[i] != MOERT_OK, failed[i], "relu routing: cannot stage the entries of thread %d (%s)",
-                              i, moert_strerror(failed[i]));
-
-    /* Offsets, then each thread's stage copied to where its tokens start. */
-    plan->token_offsets[0] = 0;
-    for (size_t t = 0; t < T; t++) plan->token_offsets[t + 1] += plan->token_offsets[t];
-    const size_t entries = (size_t)plan->token_offsets[T];
-    MOERT_FORWARD_IF_ERROR(plan_reserve(plan, T, entries, E, entries, threads));
-    for (int i = 0; i < threads; i++) {
-        const router_stage *s = &ws->stages[i];
-        if (s->used == 0) continue;
-        const int64_t at = plan->token_offsets[s->first_token];
-        memcpy(plan->expert_ids + at, s->ids, s->used * sizeof(int32_t));
-        memcpy(plan->weights + at, s->weights, s->used * sizeof(float));
-    }
-    plan->tokens = T, plan->experts = E, plan->entries = entries;
-    MOERT_FORWARD_IF_ERROR(plan_build_expert_major(plan, threads, 0, 0));
-    memcpy(plan->expert_routed, plan->expert_counts, E * sizeof(int64_t));
-    plan->capacity = 0;
-    plan_compute_stats(plan, plan->prob_sums, plan->logsumexp);
-    return MOERT_OK;
+moert_status router_relu(const moert_router_config *c, const float *logits, size_t tokens, size_t experts,
+                         moert_plan *plan, router_workspace *ws) {
+    const relu_row_context context = {c->relu_threshold, c->score == MOERT_SCORE_SOFTPICK,
+                                      topk_variant_for(c->isa)->relu_row};
+    return router_route_rows(c, logits, tokens, experts, relu_row, &context, TOPK_RELU_SCRATCH(experts), plan, ws);
 }

@@ -87,6 +87,17 @@ moert_router_config moert_router_config_default(void) {
         .pad_to_capacity = 0,
         .relu_threshold = 0.0f,
         .route_groups = 1,
+        .batch_score = MOERT_BATCH_SCORE_PROBS,
+        .use_threshold = 0,
+        .threshold = 0.0f,
+        .k_max = MOERT_MAX_EXPERTS,
+        .noise = MOERT_NOISE_NONE,
+        .noise_scale = 1.0f,
+        .noise_scales = NULL,
+        .noise_temperature = 1.0f,
+        .noisy_weights = 0,
+        .seed = 0,
+        .token_offset = 0,
         .threads = 0,
         .isa = MOERT_ISA_AUTO,
     };
@@ -95,11 +106,15 @@ moert_router_config moert_router_config_default(void) {
 moert_topk_gate_params router_gate_params(const moert_router_config *c) {
     moert_topk_gate_params p = moert_topk_gate_params_default();
     p.k = c->k;
-    p.score = c->score;
+    /* The router's own scores rank as the logits do: the kernel selects by softmax post
+     * and the router replaces the weights (router/scores.c). */
+    p.score = c->score == MOERT_SCORE_SIGMOID ? MOERT_SCORE_SIGMOID : MOERT_SCORE_SOFTMAX;
     p.softmax_order = c->softmax_order;
     p.renormalize = c->renormalize;
     p.scaling = c->scaling;
     p.bias = c->bias;
+    if (c->score == MOERT_SCORE_SOFTPICK || c->score == MOERT_SCORE_SQRT_SOFTPLUS)
+        p.softmax_order = MOERT_SOFTMAX_POST, p.renormalize = 0, p.scaling = 1.0f, p.bias = NULL;
     p.groups = c->groups;
     p.topk_groups = c->topk_groups;
     p.group_score = c->group_score;
@@ -113,8 +128,10 @@ moert_status moert_router_config_check(const moert_router_config *c, size_t expe
     MOERT_RETURN_ERROR_IF(experts == 0 || experts > MOERT_MAX_EXPERTS, MOERT_EINVAL,
                           "experts=%zu is outside 1..%d", experts, MOERT_MAX_EXPERTS);
     MOERT_RETURN_ERROR_IF(c->policy != MOERT_POLICY_TOKEN_CHOICE && c->policy != MOERT_POLICY_EXPERT_CHOICE &&
-                              c->policy != MOERT_POLICY_RELU,
-                          MOERT_EINVAL, "policy=%d is not token choice, expert choice or relu", (int)c->policy);
+                              c->policy != MOERT_POLICY_RELU && c->policy != MOERT_POLICY_BATCH_TOPK &&
+                              c->policy != MOERT_POLICY_SPARSEMAX,
+                          MOERT_EINVAL, "policy=%d is not token choice, expert choice, relu, batch-topk or sparsemax",
+                          (int)c->policy);
     MOERT_RETURN_ERROR_IF(!isfinite(c->capacity_factor) || c->capacity_factor < 0.0, MOERT_EINVAL,
                           "capacity factor %g must be finite and not negative", c->capacity_factor);
     MOERT_RETURN_ERROR_IF(c->drop_policy != MOERT_DROP_PROBS && c->drop_policy != MOERT_DROP_POSITION,
@@ -126,34 +143,102 @@ moert_status moert_router_config_check(const moert_router_config *c, size_t expe
     MOERT_RETURN_ERROR_IF(c->isa != MOERT_ISA_AUTO && c->isa != MOERT_ISA_SCALAR && c->isa != MOERT_ISA_AVX2 &&
                               c->isa != MOERT_ISA_AVX512,
                           MOERT_EINVAL, "isa=%d is not a kernel variant", (int)c->isa);
+    MOERT_RETURN_ERROR_IF(c->score != MOERT_SCORE_SOFTMAX && c->score != MOERT_SCORE_SIGMOID &&
+                              c->score != MOERT_SCORE_SOFTPICK && c->score != MOERT_SCORE_SQRT_SOFTPLUS,
+                          MOERT_EINVAL, "score=%d is not softmax, sigmoid, softpick or sqrt-softplus", (int)c->score);
+    /* The options of BatchTopK, sparsemax and noise, each checked where it applies and
+     * refused elsewhere, never silently ignored. */
+    MOERT_RETURN_ERROR_IF(isnan(c->threshold), MOERT_EINVAL, "threshold is NaN");
+    MOERT_RETURN_ERROR_IF(c->policy != MOERT_POLICY_BATCH_TOPK &&
+                              (c->use_threshold || c->threshold != 0.0f || c->batch_score != MOERT_BATCH_SCORE_PROBS),
+                          MOERT_EINVAL, "a batch score or threshold applies to batch-topk only");
+    MOERT_RETURN_ERROR_IF(c->k_max < 1, MOERT_EINVAL, "k_max=%d must be at least 1", c->k_max);
+    MOERT_RETURN_ERROR_IF(c->policy != MOERT_POLICY_SPARSEMAX && c->k_max != MOERT_MAX_EXPERTS, MOERT_EINVAL,
+                          "k_max applies to sparsemax only");
+    MOERT_RETURN_ERROR_IF(c->noise != MOERT_NOISE_NONE && c->noise != MOERT_NOISE_NORMAL && c->noise != MOERT_NOISE_GUMBEL,
+                          MOERT_EINVAL, "noise=%d is not none, normal or gumbel", (int)c->noise);
+    MOERT_RETURN_ERROR_IF(!(c->noise_scale >= 0.0f) || !isfinite(c->noise_scale), MOERT_EINVAL,
+                          "noise scale %g must be finite and not negative", (double)c->noise_scale);
+    MOERT_RETURN_ERROR_IF(!(c->noise_temperature > 0.0f) || !isfinite(c->noise_temperature), MOERT_EINVAL,
+                          "noise temperature %g must be finite and above 0", (double)c->noise_temperature);
+    if (c->noise_scales != NULL)
+        for (size_t e = 0; e < experts; e++)
+            MOERT_RETURN_ERROR_IF(!(c->noise_scales[e] >= 0.0f) || !isfinite(c->noise_scales[e]), MOERT_EINVAL,
+                                  "noise_scales[%zu] = %g must be finite and not negative", e,
+                                  (double)c->noise_scales[e]);
+    if (c->noise != MOERT_NOISE_NONE) {
+        MOERT_RETURN_ERROR_IF(c->policy != MOERT_POLICY_TOKEN_CHOICE, MOERT_EINVAL,
+                              "noisy selection applies to token choice only");
+        MOERT_RETURN_ERROR_IF(c->score != MOERT_SCORE_SOFTMAX && c->score != MOERT_SCORE_SIGMOID, MOERT_EINVAL,
+                              "noisy selection takes softmax or sigmoid scores");
+        MOERT_RETURN_ERROR_IF(c->bias != NULL || c->groups != 0, MOERT_EINVAL,
+                              "noisy selection does not combine with a selection bias or group-limited selection");
+        MOERT_RETURN_ERROR_IF(c->noise == MOERT_NOISE_GUMBEL && c->noise_scales != NULL, MOERT_EINVAL,
+                              "per-expert noise scales apply to normal noise only");
+    } else {
+        MOERT_RETURN_ERROR_IF(c->noisy_weights || c->noise_scales != NULL || c->noise_scale != 1.0f ||
+                                  c->noise_temperature != 1.0f,
+                              MOERT_EINVAL, "noise options without noise");
+    }
     if (c->policy == MOERT_POLICY_TOKEN_CHOICE) {
         /* The gate checks k, scores, bias and groups; run its checks on no tokens. */
         const moert_topk_gate_params p = router_gate_params(c);
         moert_topk_gate_output none = {NULL, NULL, NULL, NULL};
         MOERT_FORWARD_IF_ERROR(moert_topk_gate(&p, NULL, 0, experts, &none));
+        const int own_score = c->score == MOERT_SCORE_SOFTPICK || c->score == MOERT_SCORE_SQRT_SOFTPLUS;
+        MOERT_RETURN_ERROR_IF(own_score && c->groups != 0, MOERT_EINVAL,
+                              "group-limited selection takes softmax or sigmoid scores");
+        MOERT_RETURN_ERROR_IF(c->score == MOERT_SCORE_SOFTPICK && (c->bias != NULL || c->renormalize ||
+                                                                   c->softmax_order != MOERT_SOFTMAX_POST),
+                              MOERT_EINVAL, "softpick takes no bias, renormalisation or softmax order");
+        MOERT_RETURN_ERROR_IF(c->score == MOERT_SCORE_SQRT_SOFTPLUS && c->softmax_order != MOERT_SOFTMAX_POST,
+                              MOERT_EINVAL, "a softmax order does not apply to sqrt-softplus");
+        if (c->bias != NULL && c->score == MOERT_SCORE_SQRT_SOFTPLUS)
+            for (size_t e = 0; e < experts; e++)
+                MOERT_RETURN_ERROR_IF(!isfinite(c->bias[e]), MOERT_EINVAL, "bias[%zu] is not finite", e);
         MOERT_RETURN_ERROR_IF(c->pad_to_capacity && c->capacity_factor == 0.0, MOERT_EINVAL,
                               "padding to capacity needs a capacity factor");
         MOERT_RETURN_ERROR_IF(c->relu_threshold != 0.0f, MOERT_EINVAL, "a relu threshold applies to relu routing only");
         return MOERT_OK;
     }
-    /* Expert choice and ReLU: the options of token choice would be silently ignored. */
-    const char *policy = c->policy == MOERT_POLICY_EXPERT_CHOICE ? "expert choice" : "relu routing";
+    /* The other policies: the options of token choice would be silently ignored. */
+    const char *policy = c->policy == MOERT_POLICY_EXPERT_CHOICE ? "expert choice"
+                         : c->policy == MOERT_POLICY_RELU        ? "relu routing"
+                         : c->policy == MOERT_POLICY_BATCH_TOPK  ? "batch-topk"
+                                                                 : "sparsemax";
     MOERT_RETURN_ERROR_IF(c->bias != NULL, MOERT_EINVAL, "a bias does not apply to %s", policy);
     MOERT_RETURN_ERROR_IF(c->groups != 0 || c->topk_groups != 0, MOERT_EINVAL,
                           "group-limited selection does not apply to %s", policy);
-    MOERT_RETURN_ERROR_IF(c->score != MOERT_SCORE_SOFTMAX, MOERT_EINVAL, "a sigmoid score does not apply to %s",
+    MOERT_RETURN_ERROR_IF(c->score != MOERT_SCORE_SOFTMAX &&
+                              !(c->policy == MOERT_POLICY_RELU && c->score == MOERT_SCORE_SOFTPICK),
+                          MOERT_EINVAL, "score %s does not apply to %s",
+                          c->score == MOERT_SCORE_SIGMOID    ? "sigmoid"
+                          : c->score == MOERT_SCORE_SOFTPICK ? "softpick"
+                                                             : "sqrt-softplus",
                           policy);
-    MOERT_RETURN_ERROR_IF(c->renormalize || c->scaling != 1.0f, MOERT_EINVAL,
-                          "renormalisation and scaling do not apply to %s", policy);
+    MOERT_RETURN_ERROR_IF((c->renormalize && c->policy != MOERT_POLICY_BATCH_TOPK) || c->scaling != 1.0f,
+                          MOERT_EINVAL, "renormalisation and scaling do not apply to %s", policy);
     MOERT_RETURN_ERROR_IF(c->drop_policy != MOERT_DROP_PROBS || c->pad_to_capacity, MOERT_EINVAL,
                           "drop policies and padding do not apply to %s", policy);
+    MOERT_RETURN_ERROR_IF(c->relu_threshold != 0.0f && c->policy != MOERT_POLICY_RELU, MOERT_EINVAL,
+                          "a relu threshold applies to relu routing only");
+    MOERT_RETURN_ERROR_IF(c->capacity_factor != 0.0 && c->policy != MOERT_POLICY_EXPERT_CHOICE, MOERT_EINVAL,
+                          "a capacity factor does not apply to %s", policy);
     if (c->policy == MOERT_POLICY_EXPERT_CHOICE) {
         MOERT_RETURN_ERROR_IF(c->capacity_factor <= 0.0, MOERT_EINVAL, "expert choice needs a capacity factor above 0");
-        MOERT_RETURN_ERROR_IF(c->relu_threshold != 0.0f, MOERT_EINVAL, "a relu threshold applies to relu routing only");
-    } else {
+    } else if (c->policy == MOERT_POLICY_RELU) {
         MOERT_RETURN_ERROR_IF(!isfinite(c->relu_threshold), MOERT_EINVAL, "relu threshold %g must be finite",
                               (double)c->relu_threshold);
-        MOERT_RETURN_ERROR_IF(c->capacity_factor != 0.0, MOERT_EINVAL, "a capacity factor does not apply to relu routing");
+        MOERT_RETURN_ERROR_IF(c->score == MOERT_SCORE_SOFTPICK && c->relu_threshold != 0.0f, MOERT_EINVAL,
+                              "softpick's rectified form keeps the experts with a positive score: its threshold is 0");
+    } else if (c->policy == MOERT_POLICY_BATCH_TOPK) {
+        MOERT_RETURN_ERROR_IF(c->k < 1 || (size_t)c->k > experts, MOERT_EINVAL, "batch-topk: k=%d is outside 1..%zu",
+                              c->k, experts);
+        MOERT_RETURN_ERROR_IF(c->batch_score != MOERT_BATCH_SCORE_PROBS && c->batch_score != MOERT_BATCH_SCORE_LOGITS,
+                              MOERT_EINVAL, "batch score %d is not probs (0) or logits (1)", (int)c->batch_score);
+        MOERT_RETURN_ERROR_IF(!isfinite(c->threshold), MOERT_EINVAL, "threshold %g must be finite", (double)c->threshold);
+        MOERT_RETURN_ERROR_IF(!c->use_threshold && c->threshold != 0.0f, MOERT_EINVAL,
+                              "a threshold is used in threshold mode only (use_threshold)");
     }
     return MOERT_OK;
 }
@@ -210,11 +295,14 @@ void moert_router_destroy(moert_router *router) {
     free(router);
 }
 
-static moert_status route_policy(moert_router *r, const float *logits, size_t tokens, moert_plan *plan) {
-    switch (r->config.policy) {
-    case MOERT_POLICY_TOKEN_CHOICE: return router_token_choice(&r->config, logits, tokens, r->experts, plan, &r->ws);
-    case MOERT_POLICY_EXPERT_CHOICE: return router_expert_choice(&r->config, logits, tokens, r->experts, plan, &r->ws);
-    case MOERT_POLICY_RELU: return router_relu(&r->config, logits, tokens, r->experts, plan, &r->ws);
+static moert_status route_policy(moert_router *r, const moert_router_config *c, const float *logits, size_t tokens,
+                                 moert_plan *plan) {
+    switch (c->policy) {
+    case MOERT_POLICY_TOKEN_CHOICE: return router_token_choice(c, logits, tokens, r->experts, plan, &r->ws);
+    case MOERT_POLICY_EXPERT_CHOICE: return router_expert_choice(c, logits, tokens, r->experts, plan, &r->ws);
+    case MOERT_POLICY_RELU: return router_relu(c, logits, tokens, r->experts, plan, &r->ws);
+    case MOERT_POLICY_BATCH_TOPK: return router_batch_topk(c, logits, tokens, r->experts, plan, &r->ws);
+    case MOERT_POLICY_SPARSEMAX: return router_sparsemax(c, logits, tokens, r->experts, plan, &r->ws);
     }
     return moert_set_error(MOERT_EINTERNAL, "router: unknown policy");
 }
@@ -253,10 +341,15 @@ static moert_status route_groups(moert_router *r, const float *logits, size_t to
     memset(prob_sums, 0, E * sizeof *prob_sums);
     moert_status st = MOERT_OK;
     int64_t capacity_sum = 0, capacity_max = 0, entries = 0;
+    double threshold_sum = 0.0;
+    size_t threshold_groups = 0;
     plan->token_offsets[0] = 0;
     for (size_t g = 0; g < G && st == MOERT_OK; g++) {
         const size_t t0 = tokens * g / G, t1 = tokens * (g + 1) / G;
-        st = route_policy(r, logits + t0 * E, t1 - t0, gp);
+        /* The group's tokens keep their index in the batch (the noise's counter). */
+        moert_router_config group_config = r->config;
+        group_config.token_offset += t0;
+        st = route_policy(r, &group_config, logits + t0 * E, t1 - t0, gp);
         if (st == MOERT_EBADDATA) {
             /* The detail names a row of the group: name the token in the whole batch. */
             st = report_bad_logits(logits + t0 * E, t1 - t0, E, t0, st);
@@ -274,6 +367,7 @@ static moert_status route_groups(moert_router *r, const float *logits, size_t to
             prob_sums[e] += gp->prob_sums[e];
         }
         entries += (int64_t)gp->entries;
+        if (!isnan(gp->stats.threshold)) threshold_sum += gp->stats.threshold, threshold_groups++;
         if (__builtin_add_overflow(capacity_sum, gp->capacity, &capacity_sum)) {
             st = moert_set_error(MOERT_EOVERFLOW, "routing groups: the sum of their capacities overflows int64");
             break;
@@ -294,6 +388,8 @@ static moert_status route_groups(moert_router *r, const float *logits, size_t to
             memcpy(plan->prob_sums, prob_sums, E * sizeof *prob_sums);
             plan->capacity = capacity_max;
             plan_compute_stats(plan, plan->prob_sums, plan->logsumexp);
+            /* BatchTopK: the mean of the groups' thresholds, the inference estimate. */
+            plan->stats.threshold = threshold_groups ? threshold_sum / (double)threshold_groups : NAN;
         }
     }
     return st;
@@ -307,5 +403,5 @@ moert_status moert_router_route(moert_router *r, const float *logits, size_t tok
     MOERT_RETURN_ERROR_IF(moert_mul3_overflows(tokens, r->experts, sizeof(float), &elements), MOERT_EOVERFLOW,
                           "tokens=%zu x experts=%zu logits overflow size_t", tokens, r->experts);
     if (r->config.route_groups > 1) return route_groups(r, logits, tokens, plan);
-    return route_policy(r, logits, tokens, plan);
+    return route_policy(r, &r->config, logits, tokens, plan);
 }

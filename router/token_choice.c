@@ -1,10 +1,145 @@
 /* Token choice: each token's top k by the fused gate kernel (group-limited selection
- * included), then capacity and dropping, then the expert-major order and statistics. */
+ * included), then capacity and dropping, then the expert-major order and statistics.
+ *
+ * Two variations feed the same ending:
+ * - the router's own scores (softpick, sqrt-softplus): the kernel selects by logit (both
+ *   scores rank experts as their logits do) and, block by block while the rows are in
+ *   cache, the weights are replaced by the score's (router/scores.c);
+ * - noisy selection: the clean logits' softmax statistics first (which also checks the
+ *   logits), then each block's noisy keys (router/noise.c) go through the kernel, and the
+ *   weights come from the clean logits or the keys. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
 #include "common/size.h"
+#include "kernels/expf.h"
 #include "router/internal.h"
+#include "router/noise.h"
+#include "router/scores.h"
+
+/* ---- the router's own scores --------------------------------------------------------------- */
+
+typedef struct scores_pass {
+    const moert_router_config *config;
+    const float *logits;
+    size_t experts;
+    int32_t *ids;
+    float *weights;
+    float *scratch; /* [threads][SCORES_SCRATCH] */
+} scores_pass;
+
+static int scores_block(void *context, int thread, size_t row_begin, size_t row_end) {
+    const scores_pass *p = context;
+    scores_rows(p->config, p->logits, p->experts, row_begin, row_end, p->ids, p->weights,
+                p->scratch + (size_t)thread * SCORES_SCRATCH(p->experts, p->config->k));
+    return 0;
+}
+
+/* ---- noisy selection ----------------------------------------------------------------------- */
+
+#define NOISY_BLOCK_ROWS 64
+
+/* Rows [begin, end) of the keys, selected by the kernel: the weights the configuration
+ * asks for, by descending weight, ties to the lower id. */
+static void noisy_weights(const moert_router_config *c, const float *logits, const float *keys, size_t E,
+                          size_t begin, size_t end, int32_t *ids, float *weights, float *w) {
+    const int k = c->k;
+    topk_job job = {0};
+    job.k = k, job.score = c->score, job.order = c->softmax_order, job.renormalize = c->renormalize;
+    job.scaling = c->scaling;
+    for (size_t t = begin; t < end; t++) {
+        /* The keys block holds rows [begin, end). */
+        const float *x = c->noisy_weights ? keys + (t - begin) * E : logits + t * E;
+        int32_t *id = ids + t * (size_t)k;
+        float *out = weights + t * (size_t)k;
+        for (int j = 0; j < k; j++) w[j] = x[id[j]];
+        /* Softmax post takes the first as the largest: in selection order it is for the
+         * keys, not always for the clean logits. */
+        float first = w[0];
+        for (int j = 1; j < k; j++) first = w[j] > first ? w[j] : first;
+        float m = 0.0f, s = 1.0f;
+        if (c->score == MOERT_SCORE_SOFTMAX && c->softmax_order == MOERT_SOFTMAX_PRE)
+            (void)topk_row_max_and_sum(x, E, t, 1, &m, &s); /* checked rows: it cannot fail */
+        if (c->score == MOERT_SCORE_SOFTMAX && c->softmax_order == MOERT_SOFTMAX_POST) {
+            /* topk_weights_inplace subtracts w[0]: put the largest first, then restore. */
+            float sum = 0.0f;
+            for (int j = 0; j < k; j++) w[j] = w[j] == -INFINITY ? 0.0f : moert_expf(w[j] - first), sum += w[j];
+            for (int j = 0; j < k; j++) w[j] = w[j] / sum;
+            if (c->scaling != 1.0f)
+                for (int j = 0; j < k; j++) w[j] = w[j] * c->scaling;
+        } else {
+            topk_weights_inplace(&job, w, m, s);
+        }
+        topk_sort_entries(id, w, (size_t)k, id, out);
+    }
+}
+
+static moert_status noisy_select(const moert_router_config *c, const float *logits, size_t T, size_t E, moert_plan *plan,
+                                 router_workspace *ws) {
+    const int threads = router_threads(c->threads);
+    const size_t k = (size_t)c->k;
+    /* 1. The clean logits' statistics (probability sums, logsumexp), which checks them. */
+    const size_t stats_bytes = moert_round_up_64((size_t)threads * (sizeof(topk_candidates) + E * sizeof(size_t))) +
+                               moert_round_up_64(E * sizeof(float)) + moert_round_up_64(2 * T * sizeof(float));
+    /* 2. Per thread: a block of keys, the kernel's view of it, the weights' scratch. */
+    const size_t block_floats = NOISY_BLOCK_ROWS * E + E + 2 + k + 64;
+    const size_t thread_bytes = moert_round_up_64(block_floats * sizeof(float) + NOISY_BLOCK_ROWS * k * (sizeof(int32_t) + sizeof(float)));
+    MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, stats_bytes + (size_t)threads * thread_bytes + 64));
+    unsigned char *base = (unsigned char *)(((uintptr_t)ws->bytes + 63) & ~(uintptr_t)63);
+    topk_candidates *cand = (topk_candidates *)base;
+    size_t *counts = (size_t *)(cand + threads);
+    float *bounds = (float *)(base + moert_round_up_64((size_t)threads * (sizeof(topk_candidates) + E * sizeof(size_t))));
+    float *row_max = bounds + moert_round_up_64(E * sizeof(float)) / sizeof(float), *row_sum = row_max + T;
+    unsigned char *thread_base = base + stats_bytes;
+    for (size_t e = 0; e < E; e++) bounds[e] = INFINITY; /* no candidates: the statistics only */
+    memset(counts, 0, (size_t)threads * E * sizeof(size_t));
+    for (int u = 0; u < threads; u++) cand[u] = (topk_candidates){bounds, NULL, NULL, counts + (size_t)u * E, 0};
+    int used = 0;
+    MOERT_FORWARD_IF_ERROR(
+        topk_softmax_filter(c->isa, logits, T, E, cand, threads, &used, plan->logsumexp, row_max, row_sum, plan->prob_sums,
+                            &ws->gate));
+
+    /* 2. Block by block: the keys, the kernel's top k of them (softmax post: the keys'
+     * order), the weights. */
+    const topk_variant *variant = topk_variant_for(c->isa);
+    moert_topk_gate_params p = moert_topk_gate_params_default();
+    p.k = c->k, p.threads = 1, p.isa = c->isa;
+    const size_t blocks = (T + NOISY_BLOCK_ROWS - 1) / NOISY_BLOCK_ROWS;
+    moert_status failed = MOERT_OK;
+    char detail[256] = "";
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        unsigned char *mine = thread_base + (size_t)omp_get_thread_num() * thread_bytes;
+        float *keys = (float *)mine, *tmp = keys + NOISY_BLOCK_ROWS * E, *w = tmp + E + 2;
+        int32_t *block_ids = (int32_t *)(w + k + 64);
+        float *block_weights = (float *)(block_ids + NOISY_BLOCK_ROWS * k);
+        topk_workspace gate_ws = {NULL, 0};
+#pragma omp for schedule(static)
+        for (size_t b = 0; b < blocks; b++) {
+            const size_t begin = b * NOISY_BLOCK_ROWS, end = begin + NOISY_BLOCK_ROWS < T ? begin + NOISY_BLOCK_ROWS : T;
+            for (size_t t = begin; t < end; t++)
+                noise_keys_row(c, c->token_offset + t, logits + t * E, E, keys + (t - begin) * E, tmp);
+            const moert_topk_gate_output out = {block_ids, block_weights, NULL, NULL};
+            const moert_status st = topk_gate_run_with(variant, &p, keys, end - begin, E, &out, NULL, NULL, &gate_ws);
+            if (st != MOERT_OK) {
+#pragma omp critical(moert_noisy_error)
+                if (failed == MOERT_OK) failed = st, snprintf(detail, sizeof detail, "%s", moert_last_error());
+                continue;
+            }
+            memcpy(plan->expert_ids + begin * k, block_ids, (end - begin) * k * sizeof(int32_t));
+            noisy_weights(c, logits, keys, E, begin, end, plan->expert_ids, plan->weights, w);
+        }
+        free(gate_ws.bytes);
+    }
+    if (failed != MOERT_OK) return moert_set_error(failed, "noisy selection: %s", detail);
+    return MOERT_OK;
+}
+
+/* ---- token choice ---------------------------------------------------------------------------- */
 
 moert_status router_token_choice(const moert_router_config *c, const float *logits, size_t tokens,
                                  size_t experts, moert_plan *plan, router_workspace *ws) {
@@ -22,10 +157,22 @@ moert_status router_token_choice(const moert_router_config *c, const float *logi
     MOERT_FORWARD_IF_ERROR(plan_reserve(plan, tokens, entries, experts, slots > entries ? slots : entries, threads));
 
     const moert_topk_gate_params params = router_gate_params(c);
-    const moert_topk_gate_output out = {plan->expert_ids, plan->weights, plan->prob_sums, plan->logsumexp};
     MOERT_FORWARD_IF_ERROR(moert_isa_check(params.isa));
-    MOERT_FORWARD_IF_ERROR(
-        topk_gate_run_with(topk_variant_for(params.isa), &params, logits, tokens, experts, &out, NULL, NULL, &ws->gate));
+    if (c->noise != MOERT_NOISE_NONE) {
+        if (tokens > 0) MOERT_FORWARD_IF_ERROR(noisy_select(c, logits, tokens, experts, plan, ws));
+        else memset(plan->prob_sums, 0, experts * sizeof(double));
+    } else {
+        const moert_topk_gate_output out = {plan->expert_ids, plan->weights, plan->prob_sums, plan->logsumexp};
+        const int own_score = c->score == MOERT_SCORE_SOFTPICK || c->score == MOERT_SCORE_SQRT_SOFTPLUS;
+        scores_pass pass = {c, logits, experts, plan->expert_ids, plan->weights, NULL};
+        if (own_score) {
+            MOERT_FORWARD_IF_ERROR(
+                router_workspace_reserve(ws, (size_t)threads * SCORES_SCRATCH(experts, c->k) * sizeof(float)));
+            pass.scratch = ws->bytes;
+        }
+        MOERT_FORWARD_IF_ERROR(topk_gate_run_with(topk_variant_for(params.isa), &params, logits, tokens, experts, &out,
+                                                  own_score ? scores_block : NULL, &pass, &ws->gate));
+    }
 
     plan->tokens = tokens, plan->experts = experts, plan->entries = entries;
     for (size_t t = 0; t <= tokens; t++) plan->token_offsets[t] = (int64_t)(t * k);

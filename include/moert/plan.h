@@ -62,6 +62,10 @@ typedef struct moert_plan_stats {
     double aux_loss;                  /* Switch/GShard: E * sum_e f_e * P_e, f_e the share of
                                          routed entries, P_e the mean softmax probability */
     double z_loss;                    /* mean over tokens of logsumexp(logits)^2 */
+    double threshold;                 /* batch-topk: the score of the batch's (tokens x k)-th
+                                         kept entry (with routing groups, the mean over the
+                                         groups: the threshold to use at inference); NaN for
+                                         the other policies */
 } moert_plan_stats;
 
 /* A new, empty plan. Free it with moert_plan_destroy. */

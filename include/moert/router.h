@@ -19,7 +19,33 @@
  * highest-probability tokens (ties to the lower token; C is at most tokens), weight = the
  * probability. C = 0 is an error.
  * ReLU routing (ReMoE, Wang et al. 2024): weights relu(logit - relu_threshold); a token
- * goes to every expert with a positive weight.
+ * goes to every expert with a positive weight. With score softpick (threshold 0) the
+ * weights are the softpick scores: softpick's rectified form, where an expert whose score
+ * is 0 is not used.
+ * BatchTopK (Bussmann et al., "BatchTopK Sparse Autoencoders", 2024): the tokens x k
+ * largest (token, expert) scores of the routing group are kept, ties to the lower
+ * (token, expert) in row-major order; scores are softmax probabilities or the logits
+ * (batch_score); weights are the scores, renormalised per token with `renormalize`. A
+ * token gets any number of experts. Masked (-inf) experts are never kept. With
+ * use_threshold (inference) each token keeps the experts whose score exceeds `threshold`
+ * instead; the statistics' `threshold` of a routing with several routing groups is the
+ * mean of the groups' thresholds, the estimate to use at inference.
+ * Sparsemax (Martins & Astudillo, "From Softmax to Sparsemax", 2016): the Euclidean
+ * projection of a token's logits onto the simplex, weights max(x - tau, 0) summing to 1;
+ * the token uses the experts with a positive weight. k_max caps them: the projection of
+ * the k_max largest logits only.
+ * Token choice scores beyond the fused kernel's: softpick (Zuhri et al., "Softpick: No
+ * Attention Sink, No Massive Activations with Rectified Softmax", 2025), relu(e^x_i - 1) /
+ * (sum_j |e^x_j - 1| + 1e-6), computed with the row's max subtracted; and sqrt-softplus,
+ * sqrt(log(1 + e^x)), with an optional selection bias and renormalisation as sigmoid.
+ * Both rank experts as their logits do (without a bias), so the selection is the logits'
+ * top k; softpick's zero scores then go by logit.
+ * Noisy selection (token choice with softmax or sigmoid): noise is added to the logits
+ * for selection only, standard normal times a per-expert scale (Shazeer et al., 2017) or
+ * Gumbel(0, 1) (Jang et al., 2017, with temperature tau: keys (x + g) / tau). The weights
+ * come from the clean logits, or from the noisy keys with noisy_weights. The noise of
+ * (token, expert) is a counter-based hash of (seed, token_offset + token, expert): the
+ * same for any thread count, routing groups or ranks.
  *
  * Routing groups: decisions that depend on the batch (capacity, expert choice) are made
  * within groups of tokens. Group r of G holds tokens [floor(r T / G), floor((r+1) T / G)),
@@ -52,7 +78,20 @@ typedef enum moert_policy {
     MOERT_POLICY_TOKEN_CHOICE = 0,
     MOERT_POLICY_EXPERT_CHOICE = 1,
     MOERT_POLICY_RELU = 2,
+    MOERT_POLICY_BATCH_TOPK = 3,
+    MOERT_POLICY_SPARSEMAX = 4,
 } moert_policy;
+
+typedef enum moert_batch_score {
+    MOERT_BATCH_SCORE_PROBS = 0,  /* softmax probabilities over each token's experts */
+    MOERT_BATCH_SCORE_LOGITS = 1, /* the logits themselves (weights may be negative) */
+} moert_batch_score;
+
+typedef enum moert_noise {
+    MOERT_NOISE_NONE = 0,
+    MOERT_NOISE_NORMAL = 1, /* noise_scale (or noise_scales[e]) x N(0, 1) */
+    MOERT_NOISE_GUMBEL = 2, /* Gumbel(0, 1), keys divided by noise_temperature */
+} moert_noise;
 
 typedef enum moert_drop_policy {
     MOERT_DROP_PROBS = 0,    /* an expert keeps its highest-weight entries */
@@ -78,6 +117,21 @@ typedef struct moert_router_config {
     int pad_to_capacity;               /* default 0 */
     float relu_threshold;              /* ReLU: default 0 */
     int route_groups;                  /* routing groups, default 1 */
+    /* BatchTopK: k is the mean experts per token */
+    moert_batch_score batch_score;     /* default probs */
+    int use_threshold;                 /* inference mode: keep scores > threshold; default 0 */
+    float threshold;                   /* finite */
+    /* Sparsemax */
+    int k_max;                         /* experts per token at most, >= 1; default
+                                          MOERT_MAX_EXPERTS (no cap) */
+    /* Noisy selection (token choice) */
+    moert_noise noise;                 /* default none */
+    float noise_scale;                 /* normal: >= 0, default 1 */
+    const float *noise_scales;         /* normal: [experts] >= 0 per expert, or NULL; borrowed */
+    float noise_temperature;           /* gumbel: > 0, default 1 */
+    int noisy_weights;                 /* weights from the noisy keys; default 0 (clean) */
+    uint64_t seed;                     /* default 0 */
+    uint64_t token_offset;             /* the noise's index of this batch's first token */
     int threads;                       /* OpenMP threads, 0 = omp_get_max_threads() */
     moert_isa isa;                     /* kernel variant, default auto */
 } moert_router_config;

@@ -47,6 +47,9 @@ extern "C" {
 typedef enum moert_score {
     MOERT_SCORE_SOFTMAX = 0,
     MOERT_SCORE_SIGMOID = 1,
+    /* The router's own score functions (moert/router.h); the fused kernel does not take them. */
+    MOERT_SCORE_SOFTPICK = 2,      /* relu(e^x - 1) / sum_j |e^x_j - 1| (Zuhri et al., 2025) */
+    MOERT_SCORE_SQRT_SOFTPLUS = 3, /* sqrt(softplus(x)) (Megatron-Core, llama.cpp) */
 } moert_score;
 
 typedef enum moert_softmax_order {

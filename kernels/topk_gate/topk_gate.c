@@ -58,7 +58,8 @@ static moert_status validate(const moert_topk_gate_params *p, const float *logit
     MOERT_RETURN_ERROR_IF((size_t)p->k > experts, MOERT_EINVAL,
                           "k=%d exceeds num_experts=%zu", p->k, experts);
     MOERT_RETURN_ERROR_IF(p->score != MOERT_SCORE_SOFTMAX && p->score != MOERT_SCORE_SIGMOID,
-                          MOERT_EINVAL, "score=%d is not softmax (0) or sigmoid (1)",
+                          MOERT_EINVAL, "score=%d is not softmax (0) or sigmoid (1) (the fused kernel's; softpick and "
+                          "sqrt-softplus are the router's)",
                           (int)p->score);
     MOERT_RETURN_ERROR_IF(
         p->softmax_order != MOERT_SOFTMAX_POST && p->softmax_order != MOERT_SOFTMAX_PRE,

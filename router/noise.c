@@ -1,0 +1,130 @@
+/* The counter-based noise of noisy (Shazeer et al., "Outrageously Large Neural Networks:
+ * The Sparsely-Gated Mixture-of-Experts Layer", 2017) and Gumbel top-k selection (Jang et
+ * al., "Categorical Reparameterization with Gumbel-Softmax", 2017). See noise.h. */
+#include "router/noise.h"
+
+#include <math.h>
+#include <string.h>
+
+uint64_t noise_token_key(uint64_t seed, uint64_t token) {
+    uint64_t z = seed ^ 0x6A09E667F3BCC909ull;
+    for (int round = 0; round < 2; round++) {
+        z += 0x9E3779B97F4A7C15ull * (round == 0 ? 1 : token + 1);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+    }
+    return z;
+}
+
+/* Chris Wellons' lowbias32: a 32-bit mixer of full avalanche, in 32-bit multiplies that
+ * every vector ISA has. */
+static inline uint32_t lowbias32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
+    return x;
+}
+
+static inline float uniform_of(uint32_t key_lo, uint32_t key_hi, uint32_t c) {
+    uint32_t h = lowbias32(key_lo ^ (c * 0x9E3779B9u));
+    h = lowbias32(h ^ key_hi);
+    /* 23 bits, centred: (n + 1/2) 2^-23 lies in [2^-24, 1 - 2^-24], exactly. */
+    return ((float)(h >> 9) + 0.5f) * 0x1.0p-23f;
+}
+
+float noise_uniform(uint64_t key, uint32_t c) { return uniform_of((uint32_t)key, (uint32_t)(key >> 32), c); }
+
+/* log(x) = e ln 2 + log(m), m in [sqrt(1/2), sqrt(2)), log(m) = 2 atanh(s) with
+ * s = (m - 1) / (m + 1), |s| < 0.172: six odd terms of the series. */
+static inline float log_positive(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, 4);
+    int32_t e = (int32_t)(bits >> 23) - 127;
+    uint32_t mbits = (bits & 0x007FFFFFu) | 0x3F800000u;
+    float m;
+    memcpy(&m, &mbits, 4);
+    const int big = m > 1.41421356f;
+    m = big ? m * 0.5f : m;
+    e += big;
+    const float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
+    float p = 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    p = p * s2 + 1.0f;
+    return (float)e * 0.693147181f + 2.0f * s * p;
+}
+
+float noise_logf(float x) { return log_positive(x); }
+
+/* Box-Muller with the angle 2 pi u = pi + a, a = 2 pi (u - 1/2) in [-pi, pi]: cos and sin
+ * of a by their Taylor series (error below 4e-8 there), negated. */
+static inline void normal_pair(float u1, float u2, float *n0, float *n1) {
+    const float r = sqrtf(-2.0f * log_positive(u1));
+    const float a = 6.28318531f * (u2 - 0.5f), a2 = a * a;
+    float c = 1.0f / 6402373705728000.0f; /* 1/18! */
+    c = c * a2 - 1.0f / 20922789888000.0f;
+    c = c * a2 + 1.0f / 87178291200.0f;
+    c = c * a2 - 1.0f / 479001600.0f;
+    c = c * a2 + 1.0f / 3628800.0f;
+    c = c * a2 - 1.0f / 40320.0f;
+    c = c * a2 + 1.0f / 720.0f;
+    c = c * a2 - 1.0f / 24.0f;
+    c = c * a2 + 0.5f;
+    c = 1.0f - c * a2;
+    float s = 1.0f / 355687428096000.0f; /* 1/17! */
+    s = s * a2 - 1.0f / 1307674368000.0f;
+    s = s * a2 + 1.0f / 6227020800.0f;
+    s = s * a2 - 1.0f / 39916800.0f;
+    s = s * a2 + 1.0f / 362880.0f;
+    s = s * a2 - 1.0f / 5040.0f;
+    s = s * a2 + 1.0f / 120.0f;
+    s = s * a2 - 1.0f / 6.0f;
+    s = a + a * a2 * s;
+    *n0 = -r * c;
+    *n1 = -r * s;
+}
+
+/* The noise of experts [0, E) of one token into noise[0, E); tmp holds E + 2 floats.
+ * Written as plain loops without branches on the data, which the compiler vectorises in
+ * each target clone (the operations per lane are the same in every clone). */
+__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+noise_row(const moert_router_config *c, uint64_t token, size_t E, float *noise, float *tmp) {
+    const uint64_t key = noise_token_key(c->seed, token);
+    const uint32_t lo = (uint32_t)key, hi = (uint32_t)(key >> 32);
+    if (c->noise == MOERT_NOISE_GUMBEL) {
+        for (size_t e = 0; e < E; e++) {
+            const float u = uniform_of(lo, hi, (uint32_t)e);
+            noise[e] = -log_positive(-log_positive(u));
+        }
+        return;
+    }
+    const size_t pairs = (E + 1) / 2;
+    for (size_t p = 0; p < pairs; p++) {
+        float n0, n1;
+        normal_pair(uniform_of(lo, hi, (uint32_t)(2 * p)), uniform_of(lo, hi, (uint32_t)(2 * p + 1)), &n0, &n1);
+        tmp[2 * p] = n0, tmp[2 * p + 1] = n1;
+    }
+    if (c->noise_scales != NULL)
+        for (size_t e = 0; e < E; e++) noise[e] = c->noise_scales[e] * tmp[e];
+    else
+        for (size_t e = 0; e < E; e++) noise[e] = c->noise_scale * tmp[e];
+}
+
+void noise_values_row(const moert_router_config *c, uint64_t token, size_t E, float *noise, float *tmp) {
+    noise_row(c, token, E, noise, tmp);
+}
+
+void noise_keys_row(const moert_router_config *c, uint64_t token, const float *x, size_t E, float *keys, float *tmp) {
+    noise_row(c, token, E, keys, tmp);
+    if (c->noise == MOERT_NOISE_GUMBEL) {
+        const float inv_tau = 1.0f / c->noise_temperature;
+        for (size_t e = 0; e < E; e++) keys[e] = (x[e] + keys[e]) * inv_tau;
+    } else {
+        for (size_t e = 0; e < E; e++) keys[e] = x[e] + keys[e];
+    }
+}

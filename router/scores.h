@@ -1,0 +1,31 @@
+/* Internal: the router's own score functions, softpick and sqrt-softplus, and the
+ * per-block step that turns the fused kernel's selection into their weights. */
+#ifndef MOERT_ROUTER_SCORES_H
+#define MOERT_ROUTER_SCORES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moert/router.h"
+
+/* sqrt(softplus(x)) = sqrt(max(x, 0) + log1p(exp(-|x|))); 0 for -inf. */
+float scores_sqrt_softplus(float x);
+
+/* Softpick of one row (Zuhri et al., 2025): relu(e^x_i - 1) / (sum_j |e^x_j - 1| + 1e-6),
+ * evaluated with the row's max m subtracted (numerator and denominator times e^-m), so
+ * that nothing overflows. *c receives e^-m and *inv_denominator 1 / the scaled
+ * denominator: the weight of x_i is then max(e^(x_i - m) - c, 0) * ... see
+ * scores_softpick_weight. Returns 0 when every weight is 0 (m <= 0). The sum runs in 16
+ * partial sums in a fixed order, the same bits in every build. */
+int scores_softpick_row(const float *x, size_t E, float *m, float *c, float *denominator);
+float scores_softpick_weight(float x, float m, float c, float denominator);
+
+/* The token-choice block step for score softpick or sqrt-softplus: rows [begin, end) of
+ * ids/weights [tokens, k], which the kernel selected as softmax post (by logit), get the
+ * score's weights (and, for sqrt-softplus with a bias, the selection by score + bias).
+ * scratch: SCORES_SCRATCH(E, k) floats per thread. */
+#define SCORES_SCRATCH(E, k) (2 * (size_t)(E) + 2 * (size_t)(k) + 64)
+void scores_rows(const moert_router_config *c, const float *logits, size_t E, size_t begin, size_t end, int32_t *ids,
+                 float *weights, float *scratch);
+
+#endif /* MOERT_ROUTER_SCORES_H */

@@ -1,0 +1,64 @@
+/* Sparsemax gating (Martins & Astudillo, "From Softmax to Sparsemax: A Sparse Model of
+ * Attention and Multi-Label Classification", ICML 2016): the Euclidean projection of a
+ * token's logits onto the probability simplex, p_i = max(x_i - tau, 0), with tau such
+ * that the p sum to 1. The weights are exactly sparse; a token uses the experts whose
+ * weight is positive. With k_max, only the k_max largest logits are projected (ties to
+ * the lower id), so at most k_max experts are used and the weights still sum to 1.
+ *
+ * tau without sorting, by Michelot's fixed point ("A finite algorithm for finding the
+ * projection of a point onto the canonical simplex of R^n", 1986): start from every
+ * candidate, tau = (sum of the active - 1) / their count, drop those at or below tau,
+ * repeat until none drops. tau only rises, the largest logit always stays (tau < max), and
+ * the fixed point is the projection's threshold; a few passes over the row. Sums in
+ * double. Masked experts (-inf) are never candidates. */
+#include <math.h>
+
+#include "router/internal.h"
+
+#define SPARSEMAX_SCRATCH(E) (6 * (size_t)(E) + 64)
+
+static size_t sparsemax_row(const void *context, const float *x, size_t E, size_t t, int32_t *ids, float *weights,
+                            float *scratch) {
+    (void)t;
+    const size_t k_max = *(const size_t *)context;
+    double *value = (double *)scratch;                  /* [E] */
+    int32_t *id = (int32_t *)(value + E);               /* [E] */
+    float *top_keys = (float *)(id + E);                /* [E] */
+    int32_t *top_ids = (int32_t *)(top_keys + E);       /* [E] */
+    size_t n = 0;
+    if (k_max < E) {
+        topk_select_heap(x, NULL, E, (int)k_max, top_keys, top_ids);
+        for (size_t j = 0; j < k_max; j++)
+            if (top_keys[j] != -INFINITY) value[n] = top_keys[j], id[n++] = top_ids[j];
+    } else {
+        for (size_t e = 0; e < E; e++)
+            if (x[e] != -INFINITY) value[n] = x[e], id[n++] = (int32_t)e;
+    }
+    /* Michelot: the active ones stay packed at the front, in their order. */
+    size_t active = n;
+    double tau;
+    for (;;) {
+        double sum = 0.0;
+        for (size_t j = 0; j < active; j++) sum += value[j];
+        tau = (sum - 1.0) / (double)active;
+        size_t kept = 0;
+        for (size_t j = 0; j < active; j++)
+            if (value[j] > tau) value[kept] = value[j], id[kept++] = id[j];
+        if (kept == active) break;
+        active = kept;
+    }
+    for (size_t j = 0; j < active; j++) ids[j] = id[j], weights[j] = (float)(value[j] - tau);
+    if (active > TOPK_RANK_SORT_MAX) { /* the heap reads a copy */
+        for (size_t j = 0; j < active; j++) top_ids[j] = ids[j], top_keys[j] = weights[j];
+        topk_sort_entries(top_ids, top_keys, active, ids, weights);
+    } else if (active > 1) {
+        topk_sort_entries(ids, weights, active, ids, weights);
+    }
+    return active;
+}
+
+moert_status router_sparsemax(const moert_router_config *c, const float *logits, size_t tokens, size_t experts,
+                              moert_plan *plan, router_workspace *ws) {
+    const size_t k_max = (size_t)c->k_max;
+    return router_route_rows(c, logits, tokens, experts, sparsemax_row, &k_max, SPARSEMAX_SCRATCH(experts), plan, ws);
+}
