@@ -141,7 +141,7 @@ int bench_route(int argc, char **argv) {
     }
     kernel_ctx k = {moert_topk_gate_params_default(), logits, tokens, experts, ids, weights, NULL, NULL, MOERT_OK};
     k.params.k = baseline_k;
-    k.params.score = c->score;
+    k.params.score = c->score == MOERT_SCORE_SIGMOID ? MOERT_SCORE_SIGMOID : MOERT_SCORE_SOFTMAX;
     k.params.threads = threads;
     k.params.isa = c->isa;
     kernel_ctx ks = k;

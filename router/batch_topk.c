@@ -63,6 +63,14 @@ static size_t threshold_row(const void *context, const float *x, size_t E, size_
 
 /* ---- the batch's top tokens x k ------------------------------------------------------------ */
 
+/* A row's probabilities as the softmax computed them (exp(x - max) / sum, with the FMA the
+ * statistics' exponential uses, so every clone gives the same bits); a masked expert
+ * below every probability. */
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static void
+probability_row(const float *x, size_t E, float m, float sum, float *s) {
+    for (size_t e = 0; e < E; e++) s[e] = x[e] == -INFINITY ? -1.0f : moert_exp_shifted(x[e], m) / sum;
+}
+
 static void renormalize_token(float *w, size_t n) {
     float sum = 0.0f;
     for (size_t j = 0; j < n; j++) sum += w[j];
@@ -132,13 +140,7 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
                             &ws->gate));
     if (probs) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-        for (size_t t = 0; t < T; t++) {
-            const float *x = logits + t * E;
-            float *s = scores + t * E;
-            const float m = row_max[t], sum = row_sum[t];
-            /* As the softmax computed it; a masked expert below every probability. */
-            for (size_t e = 0; e < E; e++) s[e] = x[e] == -INFINITY ? -1.0f : moert_exp_shifted(x[e], m) / sum;
-        }
+        for (size_t t = 0; t < T; t++) probability_row(logits + t * E, E, row_max[t], row_sum[t], scores + t * E);
     }
 
     /* 2. The bound, and each thread's candidates in index order. */
@@ -184,12 +186,14 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
 
     /* 4. The plan: the kept (token, expert) in row-major order, masked ones left out. */
     plan->token_offsets[0] = 0;
-    size_t kept = 0, t_at = 0;
+    size_t kept = 0, t_at = 0, row_start = 0; /* indices ascend: the row by walking, not dividing */
     float threshold = INFINITY;
     for (size_t j = 0; j < m; j++) {
         if (!marks[j]) continue;
         const size_t index = sampled ? (size_t)indices[j] : j;
-        const size_t t = index / E, e = index - t * E;
+        size_t t = row_start / E;
+        while (index >= row_start + E) row_start += E, t++;
+        const size_t e = index - row_start;
         if (logits[index] == -INFINITY) continue;
         while (t_at < t) plan->token_offsets[++t_at] = (int64_t)kept;
         plan->expert_ids[kept] = (int32_t)e;

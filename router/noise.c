@@ -92,7 +92,7 @@ static inline void normal_pair(float u1, float u2, float *n0, float *n1) {
 /* The noise of experts [0, E) of one token into noise[0, E); tmp holds E + 2 floats.
  * Written as plain loops without branches on the data, which the compiler vectorises in
  * each target clone (the operations per lane are the same in every clone). */
-__attribute__((target_clones("avx512f", "avx2", "default"))) static void
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static void
 noise_row(const moert_router_config *c, uint64_t token, size_t E, float *noise, float *tmp) {
     const uint64_t key = noise_token_key(c->seed, token);
     const uint32_t lo = (uint32_t)key, hi = (uint32_t)(key >> 32);

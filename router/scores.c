@@ -16,7 +16,7 @@ float scores_sqrt_softplus(float x) {
 
 /* The scaled denominator sum_j |e^(x_j - m) - c|: 16 partial sums, lane j % 16, then a
  * fixed pairwise tree; a plain loop the compiler vectorises in each clone. */
-__attribute__((target_clones("avx512f", "avx2", "default"))) static float softpick_sum(const float *x, size_t E,
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static float softpick_sum(const float *x, size_t E,
                                                                                          float m, float c) {
     float lanes[16] = {0};
     size_t e = 0;

@@ -9,8 +9,10 @@
  * projection of a point onto the canonical simplex of R^n", 1986): start from every
  * candidate, tau = (sum of the active - 1) / their count, drop those at or below tau,
  * repeat until none drops. tau only rises, the largest logit always stays (tau < max), and
- * the fixed point is the projection's threshold; a few passes over the row. Sums in
- * double. Masked experts (-inf) are never candidates. */
+ * the fixed point is the projection's threshold. Since every weight is at most 1,
+ * tau >= max - 1, so only the logits above max - 1 are candidates: usually a handful, and
+ * the passes run over them only. Sums in double. Masked experts (-inf) are never
+ * candidates. */
 #include <math.h>
 
 #include "router/internal.h"
@@ -25,14 +27,20 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
     int32_t *id = (int32_t *)(value + E);               /* [E] */
     float *top_keys = (float *)(id + E);                /* [E] */
     int32_t *top_ids = (int32_t *)(top_keys + E);       /* [E] */
+    /* A weight is at most 1, so tau >= max - 1: a logit at or below max - 1 never has a
+     * positive weight, and the candidates are the few above it. */
     size_t n = 0;
     if (k_max < E) {
         topk_select_heap(x, NULL, E, (int)k_max, top_keys, top_ids);
+        const double floor = (double)top_keys[0] - 1.0;
         for (size_t j = 0; j < k_max; j++)
-            if (top_keys[j] != -INFINITY) value[n] = top_keys[j], id[n++] = top_ids[j];
+            if (top_keys[j] != -INFINITY && (double)top_keys[j] > floor) value[n] = top_keys[j], id[n++] = top_ids[j];
     } else {
+        float max = x[0];
+        for (size_t e = 1; e < E; e++) max = x[e] > max ? x[e] : max;
+        const double floor = (double)max - 1.0;
         for (size_t e = 0; e < E; e++)
-            if (x[e] != -INFINITY) value[n] = x[e], id[n++] = (int32_t)e;
+            if ((double)x[e] > floor) value[n] = x[e], id[n++] = (int32_t)e; /* -inf never is */
     }
     /* Michelot: the active ones stay packed at the front, in their order. */
     size_t active = n;

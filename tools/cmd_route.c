@@ -1,5 +1,6 @@
 /* moert route: route a .npy file of logits and write the plan and its statistics. */
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -95,6 +96,10 @@ int cmd_route(int argc, char **argv) {
                "max/mean %.3f, aux loss %.4f, z-loss %.3f -> %s\n",
                T, E, (long long)s.assignments, (long long)s.dropped, (long long)s.unrouted, s.max_over_mean,
                s.aux_loss, s.z_loss, out_dir);
+        if (!isnan(s.threshold))
+            printf("batch-topk threshold %.9g (with routing groups: the mean of the groups', the estimate for "
+                   "--threshold at inference)\n",
+                   s.threshold);
     }
     if (code != CLI_OK) plan_remove_dir_files(out_dir);
     moert_plan_destroy(plan);

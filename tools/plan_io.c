@@ -1,6 +1,7 @@
 #include "tools/plan_io.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@ void *plan_stats_json(const moert_plan_stats *s) {
     cJSON_AddNumberToObject(o, "entropy", s->entropy);
     cJSON_AddNumberToObject(o, "experts_per_token", s->experts_per_token_mean);
     cJSON_AddNumberToObject(o, "sparsity", s->sparsity);
+    if (!isnan(s->threshold)) cJSON_AddNumberToObject(o, "threshold", s->threshold); /* batch-topk */
     cJSON *hist = cJSON_AddArrayToObject(o, "experts_per_token_histogram");
     size_t last = 0;
     for (size_t n = 0; n <= s->experts; n++)

@@ -1,6 +1,9 @@
 #include "tools/router_cli.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,13 +16,48 @@ void router_cli_init(router_cli *rc) {
 }
 
 void router_cli_free(router_cli *rc) {
-    free(rc->bias);
-    rc->bias = NULL;
-    rc->config.bias = NULL;
+    free(rc->bias), free(rc->noise_scales);
+    rc->bias = rc->noise_scales = NULL;
+    rc->config.bias = rc->config.noise_scales = NULL;
 }
 
 static const char *policy_name(moert_policy p) {
-    return p == MOERT_POLICY_EXPERT_CHOICE ? "expert-choice" : p == MOERT_POLICY_RELU ? "relu" : "token-choice";
+    switch (p) {
+    case MOERT_POLICY_EXPERT_CHOICE: return "expert-choice";
+    case MOERT_POLICY_RELU: return "relu";
+    case MOERT_POLICY_BATCH_TOPK: return "batch-topk";
+    case MOERT_POLICY_SPARSEMAX: return "sparsemax";
+    case MOERT_POLICY_TOKEN_CHOICE: break;
+    }
+    return "token-choice";
+}
+
+static const char *score_name(moert_score s) {
+    return s == MOERT_SCORE_SIGMOID    ? "sigmoid"
+           : s == MOERT_SCORE_SOFTPICK ? "softpick"
+           : s == MOERT_SCORE_SQRT_SOFTPLUS ? "sqrt-softplus"
+                                            : "softmax";
+}
+
+/* "normal:SCALE" or "gumbel:TAU": the whole text, a finite number, SCALE >= 0, TAU > 0. */
+static int parse_noise(moert_router_config *c, const char *arg) {
+    const char *colon = strchr(arg, ':');
+    const size_t kind = colon ? (size_t)(colon - arg) : strlen(arg);
+    int normal = kind == 6 && !strncmp(arg, "normal", 6), gumbel = kind == 6 && !strncmp(arg, "gumbel", 6);
+    if (!colon || !(normal || gumbel) || colon[1] == '\0')
+        return cli_fail(CLI_USAGE, "--noise: '%s' is not normal:SCALE or gumbel:TAU", arg);
+    char *end = NULL;
+    errno = 0;
+    const double v = strtod(colon + 1, &end);
+    if (errno != 0 || *end != '\0' || end == colon + 1 || !isfinite(v) || v > 1e30)
+        return cli_fail(CLI_USAGE, "--noise: '%s' is not a finite number", colon + 1);
+    if (normal && v < 0) return cli_fail(CLI_USAGE, "--noise: the scale %s is negative", colon + 1);
+    if (gumbel && !(v > 0)) return cli_fail(CLI_USAGE, "--noise: the temperature %s must be above 0", colon + 1);
+    if (gumbel && (float)v == 0.0f) return cli_fail(CLI_USAGE, "--noise: the temperature %s rounds to 0", colon + 1);
+    c->noise = normal ? MOERT_NOISE_NORMAL : MOERT_NOISE_GUMBEL;
+    if (normal) c->noise_scale = (float)v;
+    else c->noise_temperature = (float)v;
+    return CLI_OK;
 }
 
 int router_cli_option(router_cli *rc, int opt, const char *arg) {
@@ -30,13 +68,17 @@ int router_cli_option(router_cli *rc, int opt, const char *arg) {
         if (!strcmp(arg, "token-choice")) c->policy = MOERT_POLICY_TOKEN_CHOICE;
         else if (!strcmp(arg, "expert-choice")) c->policy = MOERT_POLICY_EXPERT_CHOICE;
         else if (!strcmp(arg, "relu")) c->policy = MOERT_POLICY_RELU;
-        else return cli_fail(CLI_USAGE, "--policy: '%s' is not token-choice, expert-choice or relu", arg);
+        else if (!strcmp(arg, "batch-topk")) c->policy = MOERT_POLICY_BATCH_TOPK;
+        else if (!strcmp(arg, "sparsemax")) c->policy = MOERT_POLICY_SPARSEMAX;
+        else return cli_fail(CLI_USAGE, "--policy: '%s' is not token-choice, expert-choice, relu, batch-topk or sparsemax", arg);
         return CLI_OK;
     case ROUTER_OPT_K: return cli_parse_int("--k", arg, 0, MOERT_MAX_EXPERTS, &c->k);
     case ROUTER_OPT_SCORE:
         if (!strcmp(arg, "softmax")) c->score = MOERT_SCORE_SOFTMAX;
         else if (!strcmp(arg, "sigmoid")) c->score = MOERT_SCORE_SIGMOID;
-        else return cli_fail(CLI_USAGE, "--score: '%s' is not softmax or sigmoid", arg);
+        else if (!strcmp(arg, "softpick")) c->score = MOERT_SCORE_SOFTPICK;
+        else if (!strcmp(arg, "sqrt-softplus")) c->score = MOERT_SCORE_SQRT_SOFTPLUS;
+        else return cli_fail(CLI_USAGE, "--score: '%s' is not softmax, sigmoid, softpick or sqrt-softplus", arg);
         return CLI_OK;
     case ROUTER_OPT_SOFTMAX_ORDER:
         if (!strcmp(arg, "post")) c->softmax_order = MOERT_SOFTMAX_POST;
@@ -66,6 +108,29 @@ int router_cli_option(router_cli *rc, int opt, const char *arg) {
     case ROUTER_OPT_ISA:
         if (moert_isa_parse(arg, &c->isa) != MOERT_OK) return cli_fail(CLI_USAGE, "--isa: %s", moert_last_error());
         return CLI_OK;
+    case ROUTER_OPT_BATCH_SCORE:
+        if (!strcmp(arg, "probs")) c->batch_score = MOERT_BATCH_SCORE_PROBS;
+        else if (!strcmp(arg, "logits")) c->batch_score = MOERT_BATCH_SCORE_LOGITS;
+        else return cli_fail(CLI_USAGE, "--batch-score: '%s' is not probs or logits", arg);
+        return CLI_OK;
+    case ROUTER_OPT_THRESHOLD: {
+        /* NaN is refused by name: strtod reads "nan". */
+        char *end = NULL;
+        const double v = strtod(arg, &end);
+        if (end != arg && *end == '\0' && isnan(v)) return cli_fail(CLI_USAGE, "--threshold: NaN is not a threshold");
+        c->use_threshold = 1;
+        return cli_parse_float("--threshold", arg, -1e30, 1e30, &c->threshold);
+    }
+    case ROUTER_OPT_K_MAX: return cli_parse_int("--k-max", arg, 1, MOERT_MAX_EXPERTS, &c->k_max);
+    case ROUTER_OPT_NOISE: return parse_noise(c, arg);
+    case ROUTER_OPT_NOISE_SCALES: rc->noise_scales_path = arg; return CLI_OK;
+    case ROUTER_OPT_NOISY_WEIGHTS: c->noisy_weights = 1; return CLI_OK;
+    case ROUTER_OPT_SEED: {
+        size_t seed;
+        const int code = cli_parse_size("--seed", arg, 0, SIZE_MAX, &seed);
+        c->seed = (uint64_t)seed;
+        return code;
+    }
     }
     return -1;
 }
@@ -76,20 +141,39 @@ static const struct {
     const char *name;
     unsigned policies; /* bit p: applies to moert_policy p */
 } policy_options[] = {
-    {ROUTER_OPT_K, "--k", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_SCORE, "--score", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_SOFTMAX_ORDER, "--softmax-order", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_RENORMALIZE, "--renormalize", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_SCALING, "--scaling", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_GROUPS, "--groups", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_TOPK_GROUPS, "--topk-groups", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_GROUP_SCORE, "--group-score", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_BIAS, "--bias", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_CAPACITY_FACTOR, "--capacity-factor", 1u << MOERT_POLICY_TOKEN_CHOICE | 1u << MOERT_POLICY_EXPERT_CHOICE},
-    {ROUTER_OPT_DROP, "--drop", 1u << MOERT_POLICY_TOKEN_CHOICE},
-    {ROUTER_OPT_PAD, "--pad", 1u << MOERT_POLICY_TOKEN_CHOICE},
+#define TC_ (1u << MOERT_POLICY_TOKEN_CHOICE)
+    {ROUTER_OPT_K, "--k", TC_ | 1u << MOERT_POLICY_BATCH_TOPK},
+    {ROUTER_OPT_SCORE, "--score", TC_ | 1u << MOERT_POLICY_RELU},
+    {ROUTER_OPT_SOFTMAX_ORDER, "--softmax-order", TC_},
+    {ROUTER_OPT_RENORMALIZE, "--renormalize", TC_ | 1u << MOERT_POLICY_BATCH_TOPK},
+    {ROUTER_OPT_SCALING, "--scaling", TC_},
+    {ROUTER_OPT_GROUPS, "--groups", TC_},
+    {ROUTER_OPT_TOPK_GROUPS, "--topk-groups", TC_},
+    {ROUTER_OPT_GROUP_SCORE, "--group-score", TC_},
+    {ROUTER_OPT_BIAS, "--bias", TC_},
+    {ROUTER_OPT_CAPACITY_FACTOR, "--capacity-factor", TC_ | 1u << MOERT_POLICY_EXPERT_CHOICE},
+    {ROUTER_OPT_DROP, "--drop", TC_},
+    {ROUTER_OPT_PAD, "--pad", TC_},
     {ROUTER_OPT_RELU_THRESHOLD, "--relu-threshold", 1u << MOERT_POLICY_RELU},
+    {ROUTER_OPT_BATCH_SCORE, "--batch-score", 1u << MOERT_POLICY_BATCH_TOPK},
+    {ROUTER_OPT_THRESHOLD, "--threshold", 1u << MOERT_POLICY_BATCH_TOPK},
+    {ROUTER_OPT_K_MAX, "--k-max", 1u << MOERT_POLICY_SPARSEMAX},
+    {ROUTER_OPT_NOISE, "--noise", TC_},
+    {ROUTER_OPT_NOISE_SCALES, "--noise-scales", TC_},
+    {ROUTER_OPT_NOISY_WEIGHTS, "--noisy-weights", TC_},
+    {ROUTER_OPT_SEED, "--seed", TC_},
+#undef TC_
 };
+
+/* A float [experts] .npy for an option. */
+static int load_vector(const char *option, const char *path, size_t experts, float **out) {
+    size_t shape[2];
+    moert_status st = npy_read_f32(path, 1, out, shape);
+    if (st != MOERT_OK) return cli_fail_status(st, option);
+    if (shape[0] != experts)
+        return cli_fail(CLI_USAGE, "%s: %s has %zu values; the logits have %zu experts", option, path, shape[0], experts);
+    return CLI_OK;
+}
 
 int router_cli_finish(router_cli *rc, size_t experts) {
     moert_router_config *c = &rc->config;
@@ -98,14 +182,20 @@ int router_cli_finish(router_cli *rc, size_t experts) {
             return cli_fail(CLI_USAGE, "%s does not apply to --policy %s", policy_options[i].name, policy_name(c->policy));
     if ((c->groups > 0) != (c->topk_groups > 0))
         return cli_fail(CLI_USAGE, "--groups and --topk-groups go together");
+    if ((rc->given >> (ROUTER_OPT_NOISE_SCALES - ROUTER_OPT_POLICY) & 1) && c->noise != MOERT_NOISE_NORMAL)
+        return cli_fail(CLI_USAGE, "--noise-scales goes with --noise normal:SCALE");
+    if ((rc->given >> (ROUTER_OPT_NOISY_WEIGHTS - ROUTER_OPT_POLICY) & 1 || rc->given >> (ROUTER_OPT_SEED - ROUTER_OPT_POLICY) & 1) &&
+        c->noise == MOERT_NOISE_NONE)
+        return cli_fail(CLI_USAGE, "--noisy-weights and --seed go with --noise");
     if (rc->bias_path != NULL) {
-        size_t shape[2];
-        moert_status st = npy_read_f32(rc->bias_path, 1, &rc->bias, shape);
-        if (st != MOERT_OK) return cli_fail_status(st, "--bias");
-        if (shape[0] != experts)
-            return cli_fail(CLI_USAGE, "--bias: %s has %zu values; the logits have %zu experts", rc->bias_path, shape[0],
-                            experts);
+        const int code = load_vector("--bias", rc->bias_path, experts, &rc->bias);
+        if (code != CLI_OK) return code;
         c->bias = rc->bias;
+    }
+    if (rc->noise_scales_path != NULL) {
+        const int code = load_vector("--noise-scales", rc->noise_scales_path, experts, &rc->noise_scales);
+        if (code != CLI_OK) return code;
+        c->noise_scales = rc->noise_scales;
     }
     moert_status st = moert_router_config_check(c, experts);
     if (st == MOERT_EINVAL) return cli_fail(CLI_USAGE, "%s", moert_last_error());
@@ -119,7 +209,7 @@ void router_cli_to_json(const router_cli *rc, void *object) {
     cJSON_AddStringToObject(o, "policy", policy_name(c->policy));
     if (c->policy == MOERT_POLICY_TOKEN_CHOICE) {
         cJSON_AddNumberToObject(o, "k", c->k);
-        cJSON_AddStringToObject(o, "score", c->score == MOERT_SCORE_SIGMOID ? "sigmoid" : "softmax");
+        cJSON_AddStringToObject(o, "score", score_name(c->score));
         cJSON_AddStringToObject(o, "softmax_order", c->softmax_order == MOERT_SOFTMAX_PRE ? "pre" : "post");
         cJSON_AddBoolToObject(o, "renormalize", c->renormalize);
         cJSON_AddNumberToObject(o, "scaling", c->scaling);
@@ -129,8 +219,28 @@ void router_cli_to_json(const router_cli *rc, void *object) {
         if (rc->bias_path) cJSON_AddStringToObject(o, "bias", rc->bias_path);
         cJSON_AddStringToObject(o, "drop", c->drop_policy == MOERT_DROP_POSITION ? "position" : "probs");
         cJSON_AddBoolToObject(o, "pad", c->pad_to_capacity);
+        if (c->noise != MOERT_NOISE_NONE) {
+            cJSON_AddStringToObject(o, "noise", c->noise == MOERT_NOISE_NORMAL ? "normal" : "gumbel");
+            if (c->noise == MOERT_NOISE_NORMAL && rc->noise_scales_path)
+                cJSON_AddStringToObject(o, "noise_scales", rc->noise_scales_path);
+            else if (c->noise == MOERT_NOISE_NORMAL)
+                cJSON_AddNumberToObject(o, "noise_scale", c->noise_scale);
+            else
+                cJSON_AddNumberToObject(o, "noise_temperature", c->noise_temperature);
+            cJSON_AddBoolToObject(o, "noisy_weights", c->noisy_weights);
+            cJSON_AddNumberToObject(o, "seed", (double)c->seed);
+        }
     }
-    if (c->policy != MOERT_POLICY_RELU) cJSON_AddNumberToObject(o, "capacity_factor", c->capacity_factor);
+    if (c->policy == MOERT_POLICY_RELU) cJSON_AddStringToObject(o, "score", score_name(c->score));
+    if (c->policy == MOERT_POLICY_BATCH_TOPK) {
+        cJSON_AddNumberToObject(o, "k", c->k);
+        cJSON_AddStringToObject(o, "batch_score", c->batch_score == MOERT_BATCH_SCORE_LOGITS ? "logits" : "probs");
+        cJSON_AddBoolToObject(o, "renormalize", c->renormalize);
+        if (c->use_threshold) cJSON_AddNumberToObject(o, "inference_threshold", c->threshold);
+    }
+    if (c->policy == MOERT_POLICY_SPARSEMAX && c->k_max != MOERT_MAX_EXPERTS) cJSON_AddNumberToObject(o, "k_max", c->k_max);
+    if (c->policy == MOERT_POLICY_TOKEN_CHOICE || c->policy == MOERT_POLICY_EXPERT_CHOICE)
+        cJSON_AddNumberToObject(o, "capacity_factor", c->capacity_factor);
     if (c->policy == MOERT_POLICY_RELU) cJSON_AddNumberToObject(o, "relu_threshold", c->relu_threshold);
     cJSON_AddNumberToObject(o, "route_groups", c->route_groups);
 }

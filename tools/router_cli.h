@@ -25,6 +25,13 @@ enum {
     ROUTER_OPT_RELU_THRESHOLD,
     ROUTER_OPT_ROUTE_GROUPS,
     ROUTER_OPT_ISA,
+    ROUTER_OPT_BATCH_SCORE,
+    ROUTER_OPT_THRESHOLD,
+    ROUTER_OPT_K_MAX,
+    ROUTER_OPT_NOISE,
+    ROUTER_OPT_NOISE_SCALES,
+    ROUTER_OPT_NOISY_WEIGHTS,
+    ROUTER_OPT_SEED,
     ROUTER_OPT_END,
 };
 
@@ -44,34 +51,61 @@ enum {
         {"pad", no_argument, NULL, ROUTER_OPT_PAD},                                         \
         {"relu-threshold", required_argument, NULL, ROUTER_OPT_RELU_THRESHOLD},             \
         {"route-groups", required_argument, NULL, ROUTER_OPT_ROUTE_GROUPS},                 \
-        {"isa", required_argument, NULL, ROUTER_OPT_ISA}
+        {"isa", required_argument, NULL, ROUTER_OPT_ISA},                                   \
+        {"batch-score", required_argument, NULL, ROUTER_OPT_BATCH_SCORE},                   \
+        {"threshold", required_argument, NULL, ROUTER_OPT_THRESHOLD},                       \
+        {"k-max", required_argument, NULL, ROUTER_OPT_K_MAX},                               \
+        {"noise", required_argument, NULL, ROUTER_OPT_NOISE},                               \
+        {"noise-scales", required_argument, NULL, ROUTER_OPT_NOISE_SCALES},                 \
+        {"noisy-weights", no_argument, NULL, ROUTER_OPT_NOISY_WEIGHTS},                     \
+        {"seed", required_argument, NULL, ROUTER_OPT_SEED}
 
 #define ROUTER_CLI_HELP                                                                     \
-    "  --policy P            token-choice | expert-choice | relu, default token-choice\n"   \
-    "  --k N                 token choice: experts per token, default 2\n"                  \
-    "  --score S             softmax | sigmoid, default softmax\n"                          \
+    "  --policy P            token-choice | expert-choice | relu | batch-topk | sparsemax,\n" \
+    "                        default token-choice (see the README's table of policies)\n" \
+    "  --k N                 token choice: experts per token, default 2; batch-topk: the\n" \
+    "                        batch keeps tokens x N (token, expert) pairs\n"              \
+    "  --score S             token choice: softmax | sigmoid | softpick | sqrt-softplus;\n" \
+    "                        relu: softpick (its rectified form); default softmax\n"     \
     "  --softmax-order O     post (top-k, then softmax over the k) | pre (softmax over all,\n" \
     "                        then top-k), default post\n"                                   \
-    "  --renormalize         pre and sigmoid: the k weights sum to 1\n"                     \
+    "  --renormalize         pre, sigmoid, sqrt-softplus: the k weights sum to 1;\n"    \
+    "                        batch-topk: each token's weights sum to 1\n"                   \
     "  --scaling F           multiply every weight by F > 0, default 1\n"                   \
     "  --groups G --topk-groups M\n"                                                        \
     "                        group-limited selection: G equal groups, the best M kept\n"    \
     "  --group-score S       topk-sum (sum of a group's top k/M) | max, default topk-sum\n" \
-    "  --bias FILE.npy       sigmoid: float [E] added to the scores for selection only\n"   \
+    "  --bias FILE.npy       sigmoid, sqrt-softplus: float [E] added to the scores for\n"   \
+    "                        selection only\n"                                              \
     "  --capacity-factor F   token choice: capacity ceil(T k F / E), 0 = dropless (default);\n" \
     "                        expert choice: C = floor(T F / E + 0.5) tokens per expert\n"   \
     "  --drop D              over capacity keep the highest weights (probs, default) or the\n" \
     "                        earliest tokens (position)\n"                                  \
     "  --pad                 pad every expert's slots to exactly the capacity\n"            \
     "  --relu-threshold F    relu: weights relu(logit - F), default 0\n"                    \
+    "  --batch-score S       batch-topk: probs (softmax of each token, default) | logits\n" \
+    "  --threshold F         batch-topk inference: keep every score above F instead of the\n" \
+    "                        batch's top T k (estimate F as the mean of the batches'\n"   \
+    "                        thresholds: --route-groups G reports it as \"threshold\")\n" \
+    "  --k-max N             sparsemax: at most N experts per token (the projection of the\n" \
+    "                        N largest logits), N >= 1\n"                                  \
+    "  --noise normal:SCALE | gumbel:TAU\n"                                                 \
+    "                        token choice: noise for selection only, SCALE x N(0,1) or\n"  \
+    "                        Gumbel(0,1) with keys (x + g) / TAU, by a counter-based\n"    \
+    "                        hash of (seed, token, expert)\n"                               \
+    "  --noise-scales F.npy  normal noise: float [E] scales per expert instead of SCALE\n" \
+    "  --noisy-weights       weights from the noisy keys (default: the clean logits)\n"    \
+    "  --seed S              the noise's seed, default 0\n"                                 \
     "  --route-groups G      route G contiguous groups of tokens each on their own, as G\n" \
-    "                        ranks would (capacity and expert choice per group), default 1\n" \
+    "                        ranks would (capacity, expert choice, batch-topk per group),\n" \
+    "                        default 1\n"                                                   \
     "  --isa X               kernel variant: scalar | avx2 | avx512\n"
 
 typedef struct router_cli {
     moert_router_config config;
-    const char *bias_path;
-    float *bias; /* loaded by router_cli_finish; freed by router_cli_free */
+    const char *bias_path, *noise_scales_path;
+    float *bias;         /* loaded by router_cli_finish; freed by router_cli_free */
+    float *noise_scales; /* likewise */
     unsigned given; /* bit o - ROUTER_OPT_POLICY: option o was on the command line */
 } router_cli;
 
