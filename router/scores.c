@@ -39,7 +39,9 @@ int scores_softpick_row(const float *x, size_t E, float *m, float *c, float *den
 }
 
 float scores_softpick_weight(float x, float m, float c, float denominator) {
-    const float a = moert_expf(x - m) - c;
+    /* e^(x - m) - e^-m = e^-m (e^x - 1): for x below 1 by expm1, whose result keeps its
+     * precision where the difference would cancel (x near 0). */
+    const float a = x < 1.0f ? c * expm1f(x) : moert_expf(x - m) - c;
     return a > 0.0f ? a / denominator : 0.0f;
 }
 

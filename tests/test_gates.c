@@ -1,0 +1,581 @@
+/* The gates beyond the classic policies, each against a plain reference written from its
+ * paper's definition (in double where it matters) and hand-worked examples: BatchTopK,
+ * sparsemax, noisy / Gumbel top-k, softpick and sqrt-softplus. */
+#include <check.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moert/moert.h"
+#include "router/noise.h"
+#include "tests/test_util.h"
+
+/* ---- helpers --------------------------------------------------------------------------------- */
+
+static moert_plan *route(const moert_router_config *c, const float *logits, size_t T, size_t E) {
+    moert_router *r = NULL;
+    moert_plan *plan = NULL;
+    ck_assert_msg(moert_router_create(c, E, &r) == MOERT_OK, "create: %s", moert_last_error());
+    ck_assert_int_eq(moert_plan_create(&plan), MOERT_OK);
+    ck_assert_msg(moert_router_route(r, logits, T, plan) == MOERT_OK, "route: %s", moert_last_error());
+    moert_router_destroy(r);
+    return plan;
+}
+
+static moert_status route_status(const moert_router_config *c, const float *logits, size_t T, size_t E) {
+    moert_router *r = NULL;
+    moert_plan *plan = NULL;
+    moert_status st = moert_router_create(c, E, &r);
+    if (st == MOERT_OK) st = moert_plan_create(&plan);
+    if (st == MOERT_OK) st = moert_router_route(r, logits, T, plan);
+    moert_router_destroy(r);
+    moert_plan_destroy(plan);
+    return st;
+}
+
+static float *random_logits(size_t n, uint64_t seed, float scale) {
+    test_rng rng = {seed};
+    float *x = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = test_rng_normal(&rng) * scale;
+    return x;
+}
+
+/* Token t's entries must be exactly ids/weights (weights within rel of want). */
+static void expect_token(const moert_plan *plan, size_t t, size_t n, const int32_t *ids, const double *w, double rel,
+                         const char *what) {
+    moert_plan_view v;
+    moert_plan_get_view(plan, &v);
+    const int64_t first = v.token_offsets[t], got = v.token_offsets[t + 1] - first;
+    ck_assert_msg((size_t)got == n, "%s: token %zu has %lld entries, want %zu", what, t, (long long)got, n);
+    for (size_t j = 0; j < n; j++) {
+        ck_assert_msg(v.expert_ids[first + j] == ids[j], "%s: token %zu entry %zu: expert %d, want %d", what, t, j,
+                      v.expert_ids[first + j], ids[j]);
+        const double d = fabs(v.weights[first + j] - w[j]);
+        ck_assert_msg(d <= rel * fabs(w[j]) + 1e-12, "%s: token %zu entry %zu: weight %.9g, want %.9g", what, t, j,
+                      (double)v.weights[first + j], w[j]);
+    }
+}
+
+/* Entries of n (ids, weights) by descending weight, ties to the lower id (insertion). */
+static void sort_entries(int32_t *ids, double *w, size_t n) {
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && (w[j] > w[j - 1] || (w[j] == w[j - 1] && ids[j] < ids[j - 1])); j--) {
+            const double tw = w[j];
+            w[j] = w[j - 1], w[j - 1] = tw;
+            const int32_t ti = ids[j];
+            ids[j] = ids[j - 1], ids[j - 1] = ti;
+        }
+}
+
+/* ---- sparsemax: the sorting algorithm of the paper (Algorithm 1), in double ------------------- */
+
+static size_t sparsemax_reference(const float *x, size_t E, size_t k_max, int32_t *ids, double *w) {
+    int32_t order[1024];
+    size_t n = 0;
+    for (size_t e = 0; e < E; e++)
+        if (x[e] != -INFINITY) order[n++] = (int32_t)e;
+    /* by logit descending, ties to the lower id */
+    for (size_t i = 1; i < n; i++)
+        for (size_t j = i; j > 0 && (x[order[j]] > x[order[j - 1]]); j--) {
+            const int32_t t = order[j];
+            order[j] = order[j - 1], order[j - 1] = t;
+        }
+    if (n > k_max) n = k_max;
+    double cumulative = 0.0, tau = 0.0;
+    size_t support = 0;
+    for (size_t k = 1; k <= n; k++) {
+        cumulative += x[order[k - 1]];
+        if (1.0 + (double)k * x[order[k - 1]] > cumulative) support = k, tau = (cumulative - 1.0) / (double)k;
+    }
+    for (size_t j = 0; j < support; j++) ids[j] = order[j], w[j] = x[order[j]] - tau;
+    sort_entries(ids, w, support);
+    return support;
+}
+
+START_TEST(test_sparsemax_hand_worked) {
+    /* z = (1, 0.5, -1): k(z) = 2 (1 + 2 * 0.5 > 1.5, 1 - 3 < 0.5), tau = 0.25. */
+    const float x[3] = {1.0f, 0.5f, -1.0f};
+    moert_router_config c = moert_router_config_default();
+    c.policy = MOERT_POLICY_SPARSEMAX, c.threads = 1;
+    moert_plan *plan = route(&c, x, 1, 3);
+    expect_token(plan, 0, 2, (const int32_t[]){0, 1}, (const double[]){0.75, 0.25}, 1e-7, "sparsemax (1, .5, -1)");
+    moert_plan_stats s;
+    moert_plan_get_stats(plan, &s);
+    ck_assert_int_eq(s.experts_per_token[2], 1); /* the support size, in the statistics */
+    moert_plan_destroy(plan);
+    /* Far apart: one expert with weight 1. Equal: every expert, 1/E each. */
+    const float apart[4] = {5.0f, 1.0f, 0.0f, -3.0f}, equal[4] = {2.0f, 2.0f, 2.0f, 2.0f};
+    plan = route(&c, apart, 1, 4);
+    expect_token(plan, 0, 1, (const int32_t[]){0}, (const double[]){1.0}, 0, "sparsemax, one dominant");
+    moert_plan_destroy(plan);
+    plan = route(&c, equal, 1, 4);
+    expect_token(plan, 0, 4, (const int32_t[]){0, 1, 2, 3}, (const double[]){.25, .25, .25, .25}, 0, "sparsemax, ties");
+    moert_plan_destroy(plan);
+    /* k_max = 2 of (1, 0.9, 0.8): the projection of (1, 0.9) only: tau = 0.45. */
+    const float three[3] = {1.0f, 0.9f, 0.8f};
+    c.k_max = 2;
+    plan = route(&c, three, 1, 3);
+    expect_token(plan, 0, 2, (const int32_t[]){0, 1}, (const double[]){0.55, 0.45}, 1e-6, "sparsemax k_max 2");
+    moert_plan_destroy(plan);
+}
+END_TEST
+
+START_TEST(test_sparsemax_against_sorting) {
+    const size_t widths[] = {1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 64, 65, 256};
+    const float scales[] = {0.1f, 1.0f, 10.0f, 1e4f};
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++)
+        for (size_t si = 0; si < 4; si++)
+            for (int cap = 0; cap < 2; cap++) {
+                const size_t E = widths[wi], T = 40;
+                float *x = random_logits(T * E, 100 + wi * 10 + si, scales[si]);
+                for (size_t t = 0; t < T; t += 5) /* all negative rows, ties, a masked expert, large values */
+                    for (size_t e = 0; e < E; e++) x[t * E + e] = -fabsf(x[t * E + e]) - 1000.0f;
+                for (size_t e = 0; e < E; e++) x[1 * E + e] = (float)(e % 3);
+                if (E > 1) x[2 * E] = -INFINITY; /* a masked expert (a whole masked row is refused) */
+                if (E > 1) x[3 * E + 1] = 3e37f, x[3 * E] = -3e37f;
+                moert_router_config c = moert_router_config_default();
+                c.policy = MOERT_POLICY_SPARSEMAX, c.threads = 2;
+                c.k_max = cap ? 3 : MOERT_MAX_EXPERTS;
+                moert_plan *plan = route(&c, x, T, E);
+                for (size_t t = 0; t < T; t++) {
+                    int32_t ids[256];
+                    double w[256];
+    
+                    const size_t n = sparsemax_reference(x + t * E, E, (size_t)c.k_max, ids, w);
+                    expect_token(plan, t, n, ids, w, 2e-6, "sparsemax vs sorting");
+                }
+                moert_plan_destroy(plan);
+                free(x);
+            }
+}
+END_TEST
+
+/* ---- softpick and sqrt-softplus ------------------------------------------------------------- */
+
+static double softpick_reference(const float *x, size_t E, size_t i) {
+    double m = -INFINITY;
+    for (size_t e = 0; e < E; e++) m = x[e] > m ? x[e] : m;
+    if (m <= 0) return 0.0;
+    double den = 1e-6 * exp(-m);
+    for (size_t e = 0; e < E; e++) den += fabs(exp((double)x[e] - m) - exp(-m));
+    const double num = exp((double)x[i] - m) - exp(-m);
+    return num > 0 ? num / den : 0.0;
+}
+
+START_TEST(test_softpick) {
+    /* e^x - 1 = (2, 0, -0.5): weights 2 / 2.500001, 0, 0. */
+    const float x[3] = {logf(3.0f), 0.0f, logf(0.5f)};
+    const double w0 = softpick_reference(x, 3, 0);
+    ck_assert(fabs(w0 - 2.0 / 2.500001) < 1e-6);
+    moert_router_config c = moert_router_config_default();
+    c.score = MOERT_SCORE_SOFTPICK, c.k = 2, c.threads = 1;
+    moert_plan *plan = route(&c, x, 1, 3);
+    expect_token(plan, 0, 2, (const int32_t[]){0, 1}, (const double[]){w0, 0.0}, 1e-6, "softpick top-2");
+    moert_plan_destroy(plan);
+    /* The rectified form: only the expert with a positive score. */
+    c.k = 2, c.policy = MOERT_POLICY_RELU;
+    c.k = moert_router_config_default().k;
+    plan = route(&c, x, 1, 3);
+    expect_token(plan, 0, 1, (const int32_t[]){0}, (const double[]){w0}, 1e-6, "softpick rectified");
+    moert_plan_destroy(plan);
+    /* Against the reference on rows of every width, all-negative rows (all weights 0, ties by
+     * id), and large values (no overflow). */
+    const size_t widths[] = {1, 3, 8, 16, 17, 64, 100};
+    for (size_t wi = 0; wi < 7; wi++) {
+        const size_t E = widths[wi], T = 30, k = E < 4 ? E : 4;
+        float *xs = random_logits(T * E, 7 + wi, 2.0f);
+        for (size_t e = 0; e < E; e++) xs[0 * E + e] = -1.0f - (float)e; /* all negative */
+        for (size_t e = 0; e < E; e++) xs[1 * E + e] = 80.0f + (float)e * 0.01f; /* near expf's edge */
+        for (int form = 0; form < 2; form++) {
+            moert_router_config cf = moert_router_config_default();
+            cf.score = MOERT_SCORE_SOFTPICK, cf.threads = 2;
+            if (form) cf.policy = MOERT_POLICY_RELU;
+            else cf.k = (int)k;
+            moert_plan *p = route(&cf, xs, T, E);
+            for (size_t t = 0; t < T; t++) {
+                const float *row = xs + t * E;
+                int32_t ids[128];
+                double w[128];
+                size_t n = 0;
+                if (form) { /* every positive score */
+                    for (size_t e = 0; e < E; e++)
+                        if (softpick_reference(row, E, e) > 0) ids[n] = (int32_t)e, w[n++] = softpick_reference(row, E, e);
+                } else { /* the top k by logit, ties to the lower id, then by weight */
+                    int32_t order[128];
+                    for (size_t e = 0; e < E; e++) order[e] = (int32_t)e;
+                    for (size_t i = 1; i < E; i++)
+                        for (size_t j = i; j > 0 && row[order[j]] > row[order[j - 1]]; j--) {
+                            const int32_t tmp = order[j];
+                            order[j] = order[j - 1], order[j - 1] = tmp;
+                        }
+                    for (; n < k; n++) ids[n] = order[n], w[n] = softpick_reference(row, E, (size_t)order[n]);
+                }
+                sort_entries(ids, w, n);
+                expect_token(p, t, n, ids, w, 1e-5, form ? "softpick rectified vs reference" : "softpick vs reference");
+            }
+            moert_plan_destroy(p);
+        }
+        free(xs);
+    }
+}
+END_TEST
+
+static double sqrt_softplus_reference(double x) { return sqrt(log1p(exp(-fabs(x))) + (x > 0 ? x : 0)); }
+
+START_TEST(test_sqrt_softplus) {
+    /* sqrt(softplus(0)) = sqrt(ln 2). */
+    const float x[4] = {0.0f, -30.0f, 3.0f, 1.0f};
+    const float bias[4] = {0.0f, 10.0f, 0.0f, 0.0f};
+    moert_router_config c = moert_router_config_default();
+    c.score = MOERT_SCORE_SQRT_SOFTPLUS, c.k = 2, c.threads = 1;
+    moert_plan *plan = route(&c, x, 1, 4);
+    expect_token(plan, 0, 2, (const int32_t[]){2, 3},
+                 (const double[]){sqrt_softplus_reference(3), sqrt_softplus_reference(1)}, 1e-6, "sqrt-softplus");
+    moert_plan_destroy(plan);
+    /* A bias chooses expert 1 (tiny score) but its weight is its score; renormalised. */
+    c.bias = bias, c.renormalize = 1;
+    plan = route(&c, x, 1, 4);
+    const double a = sqrt_softplus_reference(3), b = sqrt_softplus_reference(-30);
+    expect_token(plan, 0, 2, (const int32_t[]){2, 1}, (const double[]){a / (a + b), b / (a + b)}, 1e-5,
+                 "sqrt-softplus with bias");
+    moert_plan_destroy(plan);
+}
+END_TEST
+
+/* ---- BatchTopK ------------------------------------------------------------------------------ */
+
+START_TEST(test_batch_topk_hand_worked) {
+    /* All scores equal: the T k = 3 kept go to the lowest (token, expert) in row-major order. */
+    const float zeros[12] = {0};
+    moert_router_config c = moert_router_config_default();
+    c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 1, c.threads = 1, c.batch_score = MOERT_BATCH_SCORE_LOGITS;
+    moert_plan *plan = route(&c, zeros, 3, 4);
+    expect_token(plan, 0, 3, (const int32_t[]){0, 1, 2}, (const double[]){0, 0, 0}, 0, "ties, token 0");
+    expect_token(plan, 1, 0, NULL, NULL, 0, "ties, token 1");
+    moert_plan_stats s;
+    moert_plan_get_stats(plan, &s);
+    ck_assert_int_eq(s.unrouted, 2);
+    ck_assert_int_eq(s.assignments, 3);
+    moert_plan_destroy(plan);
+    /* Logits 2x3, k = 1: the two largest of the batch, both in token 1; renormalised. */
+    const float x[6] = {0.1f, 0.2f, 0.3f, 0.9f, 0.8f, -1.0f};
+    c.renormalize = 1;
+    plan = route(&c, x, 2, 3);
+    expect_token(plan, 0, 0, NULL, NULL, 0, "token 0 gets none");
+    expect_token(plan, 1, 2, (const int32_t[]){0, 1}, (const double[]){0.9 / 1.7, 0.8 / 1.7}, 1e-6, "token 1 gets two");
+    moert_plan_get_stats(plan, &s);
+    ck_assert(fabs(s.threshold - 0.8) < 1e-7); /* the 2nd largest score */
+    moert_plan_destroy(plan);
+    /* Masked experts are never kept, even when the batch has fewer unmasked pairs. */
+    const float masked[4] = {1.0f, -INFINITY, -INFINITY, -INFINITY};
+    c.renormalize = 0, c.k = 2, c.batch_score = MOERT_BATCH_SCORE_PROBS;
+    plan = route(&c, masked, 1, 4);
+    expect_token(plan, 0, 1, (const int32_t[]){0}, (const double[]){1.0}, 0, "masked");
+    moert_plan_destroy(plan);
+    /* Threshold mode: each token keeps the probabilities above theta. */
+    const float y[4] = {2.0f, 1.0f, 0.0f, -5.0f};
+    c.use_threshold = 1, c.threshold = 0.2f, c.k = 1;
+    plan = route(&c, y, 1, 4);
+    double p[4], sum = 0;
+    for (int e = 0; e < 4; e++) sum += exp(y[e] - 2.0);
+    for (int e = 0; e < 4; e++) p[e] = exp(y[e] - 2.0) / sum;
+    expect_token(plan, 0, 2, (const int32_t[]){0, 1}, (const double[]){p[0], p[1]}, 1e-6, "threshold mode");
+    moert_plan_destroy(plan);
+}
+END_TEST
+
+/* The reference: every score (logits, or probabilities in double), the T k largest by a
+ * full sort with ties to the lower row-major index. */
+typedef struct scored {
+    double score;
+    size_t index;
+} scored;
+
+static int by_score(const void *a, const void *b) {
+    const scored *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+START_TEST(test_batch_topk_against_sorting) {
+    const size_t shapes[][2] = {{300, 17}, {64, 8}, {1024, 64}, {333, 65}};
+    for (size_t si = 0; si < 4; si++)
+        for (int probs = 0; probs < 2; probs++)
+            for (int k = 1; k <= 3; k += 2) {
+                const size_t T = shapes[si][0], E = shapes[si][1], n = T * E;
+                float *x = random_logits(n, 40 + si, 1.0f);
+                if (!probs) /* ties in the logits: a coarse grid */
+                    for (size_t i = 0; i < n; i++) x[i] = roundf(x[i] * 8.0f) / 8.0f;
+                scored *all = malloc(n * sizeof *all);
+                for (size_t t = 0; t < T; t++) {
+                    double m = -INFINITY, s = 0;
+                    for (size_t e = 0; e < E; e++) m = x[t * E + e] > m ? x[t * E + e] : m;
+                    for (size_t e = 0; e < E; e++) s += exp(x[t * E + e] - m);
+                    for (size_t e = 0; e < E; e++)
+                        all[t * E + e] = (scored){probs ? exp(x[t * E + e] - m) / s : x[t * E + e], t * E + e};
+                }
+                qsort(all, n, sizeof *all, by_score);
+                uint8_t *keep = calloc(n, 1);
+                for (size_t j = 0; j < T * (size_t)k; j++) keep[all[j].index] = 1;
+                moert_router_config c = moert_router_config_default();
+                c.policy = MOERT_POLICY_BATCH_TOPK, c.k = k, c.threads = 2;
+                c.batch_score = probs ? MOERT_BATCH_SCORE_PROBS : MOERT_BATCH_SCORE_LOGITS;
+                moert_plan *plan = route(&c, x, T, E);
+                moert_plan_view v;
+                moert_plan_get_view(plan, &v);
+                ck_assert_uint_eq(v.entries, T * (size_t)k);
+                for (size_t t = 0; t < T; t++) {
+                    int32_t ids[128];
+                    double w[128];
+                    size_t m = 0;
+                    for (size_t e = 0; e < E; e++)
+                        if (keep[t * E + e]) {
+                            ids[m] = (int32_t)e;
+                            double score = x[t * E + e];
+                            if (probs) {
+                                double mx = -INFINITY, s = 0;
+                                for (size_t f = 0; f < E; f++) mx = x[t * E + f] > mx ? x[t * E + f] : mx;
+                                for (size_t f = 0; f < E; f++) s += exp(x[t * E + f] - mx);
+                                score = exp(x[t * E + e] - mx) / s;
+                            }
+                            w[m++] = score;
+                        }
+                    sort_entries(ids, w, m);
+                    expect_token(plan, t, m, ids, w, probs ? 1e-6 : 0, probs ? "batch-topk probs" : "batch-topk logits");
+                }
+                moert_plan_destroy(plan);
+                free(keep), free(all), free(x);
+            }
+}
+END_TEST
+
+START_TEST(test_batch_topk_groups_and_threads) {
+    /* Routing groups: each group its own T_g k; the statistics' threshold is the mean of
+     * the groups' thresholds. And the same plan for 1 and 3 threads. */
+    const size_t T = 2000, E = 32;
+    float *x = random_logits(T * E, 9, 1.0f);
+    moert_router_config c = moert_router_config_default();
+    c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 4, c.threads = 1;
+    double thresholds = 0;
+    for (int g = 0; g < 4; g++) {
+        const size_t t0 = T * (size_t)g / 4, t1 = T * (size_t)(g + 1) / 4;
+        moert_plan *part = route(&c, x + t0 * E, t1 - t0, E);
+        moert_plan_stats s;
+        moert_plan_get_stats(part, &s);
+        thresholds += s.threshold / 4;
+        moert_plan_destroy(part);
+    }
+    c.route_groups = 4;
+    moert_plan *grouped = route(&c, x, T, E);
+    moert_plan_stats s;
+    moert_plan_get_stats(grouped, &s);
+    ck_assert(fabs(s.threshold - thresholds) < 1e-12);
+    c.threads = 3;
+    moert_plan *threaded = route(&c, x, T, E);
+    moert_plan_view a, b;
+    moert_plan_get_view(grouped, &a);
+    moert_plan_get_view(threaded, &b);
+    ck_assert_uint_eq(a.entries, b.entries);
+    ck_assert(memcmp(a.expert_ids, b.expert_ids, a.entries * sizeof(int32_t)) == 0);
+    ck_assert(memcmp(a.weights, b.weights, a.entries * sizeof(float)) == 0);
+    moert_plan_destroy(grouped), moert_plan_destroy(threaded);
+    free(x);
+}
+END_TEST
+
+/* ---- noisy and Gumbel top-k ----------------------------------------------------------------- */
+
+START_TEST(test_noise_distribution) {
+    /* The generator's moments: N(0, 1), and Gumbel(0, 1) (mean Euler's gamma, variance
+     * pi^2 / 6), over 2^17 values. */
+    moert_router_config c = moert_router_config_default();
+    float row[64], tmp[70];
+    for (int kind = 0; kind < 2; kind++) {
+        c.noise = kind ? MOERT_NOISE_GUMBEL : MOERT_NOISE_NORMAL;
+        double sum = 0, sq = 0;
+        const size_t rows = 2048;
+        for (size_t t = 0; t < rows; t++) {
+            noise_values_row(&c, t, 64, row, tmp);
+            for (int e = 0; e < 64; e++) sum += row[e], sq += (double)row[e] * row[e];
+        }
+        const double n = rows * 64.0, mean = sum / n, var = sq / n - mean * mean;
+        const double want_mean = kind ? 0.5772156649 : 0.0, want_var = kind ? M_PI * M_PI / 6 : 1.0;
+        ck_assert_msg(fabs(mean - want_mean) < 0.02 && fabs(var - want_var) < 0.03 * want_var,
+                      "%s noise: mean %g, variance %g", kind ? "gumbel" : "normal", mean, var);
+    }
+    /* Uniforms strictly inside (0, 1), and the log it uses. */
+    for (uint32_t i = 0; i < 100000; i++) {
+        const float u = noise_uniform(noise_token_key(1, i), i);
+        ck_assert(u > 0.0f && u < 1.0f);
+        ck_assert(fabs(noise_logf(u) - log(u)) <= 2e-7 * fabs(log(u)) + 1e-7);
+    }
+}
+END_TEST
+
+START_TEST(test_noisy_top_k) {
+    const size_t T = 500, E = 24;
+    float *x = random_logits(T * E, 3, 1.0f);
+    float scales[24];
+    for (size_t e = 0; e < E; e++) scales[e] = 0.1f * (float)e;
+    for (int kind = 0; kind < 3; kind++)
+        for (int noisy = 0; noisy < 2; noisy++) {
+            moert_router_config c = moert_router_config_default();
+            c.k = 3, c.threads = 2, c.seed = 77;
+            c.noise = kind == 2 ? MOERT_NOISE_GUMBEL : MOERT_NOISE_NORMAL;
+            if (kind == 1) c.noise_scales = scales;
+            if (kind == 2) c.noise_temperature = 0.5f;
+            c.noisy_weights = noisy;
+            moert_plan *plan = route(&c, x, T, E);
+            float noise[24], tmp[30];
+            for (size_t t = 0; t < T; t++) {
+                /* The reference: keys from the same generator, top 3 by key (ties to the lower
+                 * id), weights softmax over the 3 of the clean logits or of the keys. */
+                moert_router_config unscaled = c; /* N(0, 1) itself; the scales applied here */
+                unscaled.noise_scales = NULL;
+                noise_values_row(&unscaled, t, E, noise, tmp);
+                double key[24];
+                for (size_t e = 0; e < E; e++)
+                    key[e] = kind == 2 ? ((double)x[t * E + e] + noise[e]) / 0.5
+                                       : (double)x[t * E + e] + (double)(kind == 1 ? scales[e] : 1.0f) * noise[e];
+                int32_t ids[3];
+                double w[3], best[3];
+                for (int j = 0; j < 3; j++) {
+                    ids[j] = -1;
+                    for (size_t e = 0; e < E; e++) {
+                        int taken = 0;
+                        for (int i = 0; i < j; i++) taken |= ids[i] == (int32_t)e;
+                        if (!taken && (ids[j] < 0 || key[e] > key[ids[j]])) ids[j] = (int32_t)e;
+                    }
+                    best[j] = noisy ? key[ids[j]] : x[t * E + (size_t)ids[j]];
+                }
+                double mx = fmax(best[0], fmax(best[1], best[2])), s = 0;
+                for (int j = 0; j < 3; j++) w[j] = exp(best[j] - mx), s += w[j];
+                for (int j = 0; j < 3; j++) w[j] /= s;
+                sort_entries(ids, w, 3);
+                char what[64];
+                snprintf(what, sizeof what, "noisy top-3 (kind %d, noisy weights %d)", kind, noisy);
+                expect_token(plan, t, 3, ids, w, 1e-5, what);
+            }
+            moert_plan_destroy(plan);
+        }
+    free(x);
+}
+END_TEST
+
+START_TEST(test_noise_is_keyed_by_token) {
+    /* The same plan for any thread count, any routing groups (token choice without
+     * capacity does not depend on them), and for a batch routed in two halves with the
+     * second's token_offset. And a scale of 0 is plain top-k, bit for bit. */
+    const size_t T = 777, E = 64;
+    float *x = random_logits(T * E, 5, 1.0f);
+    moert_router_config c = moert_router_config_default();
+    c.k = 8, c.noise = MOERT_NOISE_GUMBEL, c.seed = 12345, c.threads = 1;
+    moert_plan *one = route(&c, x, T, E);
+    c.threads = 3, c.route_groups = 5;
+    moert_plan *many = route(&c, x, T, E);
+    c.route_groups = 1;
+    moert_plan *first = route(&c, x, 400, E);
+    c.token_offset = 400;
+    moert_plan *second = route(&c, x + 400 * E, T - 400, E);
+    moert_plan_view a, b, h1, h2;
+    moert_plan_get_view(one, &a), moert_plan_get_view(many, &b);
+    moert_plan_get_view(first, &h1), moert_plan_get_view(second, &h2);
+    ck_assert(memcmp(a.expert_ids, b.expert_ids, a.entries * 4) == 0 && memcmp(a.weights, b.weights, a.entries * 4) == 0);
+    ck_assert(memcmp(a.expert_ids, h1.expert_ids, h1.entries * 4) == 0);
+    ck_assert(memcmp(a.expert_ids + h1.entries, h2.expert_ids, h2.entries * 4) == 0);
+    ck_assert(memcmp(a.weights + h1.entries, h2.weights, h2.entries * 4) == 0);
+    /* Another seed, another plan. */
+    c.token_offset = 0, c.seed = 12346, c.route_groups = 1;
+    moert_plan *other = route(&c, x, T, E);
+    moert_plan_view o;
+    moert_plan_get_view(other, &o);
+    ck_assert(memcmp(a.expert_ids, o.expert_ids, a.entries * 4) != 0);
+    /* Scale 0: the plain router's plan. */
+    moert_router_config zero = moert_router_config_default(), plain = moert_router_config_default();
+    zero.k = plain.k = 8, zero.noise = MOERT_NOISE_NORMAL, zero.noise_scale = 0.0f;
+    moert_plan *z = route(&zero, x, T, E), *p = route(&plain, x, T, E);
+    moert_plan_view zv, pv;
+    moert_plan_get_view(z, &zv), moert_plan_get_view(p, &pv);
+    ck_assert(memcmp(zv.expert_ids, pv.expert_ids, zv.entries * 4) == 0);
+    ck_assert(memcmp(zv.weights, pv.weights, zv.entries * 4) == 0);
+    moert_plan_destroy(one), moert_plan_destroy(many), moert_plan_destroy(first), moert_plan_destroy(second);
+    moert_plan_destroy(other), moert_plan_destroy(z), moert_plan_destroy(p);
+    free(x);
+}
+END_TEST
+
+/* ---- bad input -------------------------------------------------------------------------------- */
+
+START_TEST(test_bad_input) {
+    const float x[8] = {0};
+    moert_router_config c = moert_router_config_default();
+    c.noise = MOERT_NOISE_NORMAL, c.noise_scale = -1.0f;
+    ck_assert_int_eq(moert_router_config_check(&c, 8), MOERT_EINVAL);
+    c.noise_scale = 1.0f, c.noise = MOERT_NOISE_GUMBEL, c.noise_temperature = 0.0f;
+    ck_assert_int_eq(moert_router_config_check(&c, 8), MOERT_EINVAL);
+    c = moert_router_config_default();
+    c.policy = MOERT_POLICY_SPARSEMAX, c.k_max = 0;
+    ck_assert_int_eq(moert_router_config_check(&c, 8), MOERT_EINVAL);
+    ck_assert(strstr(moert_last_error(), "k_max") != NULL);
+    c = moert_router_config_default();
+    c.policy = MOERT_POLICY_BATCH_TOPK, c.use_threshold = 1, c.threshold = NAN;
+    ck_assert_int_eq(moert_router_config_check(&c, 8), MOERT_EINVAL);
+    ck_assert(strstr(moert_last_error(), "NaN") != NULL);
+    /* tokens x k beyond the selection's 32-bit count: refused before any logit is read. */
+    c = moert_router_config_default();
+    c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 8;
+    ck_assert_int_eq(route_status(&c, x, (size_t)INT32_MAX, 8), MOERT_EOVERFLOW);
+    ck_assert(strstr(moert_last_error(), "tokens=") != NULL);
+    /* Options of another policy or score are errors, not ignored. */
+    c = moert_router_config_default();
+    c.k_max = 3;
+    ck_assert_int_eq(moert_router_config_check(&c, 8), MOERT_EINVAL);
+    c = moert_router_config_default();
+    c.noisy_weights = 1;
+    ck_assert_int_eq(moert_router_config_check(&c, 8), MOERT_EINVAL);
+    c = moert_router_config_default();
+    c.score = MOERT_SCORE_SOFTPICK, c.groups = 2, c.topk_groups = 1;
+    ck_assert_int_eq(moert_router_config_check(&c, 8), MOERT_EINVAL);
+    c = moert_router_config_default();
+    c.policy = MOERT_POLICY_RELU, c.score = MOERT_SCORE_SOFTPICK, c.relu_threshold = 0.5f;
+    ck_assert_int_eq(moert_router_config_check(&c, 8), MOERT_EINVAL);
+    /* NaN logits: named. */
+    float bad[8] = {0};
+    bad[5] = NAN;
+    c = moert_router_config_default();
+    c.policy = MOERT_POLICY_SPARSEMAX;
+    ck_assert_int_eq(route_status(&c, bad, 1, 8), MOERT_EBADDATA);
+    c.policy = MOERT_POLICY_BATCH_TOPK;
+    ck_assert_int_eq(route_status(&c, bad, 1, 8), MOERT_EBADDATA);
+    c = moert_router_config_default();
+    c.noise = MOERT_NOISE_NORMAL;
+    ck_assert_int_eq(route_status(&c, bad, 1, 8), MOERT_EBADDATA);
+    ck_assert(strstr(moert_last_error(), "logits[0,5]") != NULL);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("gates");
+    TCase *tc = tcase_create("gates");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_sparsemax_hand_worked);
+    tcase_add_test(tc, test_sparsemax_against_sorting);
+    tcase_add_test(tc, test_softpick);
+    tcase_add_test(tc, test_sqrt_softplus);
+    tcase_add_test(tc, test_batch_topk_hand_worked);
+    tcase_add_test(tc, test_batch_topk_against_sorting);
+    tcase_add_test(tc, test_batch_topk_groups_and_threads);
+    tcase_add_test(tc, test_noise_distribution);
+    tcase_add_test(tc, test_noisy_top_k);
+    tcase_add_test(tc, test_noise_is_keyed_by_token);
+    tcase_add_test(tc, test_bad_input);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    const int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
