@@ -1,5 +1,6 @@
 /* Expert parallelism over MPI ranks (see moert/ep.h). */
 #include <limits.h>
+#include <math.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,7 +250,9 @@ static uint64_t fingerprint(const moert_ep *ep) {
                                (uint64_t)r->k, (uint64_t)r->score, (uint64_t)r->softmax_order,
                                (uint64_t)r->renormalize, (uint64_t)r->groups, (uint64_t)r->topk_groups,
                                (uint64_t)r->group_score, (uint64_t)r->drop_policy,
-                               (uint64_t)r->pad_to_capacity, (uint64_t)(r->bias != NULL)};
+                               (uint64_t)r->pad_to_capacity, (uint64_t)(r->bias != NULL), (uint64_t)r->batch_score,
+                               (uint64_t)r->use_threshold, (uint64_t)r->k_max, (uint64_t)r->noise,
+                               (uint64_t)r->noisy_weights, r->seed, (uint64_t)(r->noise_scales != NULL)};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) FP_(fields[i]);
     uint64_t bits;
     memcpy(&bits, &r->capacity_factor, sizeof bits);
@@ -259,6 +262,11 @@ static uint64_t fingerprint(const moert_ep *ep) {
     FP_(f32);
     memcpy(&f32, &r->relu_threshold, sizeof f32);
     FP_(f32);
+    const float floats[] = {r->threshold, r->noise_scale, r->noise_temperature};
+    for (size_t i = 0; i < sizeof floats / sizeof floats[0]; i++) {
+        memcpy(&f32, &floats[i], sizeof f32);
+        FP_(f32);
+    }
     for (size_t e = 0; e <= ep->E; e++) FP_(ep->replica_offsets[e]);
     for (int32_t j = 0; j < ep->replica_offsets[ep->E]; j++) FP_(ep->replica_ranks[j]);
 #undef FP_
@@ -828,6 +836,13 @@ static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MP
 moert_status moert_ep_forward(moert_ep *ep, const void *x, size_t T, void *out) {
     MOERT_RETURN_ERROR_IF(ep == NULL, MOERT_EINVAL, "moert_ep_forward: NULL argument");
     const double t0 = MPI_Wtime();
+    /* Where this rank's tokens start in the global batch: the noise of noisy selection is
+     * keyed by the global token index. Every rank calls it first, whatever its input. */
+    uint64_t mine = T, before = 0;
+    const int code = MPI_Exscan(&mine, &before, 1, MPI_UINT64_T, MPI_SUM, ep->comm);
+    if (code != MPI_SUCCESS) return mpi_error(code, "counting the tokens of the ranks before this one");
+    if (ep->rank == 0) before = 0; /* MPI_Exscan leaves rank 0's result undefined */
+    moert_router_set_token_offset(ep->router, before);
     /* Local checks and routing; then every rank agrees before any exchange. */
     moert_status st = MOERT_OK;
     if (T > 0 && (x == NULL || out == NULL)) st = moert_set_error(MOERT_EINVAL, "moert_ep_forward: NULL argument");
@@ -862,12 +877,13 @@ static moert_status merge_plans(moert_ep *ep, int root, moert_plan *whole) {
     const int P = ep->size;
     const size_t E = ep->E;
     int64_t shape[3] = {(int64_t)mine->tokens, (int64_t)mine->entries, mine->capacity};
+    double threshold = mine->stats.threshold, *thresholds = ep->rank == root ? malloc((size_t)P * sizeof(double)) : NULL;
     int64_t *shapes = ep->rank == root ? malloc(3 * (size_t)P * sizeof(int64_t)) : NULL;
     int64_t *routed = ep->rank == root ? malloc((size_t)P * E * sizeof(int64_t)) : NULL;
     double *sums = ep->rank == root ? malloc((size_t)P * E * sizeof(double)) : NULL;
     int *counts = ep->rank == root ? malloc(4 * (size_t)P * sizeof(int)) : NULL;
     moert_status st = MOERT_OK;
-    if (ep->rank == root && (!shapes || !routed || !sums || !counts))
+    if (ep->rank == root && (!shapes || !routed || !sums || !counts || !thresholds))
         st = moert_set_error(MOERT_ENOMEM, "gathering the plan: out of memory");
     st = agree(ep, st);
     if (st == MOERT_OK) {
@@ -876,6 +892,7 @@ static moert_status merge_plans(moert_ep *ep, int root, moert_plan *whole) {
         MPI_KEEP_FIRST(code, MPI_Gather(mine->expert_routed, (int)E, MPI_INT64_T, routed, (int)E, MPI_INT64_T, root,
                                         ep->comm));
         MPI_KEEP_FIRST(code, MPI_Gather(mine->prob_sums, (int)E, MPI_DOUBLE, sums, (int)E, MPI_DOUBLE, root, ep->comm));
+        MPI_KEEP_FIRST(code, MPI_Gather(&threshold, 1, MPI_DOUBLE, thresholds, 1, MPI_DOUBLE, root, ep->comm));
         st = agree(ep, code == MPI_SUCCESS ? MOERT_OK : mpi_error(code, "gathering the plans' shapes"));
     }
     int64_t tokens = 0, entries = 0, capacity_sum = 0, capacity_max = 0;
@@ -893,7 +910,7 @@ static moert_status merge_plans(moert_ep *ep, int root, moert_plan *whole) {
     }
     st = agree(ep, st);
     if (st != MOERT_OK) {
-        free(shapes), free(routed), free(sums), free(counts);
+        free(shapes), free(routed), free(sums), free(counts), free(thresholds);
         return st;
     }
     /* Per-token entry counts (in token_offsets[1..]), entries, logsumexp. */
@@ -937,9 +954,15 @@ static moert_status merge_plans(moert_ep *ep, int root, moert_plan *whole) {
             }
             whole->capacity = capacity_max;
             plan_compute_stats(whole, whole->prob_sums, whole->logsumexp);
+            /* BatchTopK: the mean of the ranks' thresholds, as the router's over its groups. */
+            double threshold_sum = 0.0;
+            int with_threshold = 0;
+            for (int p = 0; p < P; p++)
+                if (!isnan(thresholds[p])) threshold_sum += thresholds[p], with_threshold++;
+            whole->stats.threshold = with_threshold ? threshold_sum / with_threshold : NAN;
         }
     }
-    free(shapes), free(routed), free(sums), free(counts);
+    free(shapes), free(routed), free(sums), free(counts), free(thresholds);
     return agree(ep, st);
 }
 

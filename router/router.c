@@ -287,6 +287,12 @@ moert_status moert_router_create(const moert_router_config *config, size_t exper
     return MOERT_OK;
 }
 
+moert_status moert_router_set_token_offset(moert_router *router, uint64_t token_offset) {
+    MOERT_RETURN_ERROR_IF(router == NULL, MOERT_EINVAL, "moert_router_set_token_offset: router is NULL");
+    router->config.token_offset = token_offset;
+    return MOERT_OK;
+}
+
 void moert_router_destroy(moert_router *router) {
     if (router == NULL) return;
     moert_plan_destroy(router->group_plan);

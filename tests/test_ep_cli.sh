@@ -13,7 +13,7 @@ small=(--tokens 77 --d-model 32 --d-ff 24 --experts 6 --iters 1 --threads 1 --ch
 
 for ranks in 1 2 3 4; do
   for opts in "--k 2" "--k 2 --capacity-factor 1" "--policy expert-choice --capacity-factor 2" "--policy relu" \
-              "--k 2 --dtype bf16"; do
+              "--k 2 --dtype bf16" "--policy batch-topk --k 2" "--k 2 --noise normal:1"; do
     # shellcheck disable=SC2086
     expect 0 "$mpiexec" -n "$ranks" --oversubscribe "$moert" layer --ep "$ranks" "${small[@]}" $opts
     grep -q 'check: max relative error .* (ok' "$tmp/out" || fail "--ep $ranks $opts: no passing check"
@@ -32,7 +32,8 @@ grep -q 'moert: --ep 3: running on 2 MPI ranks' "$tmp/err" || fail "--ep 3 on 2 
 # --save under --ep writes, from rank 0, the same files as the single-process run with
 # --route-groups P: byte for byte, statistics included.
 for ranks in 2 3 4; do
-  for opts in "--k 2 --capacity-factor 1 --pad" "--policy expert-choice --capacity-factor 2" "--k 2 --dtype bf16"; do
+  for opts in "--k 2 --capacity-factor 1 --pad" "--policy expert-choice --capacity-factor 2" "--k 2 --dtype bf16" \
+              "--policy batch-topk --k 2" "--policy sparsemax --k-max 3" "--k 2 --noise gumbel:1 --seed 5"; do
     rm -rf "$tmp/ep" "$tmp/single"
     # shellcheck disable=SC2086
     expect 0 "$mpiexec" -n "$ranks" --oversubscribe "$moert" layer --ep "$ranks" "${small[@]}" $opts --save "$tmp/ep"

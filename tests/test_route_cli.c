@@ -239,6 +239,23 @@ START_TEST(bad_inputs_fail_cleanly) {
     expect_failure(WITH("hand.npy", "--policy expert-choice --capacity-factor 2 --pad"), 2,
                    "--pad does not apply to --policy expert-choice");
     expect_failure(WITH("hand.npy", "--relu-threshold 1"), 2, "--relu-threshold does not apply to --policy token-choice");
+    /* The new gates' bad input. */
+    expect_failure(WITH("hand.npy", "--noise normal"), 2, "is not normal:SCALE or gumbel:TAU");
+    expect_failure(WITH("hand.npy", "--noise poisson:1"), 2, "is not normal:SCALE or gumbel:TAU");
+    expect_failure(WITH("hand.npy", "--noise normal:abc"), 2, "is not a finite number");
+    expect_failure(WITH("hand.npy", "--noise normal:-1"), 2, "is negative");
+    expect_failure(WITH("hand.npy", "--noise gumbel:0"), 2, "must be above 0");
+    expect_failure(WITH("hand.npy", "--noise gumbel:-2"), 2, "must be above 0");
+    expect_failure(WITH("hand.npy", "--noise normal:inf"), 2, "is not a finite number");
+    expect_failure(WITH("hand.npy", "--seed 3"), 2, "--noisy-weights and --seed go with --noise");
+    expect_failure(WITH("hand.npy", "--policy sparsemax --k-max 0"), 2, "--k-max");
+    expect_failure(WITH("hand.npy", "--policy batch-topk --threshold nan"), 2, "NaN is not a threshold");
+    expect_failure(WITH("hand.npy", "--threshold 0.1"), 2, "--threshold does not apply to --policy token-choice");
+    expect_failure(WITH("hand.npy", "--k-max 2"), 2, "--k-max does not apply to --policy token-choice");
+    expect_failure(WITH("hand.npy", "--policy sparsemax --k 2"), 2, "--k does not apply to --policy sparsemax");
+    expect_failure(WITH("hand.npy", "--score softpick --groups 2 --topk-groups 1"), 2, "softmax or sigmoid");
+    expect_failure(WITH("hand.npy", "--policy relu --score sigmoid"), 2, "does not apply to relu");
+    expect_failure(WITH("hand.npy", "--score cosine"), 2, "--score");
     /* float64 logits beyond float32's range. */
     double big[16] = {0};
     big[6] = -1e39;

@@ -154,6 +154,11 @@ MOERT_API void moert_router_destroy(moert_router *router);
 MOERT_API moert_status moert_router_route(moert_router *router, const float *logits, size_t tokens,
                                           moert_plan *plan);
 
+/* Sets the index the noise gives this router's next batch's first token (the
+ * configuration's token_offset): a rank routing its share of a global batch passes where
+ * its share starts, so every token gets the noise it gets in one process. */
+MOERT_API moert_status moert_router_set_token_offset(moert_router *router, uint64_t token_offset);
+
 /* The capacity per expert a routing group of `tokens` tokens gets under `config`
  * (0 = dropless), as the router computes it. */
 MOERT_API moert_status moert_router_capacity(const moert_router_config *config, size_t experts,
