@@ -6,6 +6,7 @@
 
 #include "kernels/expf.h"
 #include "kernels/topk_gate/internal.h"
+#include "router/vec16.h"
 
 float scores_sqrt_softplus(float x) {
     if (x == -INFINITY) return 0.0f;
@@ -13,24 +14,67 @@ float scores_sqrt_softplus(float x) {
 }
 
 #define SOFTPICK_EPSILON 1e-6f
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+/* 16 lanes at a time; a row's tail padded with `pad`. */
+static inline __attribute__((always_inline)) v16f load_padded(const float *x, size_t n, size_t e, float pad) {
+    if (e + 16 <= n) return v16_load(x + e);
+    float tail[16];
+    for (int j = 0; j < 16; j++) tail[j] = e + (size_t)j < n ? x[e + (size_t)j] : pad;
+    return v16_load(tail);
+}
+
+static inline __attribute__((always_inline)) float lanes_max(const float *x, size_t n) {
+    v16f m = v16_set1(-INFINITY);
+    for (size_t e = 0; e < n; e += 16) m = v16_max(load_padded(x, n, e, -INFINITY), m);
+    return v16_reduce_max(m);
+}
+
+CLONES float scores_row_max(const float *x, size_t n) { return lanes_max(x, n); }
 
 /* The scaled denominator sum_j |e^(x_j - m) - c|: 16 partial sums, lane j % 16, then a
- * fixed pairwise tree; a plain loop the compiler vectorises in each clone. */
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static float softpick_sum(const float *x, size_t E,
-                                                                                         float m, float c) {
-    float lanes[16] = {0};
-    size_t e = 0;
-    for (; e + 16 <= E; e += 16)
-        for (int j = 0; j < 16; j++) lanes[j] += fabsf(moert_expf(x[e + j] - m) - c);
-    for (int j = 0; e + (size_t)j < E; j++) lanes[j] += fabsf(moert_expf(x[e + j] - m) - c);
-    for (int width = 8; width >= 1; width /= 2)
-        for (int j = 0; j < width; j++) lanes[j] += lanes[j + width];
-    return lanes[0];
+ * fixed pairwise tree; the same bits in every clone. The tail's padding (-inf) adds
+ * |0 - c| per lane, which is taken back out. */
+static inline __attribute__((always_inline)) float softpick_sum(const float *x, size_t E, float m, float c) {
+    v16f sum = v16_set1(0.0f);
+    for (size_t e = 0; e < E; e += 16) {
+        /* exp(x - m) as the statistics take it (moert_exp_shifted): the denominator is a
+         * sum, where 2e-7 is far below what matters */
+        v16f term = v16_abs(v16_exp2_stat((load_padded(x, E, e, -INFINITY) - m) * MOERT_EXPF_LOG2E) - c);
+        if (e + 16 > E) { /* the padding's lanes add nothing */
+            float l[16];
+            v16_store(l, term);
+            for (size_t j = E - e; j < 16; j++) l[j] = 0.0f;
+            term = v16_load(l);
+        }
+        sum += term;
+    }
+    return v16_reduce_add(sum);
+}
+
+/* e^x - 1 for x < 1 without cancellation: below 1/2 by its Taylor series to x^9 (error
+ * below 2e-9 relative), above by e^x - 1 (at least 0.65, so no cancellation). */
+static inline float expm1_below_one(float x) {
+    float p = 1.0f / 362880.0f;
+    p = p * x + 1.0f / 40320.0f;
+    p = p * x + 1.0f / 5040.0f;
+    p = p * x + 1.0f / 720.0f;
+    p = p * x + 1.0f / 120.0f;
+    p = p * x + 1.0f / 24.0f;
+    p = p * x + 1.0f / 6.0f;
+    p = p * x + 0.5f;
+    const float series = x + x * x * p;
+    return x > -0.5f && x < 0.5f ? series : moert_expf(x) - 1.0f;
+}
+
+/* e^(x - m) - e^-m = e^-m (e^x - 1): below x = 1 by expm1, whose result keeps its precision
+ * where the difference would cancel (x near 0). */
+static inline float softpick_numerator(float x, float m, float c) {
+    return x < 1.0f ? c * expm1_below_one(x) : moert_expf(x - m) - c;
 }
 
 int scores_softpick_row(const float *x, size_t E, float *m, float *c, float *denominator) {
-    float max = -INFINITY;
-    for (size_t e = 0; e < E; e++) max = x[e] > max ? x[e] : max;
+    const float max = scores_row_max(x, E);
     *m = max;
     if (!(max > 0.0f)) return 0; /* every e^x - 1 <= 0 */
     *c = moert_expf(-max);
@@ -39,10 +83,36 @@ int scores_softpick_row(const float *x, size_t E, float *m, float *c, float *den
 }
 
 float scores_softpick_weight(float x, float m, float c, float denominator) {
-    /* e^(x - m) - e^-m = e^-m (e^x - 1): for x below 1 by expm1, whose result keeps its
-     * precision where the difference would cancel (x near 0). */
-    const float a = x < 1.0f ? c * expm1f(x) : moert_expf(x - m) - c;
+    const float a = softpick_numerator(x, m, c);
     return a > 0.0f ? a / denominator : 0.0f;
+}
+
+CLONES void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w) {
+    const float m = lanes_max(x, E);
+    if (!(m > 0.0f)) {
+        for (int j = 0; j < k; j++) w[j] = 0.0f;
+        return;
+    }
+    const float c = moert_expf(-m), den = softpick_sum(x, E, m, c) + SOFTPICK_EPSILON * c;
+    for (int j0 = 0; j0 < k; j0 += 16) {
+        float chosen[16], out[16];
+        for (int j = 0; j < 16; j++) chosen[j] = j0 + j < k ? x[ids[j0 + j]] : 0.0f;
+        const v16f v = v16_load(chosen);
+        /* softpick_numerator lane by lane */
+        v16f p = v16_set1(1.0f / 362880.0f);
+        p = p * v + 1.0f / 40320.0f;
+        p = p * v + 1.0f / 5040.0f;
+        p = p * v + 1.0f / 720.0f;
+        p = p * v + 1.0f / 120.0f;
+        p = p * v + 1.0f / 24.0f;
+        p = p * v + 1.0f / 6.0f;
+        p = p * v + 0.5f;
+        const v16f series = v + v * v * p;
+        const v16f expm1 = v16_select((v > -0.5f) & (v < 0.5f), series, v16_expf(v) - 1.0f);
+        const v16f a = v16_select(v < 1.0f, c * expm1, v16_expf(v - m) - c);
+        v16_store(out, v16_select(a > 0.0f, a / den, v16_set1(0.0f)));
+        for (int j = 0; j < 16 && j0 + j < k; j++) w[j0 + j] = out[j];
+    }
 }
 
 /* Sigmoid's renormalisation (as Megatron-Core: + 1e-20) and the scaling. */
@@ -67,9 +137,7 @@ void scores_rows(const moert_router_config *c, const float *logits, size_t E, si
         int32_t *id = ids + t * (size_t)k;
         float *w = weights + t * (size_t)k;
         if (c->score == MOERT_SCORE_SOFTPICK) {
-            float m, cm = 0.0f, den = 1.0f;
-            const int any = scores_softpick_row(x, E, &m, &cm, &den);
-            for (int j = 0; j < k; j++) w[j] = any ? scores_softpick_weight(x[id[j]], m, cm, den) : 0.0f;
+            scores_softpick_weights(x, E, id, k, w);
             /* By logit, the weights do not increase; equal ones (the zeros) by id. */
             topk_order_equal_weights(id, w, k);
             finish_weights(c, w, k);

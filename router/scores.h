@@ -8,6 +8,9 @@
 
 #include "moert/router.h"
 
+/* The largest of x[0, n), n >= 1 (NaN-free), in 16 lanes the compiler vectorises. */
+float scores_row_max(const float *x, size_t n);
+
 /* sqrt(softplus(x)) = sqrt(max(x, 0) + log1p(exp(-|x|))); 0 for -inf. */
 float scores_sqrt_softplus(float x);
 
@@ -19,6 +22,9 @@ float scores_sqrt_softplus(float x);
  * partial sums in a fixed order, the same bits in every build. */
 int scores_softpick_row(const float *x, size_t E, float *m, float *c, float *denominator);
 float scores_softpick_weight(float x, float m, float c, float denominator);
+/* The weights of k selected experts ids[0, k) of one row, into w: the row's max and
+ * denominator, then each weight, all in one vectorised function. */
+void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w);
 
 /* The token-choice block step for score softpick or sqrt-softplus: rows [begin, end) of
  * ids/weights [tokens, k], which the kernel selected as softmax post (by logit), get the

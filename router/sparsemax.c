@@ -16,13 +16,20 @@
 #include <math.h>
 
 #include "router/internal.h"
+#include "router/scores.h"
 
 #define SPARSEMAX_SCRATCH(E) (6 * (size_t)(E) + 64)
+
+typedef struct sparsemax_context {
+    size_t k_max;
+    topk_compact_fn compact;
+} sparsemax_context;
 
 static size_t sparsemax_row(const void *context, const float *x, size_t E, size_t t, int32_t *ids, float *weights,
                             float *scratch) {
     (void)t;
-    const size_t k_max = *(const size_t *)context;
+    const sparsemax_context *c = context;
+    const size_t k_max = c->k_max;
     double *value = (double *)scratch;                  /* [E] */
     int32_t *id = (int32_t *)(value + E);               /* [E] */
     float *top_keys = (float *)(id + E);                /* [E] */
@@ -36,11 +43,12 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
         for (size_t j = 0; j < k_max; j++)
             if (top_keys[j] != -INFINITY && (double)top_keys[j] > floor) value[n] = top_keys[j], id[n++] = top_ids[j];
     } else {
-        float max = x[0];
-        for (size_t e = 1; e < E; e++) max = x[e] > max ? x[e] : max;
-        const double floor = (double)max - 1.0;
-        for (size_t e = 0; e < E; e++)
-            if ((double)x[e] > floor) value[n] = x[e], id[n++] = (int32_t)e; /* -inf never is */
+        /* The variant's vector filter, with a bound a little below max - 1: a superset of
+         * the candidates, which the first pass below trims. */
+        const float max = scores_row_max(x, E);
+        const size_t found = c->compact(x, E, nextafterf(max - 1.0f, -INFINITY), id);
+        for (size_t j = 0; j < found; j++) value[j] = x[id[j]];
+        n = found;
     }
     /* Michelot: the active ones stay packed at the front, in their order. */
     size_t active = n;
@@ -67,6 +75,6 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
 
 moert_status router_sparsemax(const moert_router_config *c, const float *logits, size_t tokens, size_t experts,
                               moert_plan *plan, router_workspace *ws) {
-    const size_t k_max = (size_t)c->k_max;
-    return router_route_rows(c, logits, tokens, experts, sparsemax_row, &k_max, SPARSEMAX_SCRATCH(experts), plan, ws);
+    const sparsemax_context context = {(size_t)c->k_max, topk_variant_for(c->isa)->compact};
+    return router_route_rows(c, logits, tokens, experts, sparsemax_row, &context, SPARSEMAX_SCRATCH(experts), plan, ws);
 }
