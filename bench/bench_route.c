@@ -103,7 +103,7 @@ int bench_route(int argc, char **argv) {
     if (optind < argc) return cli_usage_error("bench route", "unexpected argument");
     moert_router_config *c = &rc.config;
     c->threads = threads;
-    if (c->policy == MOERT_POLICY_RELU && !relu_threshold_given) {
+    if (c->policy == MOERT_POLICY_RELU && !relu_threshold_given && c->score != MOERT_SCORE_SOFTPICK) {
         /* The standard normal's upper quantile: P(x > threshold) = relu_active. */
         double lo = -10, hi = 10;
         for (int i = 0; i < 100; i++) {

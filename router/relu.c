@@ -24,9 +24,7 @@ static size_t relu_row(const void *context, const float *x, size_t E, size_t t, 
         /* The experts with e^x > 1 (x > 0: what relu found), weighted by their scores; by x
          * the scores do not increase, so the equal ones go in id order, and any that round
          * to 0 (at the end) are not used. */
-        float m, cm, den;
-        scores_softpick_row(x, E, &m, &cm, &den); /* x > 0 somewhere: m > 0 */
-        for (size_t j = 0; j < n; j++) weights[j] = scores_softpick_weight(x[ids[j]], m, cm, den);
+        scores_softpick_weights(x, E, ids, (int)n, weights);
         topk_order_equal_weights(ids, weights, (int)n);
         while (n > 0 && weights[n - 1] == 0.0f) n--;
     }

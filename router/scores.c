@@ -73,20 +73,6 @@ static inline float softpick_numerator(float x, float m, float c) {
     return x < 1.0f ? c * expm1_below_one(x) : moert_expf(x - m) - c;
 }
 
-int scores_softpick_row(const float *x, size_t E, float *m, float *c, float *denominator) {
-    const float max = scores_row_max(x, E);
-    *m = max;
-    if (!(max > 0.0f)) return 0; /* every e^x - 1 <= 0 */
-    *c = moert_expf(-max);
-    *denominator = softpick_sum(x, E, max, *c) + SOFTPICK_EPSILON * *c;
-    return 1;
-}
-
-float scores_softpick_weight(float x, float m, float c, float denominator) {
-    const float a = softpick_numerator(x, m, c);
-    return a > 0.0f ? a / denominator : 0.0f;
-}
-
 CLONES void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w) {
     const float m = lanes_max(x, E);
     if (!(m > 0.0f)) {

@@ -14,16 +14,11 @@ float scores_row_max(const float *x, size_t n);
 /* sqrt(softplus(x)) = sqrt(max(x, 0) + log1p(exp(-|x|))); 0 for -inf. */
 float scores_sqrt_softplus(float x);
 
-/* Softpick of one row (Zuhri et al., 2025): relu(e^x_i - 1) / (sum_j |e^x_j - 1| + 1e-6),
- * evaluated with the row's max m subtracted (numerator and denominator times e^-m), so
- * that nothing overflows. *c receives e^-m and *inv_denominator 1 / the scaled
- * denominator: the weight of x_i is then max(e^(x_i - m) - c, 0) * ... see
- * scores_softpick_weight. Returns 0 when every weight is 0 (m <= 0). The sum runs in 16
- * partial sums in a fixed order, the same bits in every build. */
-int scores_softpick_row(const float *x, size_t E, float *m, float *c, float *denominator);
-float scores_softpick_weight(float x, float m, float c, float denominator);
-/* The weights of k selected experts ids[0, k) of one row, into w: the row's max and
- * denominator, then each weight, all in one vectorised function. */
+/* Softpick (Zuhri et al., 2025) of k selected experts ids[0, k) of one row x[0, E), into w:
+ * relu(e^x_i - 1) / (sum_j |e^x_j - 1| + 1e-6), evaluated with the row's max m subtracted
+ * (numerator and denominator times e^-m), so nothing overflows; the numerator as
+ * e^-m expm1(x) below x = 1, where the difference would cancel. All 0 when m <= 0. The
+ * row's max and denominator in 16 lanes, a fixed order: the same bits in every build. */
 void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w);
 
 /* The token-choice block step for score softpick or sqrt-softplus: rows [begin, end) of
