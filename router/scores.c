@@ -101,6 +101,22 @@ CLONES void scores_softpick_weights(const float *x, size_t E, const int32_t *ids
     }
 }
 
+CLONES void scores_softmax_chosen(const float *x, const int32_t *ids, int k, float scaling, float *w) {
+    float first = -INFINITY;
+    for (int j = 0; j < k; j++) w[j] = x[ids[j]], first = w[j] > first ? w[j] : first;
+    for (int j0 = 0; j0 < k; j0 += 16) {
+        float lanes[16];
+        for (int j = 0; j < 16; j++) lanes[j] = j0 + j < k ? w[j0 + j] : -INFINITY;
+        v16_store(lanes, v16_expf(v16_load(lanes) - first)); /* -inf: 0 */
+        for (int j = 0; j < 16 && j0 + j < k; j++) w[j0 + j] = lanes[j];
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < k; j++) sum += w[j]; /* in order, as the kernel's weights */
+    for (int j = 0; j < k; j++) w[j] = w[j] / sum;
+    if (scaling != 1.0f)
+        for (int j = 0; j < k; j++) w[j] = w[j] * scaling;
+}
+
 /* Sigmoid's renormalisation (as Megatron-Core: + 1e-20) and the scaling. */
 static void finish_weights(const moert_router_config *c, float *w, int k) {
     if (c->renormalize) {

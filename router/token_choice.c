@@ -41,7 +41,7 @@ static int scores_block(void *context, int thread, size_t row_begin, size_t row_
 
 /* ---- noisy selection ----------------------------------------------------------------------- */
 
-#define NOISY_BLOCK_ROWS 64
+#define NOISY_BLOCK_ROWS 256 /* 64 KiB of keys at E = 64: in L2; the kernel call per block is amortised */
 
 /* Rows [begin, end) of the keys, selected by the kernel: the weights the configuration
  * asks for, by descending weight, ties to the lower id. */
@@ -56,22 +56,15 @@ static void noisy_weights(const moert_router_config *c, const float *logits, con
         const float *x = c->noisy_weights ? keys + (t - begin) * E : logits + t * E;
         int32_t *id = ids + t * (size_t)k;
         float *out = weights + t * (size_t)k;
-        for (int j = 0; j < k; j++) w[j] = x[id[j]];
-        /* Softmax post takes the first as the largest: in selection order it is for the
-         * keys, not always for the clean logits. */
-        float first = w[0];
-        for (int j = 1; j < k; j++) first = w[j] > first ? w[j] : first;
-        float m = 0.0f, s = 1.0f;
-        if (c->score == MOERT_SCORE_SOFTMAX && c->softmax_order == MOERT_SOFTMAX_PRE)
-            (void)topk_row_max_and_sum(x, E, t, 1, &m, &s); /* checked rows: it cannot fail */
         if (c->score == MOERT_SCORE_SOFTMAX && c->softmax_order == MOERT_SOFTMAX_POST) {
-            /* topk_weights_inplace subtracts w[0]: put the largest first, then restore. */
-            float sum = 0.0f;
-            for (int j = 0; j < k; j++) w[j] = w[j] == -INFINITY ? 0.0f : moert_expf(w[j] - first), sum += w[j];
-            for (int j = 0; j < k; j++) w[j] = w[j] / sum;
-            if (c->scaling != 1.0f)
-                for (int j = 0; j < k; j++) w[j] = w[j] * c->scaling;
+            /* In selection order the first is the largest for the keys, not always for the
+             * clean logits: the largest is found. */
+            scores_softmax_chosen(x, id, k, c->scaling, w);
         } else {
+            float m = 0.0f, s = 1.0f;
+            if (c->score == MOERT_SCORE_SOFTMAX) /* pre */
+                (void)topk_row_max_and_sum(x, E, t, 1, &m, &s); /* checked rows: it cannot fail */
+            for (int j = 0; j < k; j++) w[j] = x[id[j]];
             topk_weights_inplace(&job, w, m, s);
         }
         topk_sort_entries(id, w, (size_t)k, id, out);
