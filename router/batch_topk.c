@@ -35,8 +35,11 @@
 
 typedef struct threshold_context {
     float threshold;
-    int probs; /* scores are probabilities */
+    int probs;       /* scores are probabilities */
+    int renormalize; /* each token's weights sum to 1 */
 } threshold_context;
+
+static void renormalize_token(float *w, size_t n);
 
 static size_t threshold_row(const void *context, const float *x, size_t E, size_t t, int32_t *ids, float *weights,
                             float *scratch) {
@@ -58,6 +61,7 @@ static size_t threshold_row(const void *context, const float *x, size_t E, size_
     } else if (n > 1) {
         topk_sort_entries(ids, weights, n, ids, weights);
     }
+    if (c->renormalize) renormalize_token(weights, n);
     return n;
 }
 
@@ -87,10 +91,10 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     /* The select counts in 32 bits (router_select_largest). */
     MOERT_RETURN_ERROR_IF(moert_mul_overflows(T, (size_t)c->k, &count) || count > UINT32_MAX, MOERT_EOVERFLOW,
                           "batch-topk: tokens=%zu x k=%d overflows the selection's 32-bit count", T, c->k);
-    MOERT_RETURN_ERROR_IF(moert_mul_overflows(T, E, &n) || n > UINT32_MAX, MOERT_EOVERFLOW,
-                          "batch-topk: tokens=%zu x experts=%zu scores exceed the selection's 32-bit index", T, E);
+    MOERT_RETURN_ERROR_IF(moert_mul_overflows(T, E, &n) || n > INT32_MAX, MOERT_EOVERFLOW,
+                          "batch-topk: tokens=%zu x experts=%zu scores exceed the selection's 31-bit index", T, E);
     if (c->use_threshold) {
-        const threshold_context context = {c->threshold, probs};
+        const threshold_context context = {c->threshold, probs, c->renormalize};
         MOERT_FORWARD_IF_ERROR(router_route_rows(c, logits, T, E, threshold_row, &context, 2 * E + 64, plan, ws));
         plan->stats.threshold = c->threshold;
         return MOERT_OK;

@@ -121,10 +121,5 @@ void noise_values_row(const moert_router_config *c, uint64_t token, size_t E, fl
 
 void noise_keys_row(const moert_router_config *c, uint64_t token, const float *x, size_t E, float *keys, float *tmp) {
     noise_row(c, token, E, keys, tmp);
-    if (c->noise == MOERT_NOISE_GUMBEL) {
-        const float inv_tau = 1.0f / c->noise_temperature;
-        for (size_t e = 0; e < E; e++) keys[e] = (x[e] + keys[e]) * inv_tau;
-    } else {
-        for (size_t e = 0; e < E; e++) keys[e] = x[e] + keys[e];
-    }
+    for (size_t e = 0; e < E; e++) keys[e] = x[e] + keys[e];
 }

@@ -24,8 +24,9 @@ float noise_uniform(uint64_t key, uint32_t c);
 float noise_logf(float x);
 
 /* Keys of one row: x[e] + scale_e * N(0, 1) (normal; Box-Muller on uniforms 2p and
- * 2p + 1 gives experts 2p and 2p + 1), or (x[e] + G) / temperature with
- * G = -log(-log(u_e)) (Gumbel). -inf stays -inf. tmp: E + 2 floats. */
+ * 2p + 1 gives experts 2p and 2p + 1), or x[e] + G with G = -log(-log(u_e)) (Gumbel: the
+ * temperature does not change the selection; it divides the keys for noisy weights only).
+ * -inf stays -inf. tmp: E + 2 floats. */
 void noise_keys_row(const moert_router_config *c, uint64_t token, const float *x, size_t E, float *keys,
                     float *tmp);
 

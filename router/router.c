@@ -237,6 +237,8 @@ moert_status moert_router_config_check(const moert_router_config *c, size_t expe
         MOERT_RETURN_ERROR_IF(c->batch_score != MOERT_BATCH_SCORE_PROBS && c->batch_score != MOERT_BATCH_SCORE_LOGITS,
                               MOERT_EINVAL, "batch score %d is not probs (0) or logits (1)", (int)c->batch_score);
         MOERT_RETURN_ERROR_IF(!isfinite(c->threshold), MOERT_EINVAL, "threshold %g must be finite", (double)c->threshold);
+        MOERT_RETURN_ERROR_IF(c->renormalize && c->batch_score == MOERT_BATCH_SCORE_LOGITS, MOERT_EINVAL,
+                              "batch-topk: renormalising logits (which may be negative) means nothing: use probs");
         MOERT_RETURN_ERROR_IF(!c->use_threshold && c->threshold != 0.0f, MOERT_EINVAL,
                               "a threshold is used in threshold mode only (use_threshold)");
     }

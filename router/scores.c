@@ -32,46 +32,40 @@ static inline __attribute__((always_inline)) float lanes_max(const float *x, siz
 
 CLONES float scores_row_max(const float *x, size_t n) { return lanes_max(x, n); }
 
-/* The scaled denominator sum_j |e^(x_j - m) - c|: 16 partial sums, lane j % 16, then a
- * fixed pairwise tree; the same bits in every clone. The tail's padding (-inf) adds
- * |0 - c| per lane, which is taken back out. */
+/* e^x - 1 lane by lane, x < 1, as expm1_below_one. */
+static inline __attribute__((always_inline)) v16f v16_expm1_below_one(v16f v) {
+    v16f p = v16_set1(1.0f / 362880.0f);
+    p = p * v + 1.0f / 40320.0f;
+    p = p * v + 1.0f / 5040.0f;
+    p = p * v + 1.0f / 720.0f;
+    p = p * v + 1.0f / 120.0f;
+    p = p * v + 1.0f / 24.0f;
+    p = p * v + 1.0f / 6.0f;
+    p = p * v + 0.5f;
+    const v16f series = v + v * v * p;
+    return v16_select((v > -0.5f) & (v < 0.5f), series, v16_expf(v) - 1.0f);
+}
+
+/* Softpick's numerator before the relu, e^(x - m) - e^-m = e^-m (e^x - 1), lane by lane:
+ * below x = 1 as c expm1(x), which keeps its precision where the difference would cancel
+ * (x near 0, where router logits live); above, the difference, which does not cancel. */
+static inline __attribute__((always_inline)) v16f v16_softpick_term(v16f v, float m, float c) {
+    return v16_select(v < 1.0f, c * v16_expm1_below_one(v), v16_expf(v - m) - c);
+}
+
+/* The scaled denominator sum_j |e^(x_j - m) - c| over the unmasked experts (a masked,
+ * -inf, expert is absent, as in every gate): 16 partial sums, lane j % 16, then a fixed
+ * pairwise tree; the same bits in every clone. */
 static inline __attribute__((always_inline)) float softpick_sum(const float *x, size_t E, float m, float c) {
     v16f sum = v16_set1(0.0f);
     for (size_t e = 0; e < E; e += 16) {
-        /* exp(x - m) as the statistics take it (moert_exp_shifted): the denominator is a
-         * sum, where 2e-7 is far below what matters */
-        v16f term = v16_abs(v16_exp2_stat((load_padded(x, E, e, -INFINITY) - m) * MOERT_EXPF_LOG2E) - c);
-        if (e + 16 > E) { /* the padding's lanes add nothing */
-            float l[16];
-            v16_store(l, term);
-            for (size_t j = E - e; j < 16; j++) l[j] = 0.0f;
-            term = v16_load(l);
-        }
-        sum += term;
+        const v16f v = load_padded(x, E, e, -INFINITY); /* the tail's padding is masked too */
+        sum += v16_select(v == -INFINITY, v16_set1(0.0f), v16_abs(v16_softpick_term(v, m, c)));
     }
     return v16_reduce_add(sum);
 }
 
-/* e^x - 1 for x < 1 without cancellation: below 1/2 by its Taylor series to x^9 (error
- * below 2e-9 relative), above by e^x - 1 (at least 0.65, so no cancellation). */
-static inline float expm1_below_one(float x) {
-    float p = 1.0f / 362880.0f;
-    p = p * x + 1.0f / 40320.0f;
-    p = p * x + 1.0f / 5040.0f;
-    p = p * x + 1.0f / 720.0f;
-    p = p * x + 1.0f / 120.0f;
-    p = p * x + 1.0f / 24.0f;
-    p = p * x + 1.0f / 6.0f;
-    p = p * x + 0.5f;
-    const float series = x + x * x * p;
-    return x > -0.5f && x < 0.5f ? series : moert_expf(x) - 1.0f;
-}
 
-/* e^(x - m) - e^-m = e^-m (e^x - 1): below x = 1 by expm1, whose result keeps its precision
- * where the difference would cancel (x near 0). */
-static inline float softpick_numerator(float x, float m, float c) {
-    return x < 1.0f ? c * expm1_below_one(x) : moert_expf(x - m) - c;
-}
 
 CLONES void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w) {
     const float m = lanes_max(x, E);
@@ -83,19 +77,7 @@ CLONES void scores_softpick_weights(const float *x, size_t E, const int32_t *ids
     for (int j0 = 0; j0 < k; j0 += 16) {
         float chosen[16], out[16];
         for (int j = 0; j < 16; j++) chosen[j] = j0 + j < k ? x[ids[j0 + j]] : 0.0f;
-        const v16f v = v16_load(chosen);
-        /* softpick_numerator lane by lane */
-        v16f p = v16_set1(1.0f / 362880.0f);
-        p = p * v + 1.0f / 40320.0f;
-        p = p * v + 1.0f / 5040.0f;
-        p = p * v + 1.0f / 720.0f;
-        p = p * v + 1.0f / 120.0f;
-        p = p * v + 1.0f / 24.0f;
-        p = p * v + 1.0f / 6.0f;
-        p = p * v + 0.5f;
-        const v16f series = v + v * v * p;
-        const v16f expm1 = v16_select((v > -0.5f) & (v < 0.5f), series, v16_expf(v) - 1.0f);
-        const v16f a = v16_select(v < 1.0f, c * expm1, v16_expf(v - m) - c);
+        const v16f a = v16_softpick_term(v16_load(chosen), m, c);
         v16_store(out, v16_select(a > 0.0f, a / den, v16_set1(0.0f)));
         for (int j = 0; j < 16 && j0 + j < k; j++) w[j0 + j] = out[j];
     }

@@ -11,8 +11,8 @@
  * repeat until none drops. tau only rises, the largest logit always stays (tau < max), and
  * the fixed point is the projection's threshold. Since every weight is at most 1,
  * tau >= max - 1, so only the logits above max - 1 are candidates: usually a handful, and
- * the passes run over them only. Sums in double. Masked experts (-inf) are never
- * candidates. */
+ * the passes run over them only. Sums in double, of the logits minus the max (1e30 logits
+ * lose nothing). Masked experts (-inf) are never candidates. */
 #include <math.h>
 
 #include "router/internal.h"
@@ -37,19 +37,24 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
     /* A weight is at most 1, so tau >= max - 1: a logit at or below max - 1 never has a
      * positive weight, and the candidates are the few above it. */
     size_t n = 0;
+    double max;
     if (k_max < E) {
         topk_select_heap(x, NULL, E, (int)k_max, top_keys, top_ids);
-        const double floor = (double)top_keys[0] - 1.0;
+        max = top_keys[0];
         for (size_t j = 0; j < k_max; j++)
-            if (top_keys[j] != -INFINITY && (double)top_keys[j] > floor) value[n] = top_keys[j], id[n++] = top_ids[j];
+            if (top_keys[j] != -INFINITY && (double)top_keys[j] >= max - 1.0) /* the max itself always */
+                value[n] = (double)top_keys[j] - max, id[n++] = top_ids[j];
     } else {
         /* The variant's vector filter, with a bound a little below max - 1: a superset of
          * the candidates, which the first pass below trims. */
-        const float max = scores_row_max(x, E);
-        const size_t found = c->compact(x, E, nextafterf(max - 1.0f, -INFINITY), id);
-        for (size_t j = 0; j < found; j++) value[j] = x[id[j]];
+        const float m = scores_row_max(x, E);
+        max = m;
+        const size_t found = c->compact(x, E, nextafterf(m - 1.0f, -INFINITY), id);
+        for (size_t j = 0; j < found; j++) value[j] = (double)x[id[j]] - max;
         n = found;
     }
+    /* The values relative to the max (exact: the candidates lie within 1 of it, or are far
+     * below and drop out), so that tau keeps its precision when the logits are huge. */
     /* Michelot: the active ones stay packed at the front, in their order. */
     size_t active = n;
     double tau;

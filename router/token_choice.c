@@ -71,6 +71,15 @@ static void noisy_weights(const moert_router_config *c, const float *logits, con
     }
 }
 
+/* Gumbel-softmax's temperature, after the selection (which it does not change): the keys
+ * divided by tau, the row's max first taken off for softmax (which does not change softmax
+ * but keeps a tiny tau from overflowing), not for sigmoid (whose value it would change). */
+static void gumbel_temper(const moert_router_config *c, float *keys, size_t E) {
+    const float tau = c->noise_temperature;
+    const float m = c->score == MOERT_SCORE_SOFTMAX ? scores_row_max(keys, E) : 0.0f;
+    for (size_t e = 0; e < E; e++) keys[e] = keys[e] == -INFINITY ? -INFINITY : (keys[e] - m) / tau;
+}
+
 static moert_status noisy_select(const moert_router_config *c, const float *logits, size_t T, size_t E, moert_plan *plan,
                                  router_workspace *ws) {
     const int threads = router_threads(c->threads);
@@ -123,6 +132,8 @@ static moert_status noisy_select(const moert_router_config *c, const float *logi
                 if (failed == MOERT_OK) failed = st, snprintf(detail, sizeof detail, "%s", moert_last_error());
                 continue;
             }
+            if (c->noisy_weights && c->noise == MOERT_NOISE_GUMBEL)
+                for (size_t t = begin; t < end; t++) gumbel_temper(c, keys + (t - begin) * E, E);
             memcpy(plan->expert_ids + begin * k, block_ids, (end - begin) * k * sizeof(int32_t));
             noisy_weights(c, logits, keys, E, begin, end, plan->expert_ids, plan->weights, w);
         }

@@ -84,13 +84,18 @@ static size_t sparsemax_reference(const float *x, size_t E, size_t k_max, int32_
             order[j] = order[j - 1], order[j - 1] = t;
         }
     if (n > k_max) n = k_max;
+    /* z relative to its max (sparsemax is shift-invariant): huge logits keep their
+     * precision. */
+    const double max = n ? x[order[0]] : 0.0;
     double cumulative = 0.0, tau = 0.0;
     size_t support = 0;
     for (size_t k = 1; k <= n; k++) {
-        cumulative += x[order[k - 1]];
-        if (1.0 + (double)k * x[order[k - 1]] > cumulative) support = k, tau = (cumulative - 1.0) / (double)k;
+        const double z = (double)x[order[k - 1]] - max;
+        cumulative += z;
+        if (1.0 + (double)k * z > cumulative) support = k, tau = (cumulative - 1.0) / (double)k;
     }
-    for (size_t j = 0; j < support; j++) ids[j] = order[j], w[j] = x[order[j]] - tau;
+    ck_assert(n == 0 || support > 0);
+    for (size_t j = 0; j < support; j++) ids[j] = order[j], w[j] = ((double)x[order[j]] - max) - tau;
     sort_entries(ids, w, support);
     return support;
 }
@@ -113,6 +118,17 @@ START_TEST(test_sparsemax_hand_worked) {
     moert_plan_destroy(plan);
     plan = route(&c, equal, 1, 4);
     expect_token(plan, 0, 4, (const int32_t[]){0, 1, 2, 3}, (const double[]){.25, .25, .25, .25}, 0, "sparsemax, ties");
+    moert_plan_destroy(plan);
+    /* Huge logits: the projection is shift-invariant, so (1e30, 1e30, 0) is (.5, .5, 0). */
+    const float huge[3] = {1e30f, 1e30f, 0.0f}, tiny[3] = {-1e30f, -1e30f, -1e30f}, mixed[4] = {1e30f, -1e30f, 0, 1};
+    plan = route(&c, huge, 1, 3);
+    expect_token(plan, 0, 2, (const int32_t[]){0, 1}, (const double[]){.5, .5}, 0, "sparsemax 1e30");
+    moert_plan_destroy(plan);
+    plan = route(&c, tiny, 1, 3);
+    expect_token(plan, 0, 3, (const int32_t[]){0, 1, 2}, (const double[]){1 / 3., 1 / 3., 1 / 3.}, 1e-7, "sparsemax -1e30");
+    moert_plan_destroy(plan);
+    plan = route(&c, mixed, 1, 4);
+    expect_token(plan, 0, 1, (const int32_t[]){0}, (const double[]){1}, 0, "sparsemax +-1e30");
     moert_plan_destroy(plan);
     /* k_max = 2 of (1, 0.9, 0.8): the projection of (1, 0.9) only: tau = 0.45. */
     const float three[3] = {1.0f, 0.9f, 0.8f};
@@ -160,8 +176,9 @@ static double softpick_reference(const float *x, size_t E, size_t i) {
     for (size_t e = 0; e < E; e++) m = x[e] > m ? x[e] : m;
     if (m <= 0) return 0.0;
     double den = 1e-6 * exp(-m);
-    for (size_t e = 0; e < E; e++) den += fabs(exp((double)x[e] - m) - exp(-m));
-    const double num = exp((double)x[i] - m) - exp(-m);
+    for (size_t e = 0; e < E; e++) /* e^-m (e^x - 1), by expm1: exact in double near 0 */
+        if (x[e] != -INFINITY) den += fabs(exp(-m) * expm1((double)x[e]));
+    const double num = x[i] < 1 ? exp(-m) * expm1((double)x[i]) : exp((double)x[i] - m) - exp(-m);
     return num > 0 ? num / den : 0.0;
 }
 
@@ -181,6 +198,29 @@ START_TEST(test_softpick) {
     plan = route(&c, x, 1, 3);
     expect_token(plan, 0, 1, (const int32_t[]){0}, (const double[]){w0}, 1e-6, "softpick rectified");
     moert_plan_destroy(plan);
+    /* Logits near 0, where e^x - 1 cancels, and masked experts, which are absent. */
+    const float masked[4] = {1.0f, -INFINITY, -INFINITY, -INFINITY};
+    c.policy = MOERT_POLICY_TOKEN_CHOICE, c.k = 1;
+    plan = route(&c, masked, 1, 4);
+    expect_token(plan, 0, 1, (const int32_t[]){0}, (const double[]){softpick_reference(masked, 4, 0)}, 1e-6,
+                 "softpick, masked");
+    ck_assert(softpick_reference(masked, 4, 0) > 0.999);
+    moert_plan_destroy(plan);
+    for (int scale = 5; scale <= 6; scale++) {
+        float *near = random_logits(16 * 16, 70 + (uint64_t)scale, (float)pow(10, -scale));
+        c.k = 4;
+        plan = route(&c, near, 16, 16);
+        moert_plan_view v;
+        moert_plan_get_view(plan, &v);
+        for (size_t t = 0; t < 16; t++)
+            for (int64_t i = v.token_offsets[t]; i < v.token_offsets[t + 1]; i++) {
+                const double want = softpick_reference(near + t * 16, 16, (size_t)v.expert_ids[i]);
+                ck_assert_msg(fabs(v.weights[i] - want) <= 1e-5 * want + 1e-12, "softpick near 0 (1e-%d): %.9g, want %.9g",
+                              scale, (double)v.weights[i], want);
+            }
+        moert_plan_destroy(plan);
+        free(near);
+    }
     /* Against the reference on rows of every width, all-negative rows (all weights 0, ties by
      * id), and large values (no overflow). */
     const size_t widths[] = {1, 3, 8, 16, 17, 64, 100};
@@ -260,15 +300,35 @@ START_TEST(test_batch_topk_hand_worked) {
     ck_assert_int_eq(s.unrouted, 2);
     ck_assert_int_eq(s.assignments, 3);
     moert_plan_destroy(plan);
-    /* Logits 2x3, k = 1: the two largest of the batch, both in token 1; renormalised. */
+    /* Logits 2x3, k = 1: the two largest of the batch, both in token 1. */
     const float x[6] = {0.1f, 0.2f, 0.3f, 0.9f, 0.8f, -1.0f};
-    c.renormalize = 1;
     plan = route(&c, x, 2, 3);
     expect_token(plan, 0, 0, NULL, NULL, 0, "token 0 gets none");
-    expect_token(plan, 1, 2, (const int32_t[]){0, 1}, (const double[]){0.9 / 1.7, 0.8 / 1.7}, 1e-6, "token 1 gets two");
+    expect_token(plan, 1, 2, (const int32_t[]){0, 1}, (const double[]){0.9, 0.8}, 1e-7, "token 1 gets two");
     moert_plan_get_stats(plan, &s);
     ck_assert(fabs(s.threshold - 0.8) < 1e-7); /* the 2nd largest score */
     moert_plan_destroy(plan);
+    /* Negative and mixed-sign logits keep descending order within a token. */
+    const float negative[8] = {-1.12f, -3.0f, -1.16f, -1.05f, -1.19f, -2.0f, -2.5f, -0.5f};
+    c.k = 5;
+    plan = route(&c, negative, 1, 8);
+    expect_token(plan, 0, 5, (const int32_t[]){7, 3, 0, 2, 4}, (const double[]){-0.5, -1.05, -1.12, -1.16, -1.19}, 1e-7,
+                 "negative logits");
+    moert_plan_destroy(plan);
+    const float mixed_sign[6] = {-0.25f, 0.5f, -0.0f, 0.0f, 2.0f, -4.0f};
+    plan = route(&c, mixed_sign, 1, 6);
+    expect_token(plan, 0, 5, (const int32_t[]){4, 1, 2, 3, 0}, (const double[]){2, .5, 0, 0, -.25}, 0, "mixed signs");
+    moert_plan_destroy(plan);
+    c.k = 1;
+    /* Probabilities renormalised per token: token 1's two sum to 1. */
+    c.batch_score = MOERT_BATCH_SCORE_PROBS, c.renormalize = 1;
+    const float y2[6] = {0.0f, 0.0f, 0.0f, 3.0f, 2.9f, -5.0f};
+    plan = route(&c, y2, 2, 3);
+    const double a3 = exp(3.0), a29 = exp(2.9);
+    expect_token(plan, 1, 2, (const int32_t[]){0, 1}, (const double[]){a3 / (a3 + a29), a29 / (a3 + a29)}, 1e-6,
+                 "renormalised probabilities");
+    moert_plan_destroy(plan);
+    c.renormalize = 0, c.batch_score = MOERT_BATCH_SCORE_LOGITS;
     /* Masked experts are never kept, even when the batch has fewer unmasked pairs. */
     const float masked[4] = {1.0f, -INFINITY, -INFINITY, -INFINITY};
     c.renormalize = 0, c.k = 2, c.batch_score = MOERT_BATCH_SCORE_PROBS;
@@ -487,6 +547,22 @@ START_TEST(test_noise_is_keyed_by_token) {
     ck_assert(memcmp(a.expert_ids, h1.expert_ids, h1.entries * 4) == 0);
     ck_assert(memcmp(a.expert_ids + h1.entries, h2.expert_ids, h2.entries * 4) == 0);
     ck_assert(memcmp(a.weights + h1.entries, h2.weights, h2.entries * 4) == 0);
+    /* A tiny temperature selects as any other (it divides the keys for weights only). */
+    moert_router_config cold = c;
+    cold.token_offset = 0, cold.route_groups = 1, cold.noise_temperature = 1e-40f, cold.noisy_weights = 1;
+    moert_plan *frozen = route(&cold, x, T, E);
+    moert_plan_view fv;
+    moert_plan_get_view(frozen, &fv);
+    for (size_t t = 0; t < T; t++) { /* the same set; the weights all on the best key */
+        int same = 1;
+        for (int j = 0; j < 8; j++) {
+            int found = 0;
+            for (int i = 0; i < 8; i++) found |= fv.expert_ids[t * 8 + i] == a.expert_ids[t * 8 + j];
+            same &= found;
+        }
+        ck_assert_msg(same && fv.weights[t * 8] == 1.0f && fv.weights[t * 8 + 7] == 0.0f, "gumbel tau 1e-40, token %zu", t);
+    }
+    moert_plan_destroy(frozen);
     /* Another seed, another plan. */
     c.token_offset = 0, c.seed = 12346, c.route_groups = 1;
     moert_plan *other = route(&c, x, T, E);

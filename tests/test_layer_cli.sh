@@ -20,7 +20,7 @@ grep -q -- '--weights-prefix' "$tmp/out" || fail "layer --help lists no --weight
 for opts in "--k 2" "--k 2 --capacity-factor 1 --drop position" "--k 3 --score sigmoid --renormalize" \
             "--policy expert-choice --capacity-factor 2" "--policy relu" "--k 2 --dtype bf16" \
             "--k 2 --expert synthetic --synthetic-cost 8" "--k 2 --workers 2 --threads 2" \
-            "--policy batch-topk --k 2" "--policy batch-topk --k 2 --batch-score logits --renormalize" \
+            "--policy batch-topk --k 2" "--policy batch-topk --k 2 --batch-score logits" "--policy batch-topk --k 2 --renormalize" \
             "--policy batch-topk --k 2 --threshold 0.1" "--policy sparsemax" "--policy sparsemax --k-max 2" \
             "--k 2 --noise normal:1 --seed 7" "--k 2 --noise gumbel:0.5 --noisy-weights" \
             "--k 2 --score softpick" "--k 2 --score sqrt-softplus --renormalize" "--policy relu --score softpick"; do

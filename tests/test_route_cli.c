@@ -256,6 +256,7 @@ START_TEST(bad_inputs_fail_cleanly) {
     expect_failure(WITH("hand.npy", "--score softpick --groups 2 --topk-groups 1"), 2, "softmax or sigmoid");
     expect_failure(WITH("hand.npy", "--policy relu --score sigmoid"), 2, "does not apply to relu");
     expect_failure(WITH("hand.npy", "--score cosine"), 2, "--score");
+    expect_failure(WITH("hand.npy", "--policy batch-topk --batch-score logits --renormalize"), 2, "renormalising logits");
     /* float64 logits beyond float32's range. */
     double big[16] = {0};
     big[6] = -1e39;

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -228,7 +229,13 @@ void router_cli_to_json(const router_cli *rc, void *object) {
             else
                 cJSON_AddNumberToObject(o, "noise_temperature", c->noise_temperature);
             cJSON_AddBoolToObject(o, "noisy_weights", c->noisy_weights);
-            cJSON_AddNumberToObject(o, "seed", (double)c->seed);
+            if (c->seed <= (UINT64_C(1) << 53)) /* exactly a JSON number */
+                cJSON_AddNumberToObject(o, "seed", (double)c->seed);
+            else { /* beyond a double's integers: as a string, digit for digit */
+                char digits[24];
+                snprintf(digits, sizeof digits, "%llu", (unsigned long long)c->seed);
+                cJSON_AddStringToObject(o, "seed", digits);
+            }
         }
     }
     if (c->policy == MOERT_POLICY_RELU) cJSON_AddStringToObject(o, "score", score_name(c->score));

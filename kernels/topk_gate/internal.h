@@ -194,7 +194,7 @@ moert_status topk_softmax_filter(moert_isa isa, const float *logits, size_t toke
 void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, float *top_keys,
                       int32_t *top_idx);
 
-/* Sorts n entries, weights >= 0, by descending weight, ties to the lower id, from (in_ids,
+/* Sorts n entries by descending weight, ties to the lower id, from (in_ids,
  * in_weights) into (ids, weights). Up to TOPK_RANK_SORT_MAX entries by rank, without a
  * branch on the data, and then the input and output may be the same arrays; more by a
  * heap (O(n log n)), from inputs that are left as they were. */

@@ -74,21 +74,25 @@ void topk_sort_entries(const int32_t *in_ids, const float *in_weights, size_t n,
         return;
     }
     /* By rank, without a branch on the data (an insertion sort mispredicts about once an
-     * entry on weights in random order). Weights >= 0 order like their bit patterns;
-     * below them the id's complement, so every key is distinct and the lower id ranks
-     * first. An entry's place is the number of keys above its own. All of the input is
-     * read before any output is written, so they may be the same arrays. */
+     * entry on weights in random order). A weight's order-preserving bit pattern (negative
+     * weights too: BatchTopK on logits), then the id's complement, so every key is distinct
+     * and the lower id ranks first. An entry's place is the number of keys above its own.
+     * All of the input is read before any output is written, so they may be the same
+     * arrays. */
     uint64_t key[TOPK_RANK_SORT_MAX];
+    float weight[TOPK_RANK_SORT_MAX];
     for (size_t i = 0; i < n; i++) {
         uint32_t bits;
-        memcpy(&bits, &in_weights[i], sizeof bits);
+        const float w = in_weights[i] + 0.0f; /* -0 as +0: they are equal */
+        memcpy(&bits, &w, sizeof bits);
+        bits ^= (bits >> 31) ? 0xFFFFFFFFu : 0x80000000u;
         key[i] = (uint64_t)bits << 32 | (uint32_t)~(uint32_t)in_ids[i];
+        weight[i] = in_weights[i];
     }
     for (size_t i = 0; i < n; i++) {
         size_t rank = 0;
         for (size_t j = 0; j < n; j++) rank += key[j] > key[i];
-        const uint32_t bits = (uint32_t)(key[i] >> 32);
-        memcpy(&weights[rank], &bits, sizeof bits);
+        weights[rank] = weight[i];
         ids[rank] = (int32_t)~(uint32_t)key[i];
     }
 }
