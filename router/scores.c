@@ -32,8 +32,14 @@ static inline __attribute__((always_inline)) float lanes_max(const float *x, siz
 
 CLONES float scores_row_max(const float *x, size_t n) { return lanes_max(x, n); }
 
-/* e^x - 1 lane by lane, x < 1, as expm1_below_one. */
-static inline __attribute__((always_inline)) v16f v16_expm1_below_one(v16f v) {
+/* Softpick's numerator before the relu, e^(x - m) - e^-m = e^-m (e^x - 1), lane by lane,
+ * with one exponential: below x = 1/2 in magnitude as e^-m expm1(x) by its Taylor series to
+ * x^9 (error below 2e-9 relative), which keeps its precision where the difference would
+ * cancel (x near 0, where router logits live); elsewhere below x = 1 as e^-m (e^x - 1),
+ * and above as the difference e^(x - m) - e^-m, neither of which cancels. */
+static inline __attribute__((always_inline)) v16f v16_softpick_term(v16f v, float m, float c) {
+    const v16i below_one = v < 1.0f;
+    const v16f e = v16_expf(v16_select(below_one, v, v - m));
     v16f p = v16_set1(1.0f / 362880.0f);
     p = p * v + 1.0f / 40320.0f;
     p = p * v + 1.0f / 5040.0f;
@@ -42,15 +48,8 @@ static inline __attribute__((always_inline)) v16f v16_expm1_below_one(v16f v) {
     p = p * v + 1.0f / 24.0f;
     p = p * v + 1.0f / 6.0f;
     p = p * v + 0.5f;
-    const v16f series = v + v * v * p;
-    return v16_select((v > -0.5f) & (v < 0.5f), series, v16_expf(v) - 1.0f);
-}
-
-/* Softpick's numerator before the relu, e^(x - m) - e^-m = e^-m (e^x - 1), lane by lane:
- * below x = 1 as c expm1(x), which keeps its precision where the difference would cancel
- * (x near 0, where router logits live); above, the difference, which does not cancel. */
-static inline __attribute__((always_inline)) v16f v16_softpick_term(v16f v, float m, float c) {
-    return v16_select(v < 1.0f, c * v16_expm1_below_one(v), v16_expf(v - m) - c);
+    const v16f expm1 = v16_select((v > -0.5f) & (v < 0.5f), v + v * v * p, e - 1.0f);
+    return v16_select(below_one, c * expm1, e - c);
 }
 
 /* The scaled denominator sum_j |e^(x_j - m) - c| over the unmasked experts (a masked,
