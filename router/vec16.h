@@ -25,7 +25,9 @@ static inline __attribute__((always_inline)) v16f v16_load(const float *p) {
 }
 static inline __attribute__((always_inline)) void v16_store(float *p, v16f v) { memcpy(p, &v, sizeof v); }
 static inline __attribute__((always_inline)) v16f v16_set1(float x) { return (v16f){0} + x; }
-/* mask ? a : b, mask lanes all ones or zeros (a comparison's result). */
+/* mask ? a : b, mask lanes all ones or zeros (a comparison's result). Masks are never
+ * combined with & | ~ (GCC then compares lane by lane in scalar code): one comparison
+ * per mask. */
 static inline __attribute__((always_inline)) v16f v16_select(v16i mask, v16f a, v16f b) { return (v16f)(((v16i)a & mask) | ((v16i)b & ~mask)); }
 static inline __attribute__((always_inline)) v16f v16_max(v16f a, v16f b) { return v16_select(a > b, a, b); }
 static inline __attribute__((always_inline)) float v16_reduce_max(v16f v) {
@@ -46,7 +48,9 @@ static inline __attribute__((always_inline)) v16f v16_abs(v16f v) { return (v16f
 
 /* moert_expf lane by lane: the same operations in the same order. */
 static inline __attribute__((always_inline)) v16f v16_expf(v16f x) {
-    const v16i small = ~(x >= MOERT_EXPF_X_MIN); /* and NaN, -inf: 0 */
+    /* !(x >= min): also NaN. As a second comparison, not ~: GCC turns a logical operation
+     * on a comparison's mask into a comparison per lane. */
+    const v16i small = (x >= MOERT_EXPF_X_MIN) == 0;
     x = v16_select(x > MOERT_EXPF_X_MAX, v16_set1(MOERT_EXPF_X_MAX), x);
     const v16f t = x * MOERT_EXPF_LOG2E + MOERT_EXPF_MAGIC;
     const v16f n = t - MOERT_EXPF_MAGIC;
