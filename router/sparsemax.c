@@ -63,8 +63,12 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
         for (size_t j = 0; j < active; j++) sum += value[j];
         tau = (sum - 1.0) / (double)active;
         size_t kept = 0;
-        for (size_t j = 0; j < active; j++)
-            if (value[j] > tau) value[kept] = value[j], id[kept++] = id[j];
+        for (size_t j = 0; j < active; j++) { /* without a branch: which ones drop is no pattern */
+            const double v = value[j];
+            const int32_t i = id[j];
+            value[kept] = v, id[kept] = i;
+            kept += v > tau;
+        }
         if (kept == active) break;
         active = kept;
     }
