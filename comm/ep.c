@@ -404,6 +404,12 @@ int moert_ep_rank_of_expert(const moert_ep *ep, size_t expert) {
     return ep && expert < ep->E ? ep->replica_ranks[ep->replica_offsets[expert]] : -1;
 }
 
+moert_status moert_ep_replica_rows(const moert_ep *ep, int64_t *rows) {
+    MOERT_RETURN_ERROR_IF(ep == NULL || rows == NULL, MOERT_EINVAL, "moert_ep_replica_rows: NULL argument");
+    memcpy(rows, ep->replica_rows, (size_t)ep->replica_offsets[ep->E] * sizeof(int64_t));
+    return MOERT_OK;
+}
+
 moert_status moert_ep_get_timings(const moert_ep *ep, moert_ep_timings *t) {
     MOERT_RETURN_ERROR_IF(ep == NULL || t == NULL, MOERT_EINVAL, "moert_ep_get_timings: NULL argument");
     *t = ep->timings;

@@ -101,6 +101,34 @@ static void run_case(const ep_case *c) {
                                                                      : "another rank differs",
                       pass);
     }
+    if (c->replica_offsets != NULL) {
+        /* Where the rows went, by the rule written out here: for each expert in order, each
+         * of its rows (ascending token) to the replica on this rank if there is one, else
+         * to the replica this rank has sent the fewest rows so far, the first on a tie. */
+        const int32_t R = c->replica_offsets[E];
+        int64_t *want_rows = calloc((size_t)R, sizeof(int64_t)), *got_rows = calloc((size_t)R, sizeof(int64_t));
+        moert_plan_view v;
+        moert_plan_get_view(moert_ep_plan(ep), &v);
+        for (size_t e = 0; e < E; e++)
+            for (int64_t slot = v.expert_offsets[e]; slot < v.expert_offsets[e + 1]; slot++) {
+                if (v.slot_tokens[slot] < 0) continue;
+                int32_t pick = -1;
+                for (int32_t j = c->replica_offsets[e]; j < c->replica_offsets[e + 1]; j++)
+                    if (c->replica_ranks[j] == rank) pick = j;
+                if (pick < 0) {
+                    pick = c->replica_offsets[e];
+                    for (int32_t j = pick + 1; j < c->replica_offsets[e + 1]; j++)
+                        if (want_rows[j] < want_rows[pick]) pick = j;
+                }
+                want_rows[pick]++;
+            }
+        ck_assert_int_eq(moert_ep_replica_rows(ep, got_rows), MOERT_OK);
+        const int differs = memcmp(want_rows, got_rows, (size_t)R * sizeof(int64_t)) != 0;
+        int any = 0;
+        MPI_Allreduce(&differs, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        ck_assert_msg(!any, "%s: rank %d of %d: rows per replica differ from the replica rule", c->name, rank, size);
+        free(want_rows), free(got_rows);
+    }
     moert_ep_destroy(ep);
     moert_layer_destroy(L);
     for (size_t e = 0; e < E; e++) free(w1[e]), free(w3[e]), free(w2[e]);

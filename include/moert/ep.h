@@ -79,6 +79,11 @@ MOERT_API int moert_ep_rank_of_expert(const moert_ep *ep, size_t expert);
 MOERT_API moert_status moert_ep_gather(moert_ep *ep, int root, const void *out, void *whole_out,
                                        moert_plan *whole_plan);
 
+/* Rows this rank sent each replica in its last forward pass: rows[j] for replica j of the
+ * placement given to moert_ep_create_replicated (one per expert, in expert order, for
+ * moert_ep_create), replica_offsets[E] of them. Shows where the replica rule sent them. */
+MOERT_API moert_status moert_ep_replica_rows(const moert_ep *ep, int64_t *rows);
+
 /* Wall-clock seconds of the stages of this rank's last forward pass. */
 typedef struct moert_ep_timings {
     double gate, route, exchange_counts, dispatch, experts, combine_exchange, combine, total;
