@@ -273,43 +273,60 @@ static uint64_t fingerprint(const moert_ep *ep) {
     return h;
 }
 
-/* Collective: the ranks agree that they were given the same configuration and placement. */
+/* Collective: the ranks agree on a failure any of them had before (its status, and the
+ * lowest rank with it), and else that they were given the same configuration and
+ * placement. One MPI_Allreduce of {fingerprint, ~fingerprint, status and rank}; a rank
+ * without the object (out of memory) contributes {0, ~0, its status} (create's path). */
+static uint64_t status_word(moert_status st, int rank) {
+    return st == MOERT_OK ? 0 : (uint64_t)st << 32 | (uint32_t)(INT_MAX - rank);
+}
+
+static moert_status agreed_status(uint64_t word, moert_status local, int rank) {
+    if (word == 0) return MOERT_OK;
+    const moert_status st = (moert_status)(word >> 32);
+    const int failed = INT_MAX - (int)(uint32_t)word;
+    if (local == st) return local; /* this rank failed so too: its own detail */
+    return moert_set_error(st, "rank %d failed: %s", failed, moert_strerror(st));
+}
+
 static moert_status agree_config(moert_ep *ep, moert_status st) {
     const uint64_t h = st == MOERT_OK ? fingerprint(ep) : 0;
     /* max of h and of ~h: equal everywhere iff every rank has the same h. */
-    uint64_t mine[2] = {h, ~h}, all[2];
-    const int code = MPI_Allreduce(mine, all, 2, MPI_UINT64_T, MPI_MAX, ep->comm);
+    uint64_t mine[3] = {h, ~h, status_word(st, ep->rank)}, all[3];
+    const int code = MPI_Allreduce(mine, all, 3, MPI_UINT64_T, MPI_MAX, ep->comm);
     if (code != MPI_SUCCESS) return mpi_error(code, "comparing the ranks' configurations");
-    if (st == MOERT_OK && (all[0] != h || all[1] != ~h))
-        st = moert_set_error(MOERT_EINVAL, "expert parallelism: the ranks were given different configurations or "
-                                           "expert placements");
-    return st;
+    if (all[2] != 0) return agreed_status(all[2], st, ep->rank);
+    if (all[0] != h || all[1] != ~h)
+        return moert_set_error(MOERT_EINVAL, "expert parallelism: the ranks were given different configurations or "
+                                             "expert placements");
+    return MOERT_OK;
 }
 
-moert_status moert_ep_create_replicated(const moert_layer_config *config, MPI_Comm comm,
-                                        const int32_t *replica_offsets, const int32_t *replica_ranks,
-                                        moert_ep **out) {
+/* Creation, with a failure the caller already had (local, agreed like the others). */
+static moert_status create(const moert_layer_config *config, MPI_Comm comm, const int32_t *replica_offsets,
+                           const int32_t *replica_ranks, moert_status local, moert_ep **out) {
     /* The duplicate first, on every rank: every later failure can then be agreed on it. */
     MPI_Comm dup = MPI_COMM_NULL;
     int code = MPI_Comm_dup(comm, &dup);
     if (code != MPI_SUCCESS) return mpi_error(code, "duplicating the communicator");
     MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
     moert_ep *ep = calloc(1, sizeof *ep);
-    moert_status st = MOERT_OK;
+    moert_status st = local;
     if (out != NULL) *out = NULL;
-    if (config == NULL || out == NULL) st = moert_set_error(MOERT_EINVAL, "moert_ep_create: NULL argument");
+    if (st == MOERT_OK && (config == NULL || out == NULL))
+        st = moert_set_error(MOERT_EINVAL, "moert_ep_create: NULL argument");
     else if (ep == NULL) st = moert_set_error(MOERT_ENOMEM, "expert parallelism: out of memory");
     if (ep == NULL) { /* the same two collectives as agree(agree_config()) below, without the object */
-        uint64_t fingerprints[2] = {0, ~(uint64_t)0}, all[2];
-        MPI_Allreduce(fingerprints, all, 2, MPI_UINT64_T, MPI_MAX, dup);
         int rank = 0;
         MPI_Comm_rank(dup, &rank);
+        uint64_t words[3] = {0, ~(uint64_t)0, status_word(st, rank)}, all[3];
+        MPI_Allreduce(words, all, 3, MPI_UINT64_T, MPI_MAX, dup);
         struct {
             int status, rank;
         } mine = {(int)st, rank}, worst;
         MPI_Allreduce(&mine, &worst, 1, MPI_2INT, MPI_MAXLOC, dup);
         MPI_Comm_free(&dup);
-        return st;
+        return agreed_status(all[2], st, rank);
     }
     ep->comm = dup;
     MPI_Comm_rank(ep->comm, &ep->rank);
@@ -350,6 +367,12 @@ moert_status moert_ep_create_replicated(const moert_layer_config *config, MPI_Co
     return MOERT_OK;
 }
 
+moert_status moert_ep_create_replicated(const moert_layer_config *config, MPI_Comm comm,
+                                        const int32_t *replica_offsets, const int32_t *replica_ranks,
+                                        moert_ep **out) {
+    return create(config, comm, replica_offsets, replica_ranks, MOERT_OK, out);
+}
+
 moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm, const int32_t *rank_of_expert,
                              moert_ep **out) {
     /* One replica per expert: on rank_of_expert[e], or in contiguous blocks. */
@@ -360,8 +383,10 @@ moert_status moert_ep_create(const moert_layer_config *config, MPI_Comm comm, co
     const int ok = offsets != NULL && ranks != NULL && E <= (size_t)INT32_MAX;
     for (size_t e = 0; ok && e <= E; e++) offsets[e] = (int32_t)e;
     for (size_t e = 0; ok && e < E; e++) ranks[e] = rank_of_expert ? rank_of_expert[e] : (int32_t)(e * (size_t)size / E);
-    /* A failed allocation here still goes through the collective create, as a NULL placement. */
-    const moert_status st = moert_ep_create_replicated(config, comm, ok ? offsets : NULL, ok ? ranks : NULL, out);
+    /* A failed allocation here still goes through the collective create, which agrees on it. */
+    const moert_status st =
+        create(config, comm, offsets, ranks,
+               ok ? MOERT_OK : moert_set_error(MOERT_ENOMEM, "expert parallelism: cannot allocate the placement"), out);
     free(offsets), free(ranks);
     return st;
 }

@@ -15,6 +15,20 @@
 
 static int rank, size;
 
+/* Allocation failures on demand: the test links with -Wl,--wrap=malloc,--wrap=calloc, which
+ * reaches moert's own allocations (the static library's) and not MPI's or OpenMP's. When
+ * armed, the fail_at-th allocation from then on fails. */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t m, size_t n);
+static long alloc_countdown = -1; /* -1: not armed */
+static int allocation_fails(void) {
+    if (alloc_countdown < 0) return 0;
+    if (alloc_countdown-- == 0) return 1;
+    return 0;
+}
+void *__wrap_malloc(size_t n) { return allocation_fails() ? NULL : __real_malloc(n); }
+void *__wrap_calloc(size_t m, size_t n) { return allocation_fails() ? NULL : __real_calloc(m, n); }
+
 typedef struct ep_case {
     const char *name;
     moert_layer_config config;
@@ -210,6 +224,45 @@ START_TEST(test_policies_and_dtypes) {
 }
 END_TEST
 
+/* A failed allocation on the last rank only, at each allocation of creation and of two
+ * forward passes in turn: every rank returns the same status, none hangs (the timeout
+ * would catch it), and the object is usable or freed. */
+START_TEST(test_allocation_failure_agreed) {
+    moert_layer_config cfg = base_config();
+    cfg.threads = 1;
+    test_rng rng = {3};
+    const size_t T = 40, d = cfg.d_model;
+    float *x = normal(&rng, T * d, 1.0f), *gate = normal(&rng, d * cfg.experts, 0.2f);
+    float *out = malloc(T * d * sizeof(float));
+    int failures_seen = 0;
+    for (long at = 0; at < 200; at++) {
+        moert_ep *ep = NULL;
+        if (rank == size - 1) alloc_countdown = at;
+        moert_status st = moert_ep_create(&cfg, MPI_COMM_WORLD, NULL, &ep);
+        if (st == MOERT_OK) st = moert_ep_set_gate(ep, gate);
+        /* set_gate is local and cannot fail here; the passes are collective */
+        for (int pass = 0; st == MOERT_OK && pass < 2; pass++) st = moert_ep_forward(ep, x, T, out);
+        const int left = alloc_countdown >= 0; /* the countdown outlived this round: all passed */
+        alloc_countdown = -1;
+        int mine[2] = {(int)st, -(int)st}, all[2];
+        MPI_Allreduce(mine, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        ck_assert_msg(all[0] == -all[1], "allocation %ld failing on rank %d: statuses differ between ranks (%d..%d)", at,
+                      size - 1, -all[1], all[0]);
+        if (st != MOERT_OK) {
+            ck_assert_msg(st == MOERT_ENOMEM, "allocation %ld: status %s: %s", at, moert_strerror(st), moert_last_error());
+            failures_seen++;
+        }
+        moert_ep_destroy(ep);
+        int all_left = 0;
+        MPI_Allreduce(&left, &all_left, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+        if (all_left && st == MOERT_OK) break; /* past the last allocation */
+    }
+    ck_assert_msg(failures_seen > 3, "only %d allocations failed", failures_seen);
+    if (rank == 0) printf("allocation failures agreed: %d points, %d ranks\n", failures_seen, size);
+    free(x), free(gate), free(out);
+}
+END_TEST
+
 /* A NaN on the last rank only: every rank returns MOERT_EBADDATA, none hangs (ctest's
  * timeout would catch a hang); the failing rank has the detail, the others name it. */
 START_TEST(test_error_agreed) {
@@ -266,6 +319,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, test_edge_cases);
     tcase_add_test(tc, test_policies_and_dtypes);
     tcase_add_test(tc, test_error_agreed);
+    tcase_add_test(tc, test_allocation_failure_agreed);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK); /* MPI and fork() do not mix */
