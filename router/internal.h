@@ -99,7 +99,13 @@ typedef struct router_workspace {
     router_stage *stages; /* [stage_count], one per thread */
     int stage_count;
     topk_workspace gate; /* the gate kernels' own scratch */
+    topk_workspace *thread_gates; /* [thread_gate_count]: each thread's, for kernel calls
+                                     made inside a parallel region (noisy selection) */
+    int thread_gate_count;
 } router_workspace;
+
+/* At least `threads` per-thread kernel workspaces (kept, they only grow). */
+moert_status router_workspace_reserve_thread_gates(router_workspace *ws, int threads);
 
 moert_status router_workspace_reserve(router_workspace *ws, size_t bytes);
 /* At least `threads` stages, each emptied (first_token SIZE_MAX). */

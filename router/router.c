@@ -62,7 +62,19 @@ moert_status router_stage_reserve(router_stage *stage, size_t more) {
     return MOERT_OK;
 }
 
+moert_status router_workspace_reserve_thread_gates(router_workspace *ws, int threads) {
+    if (threads <= ws->thread_gate_count) return MOERT_OK;
+    topk_workspace *p = realloc(ws->thread_gates, (size_t)threads * sizeof *p);
+    MOERT_RETURN_ERROR_IF(p == NULL, MOERT_ENOMEM, "router: cannot allocate %d thread workspaces", threads);
+    memset(p + ws->thread_gate_count, 0, (size_t)(threads - ws->thread_gate_count) * sizeof *p);
+    ws->thread_gates = p;
+    ws->thread_gate_count = threads;
+    return MOERT_OK;
+}
+
 void router_workspace_free(router_workspace *ws) {
+    for (int i = 0; i < ws->thread_gate_count; i++) free(ws->thread_gates[i].bytes);
+    free(ws->thread_gates);
     for (int i = 0; i < ws->stage_count; i++) free(ws->stages[i].ids), free(ws->stages[i].weights);
     free(ws->stages);
     free(ws->bytes);

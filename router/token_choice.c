@@ -105,6 +105,7 @@ static moert_status noisy_select(const moert_router_config *c, const float *logi
         topk_softmax_filter(c->isa, logits, T, E, cand, threads, &used, plan->logsumexp, row_max, row_sum, plan->prob_sums,
                             &ws->gate));
 
+    MOERT_FORWARD_IF_ERROR(router_workspace_reserve_thread_gates(ws, threads));
     /* 2. Block by block: the keys, the kernel's top k of them (softmax post: the keys'
      * order), the weights. */
     const topk_variant *variant = topk_variant_for(c->isa);
@@ -119,14 +120,14 @@ static moert_status noisy_select(const moert_router_config *c, const float *logi
         float *keys = (float *)mine, *tmp = keys + NOISY_BLOCK_ROWS * E, *w = tmp + E + 2;
         int32_t *block_ids = (int32_t *)(w + k + 64);
         float *block_weights = (float *)(block_ids + NOISY_BLOCK_ROWS * k);
-        topk_workspace gate_ws = {NULL, 0};
+        topk_workspace *gate_ws = &ws->thread_gates[omp_get_thread_num()];
 #pragma omp for schedule(static)
         for (size_t b = 0; b < blocks; b++) {
             const size_t begin = b * NOISY_BLOCK_ROWS, end = begin + NOISY_BLOCK_ROWS < T ? begin + NOISY_BLOCK_ROWS : T;
             for (size_t t = begin; t < end; t++)
                 noise_keys_row(c, c->token_offset + t, logits + t * E, E, keys + (t - begin) * E, tmp);
             const moert_topk_gate_output out = {block_ids, block_weights, NULL, NULL};
-            const moert_status st = topk_gate_run_with(variant, &p, keys, end - begin, E, &out, NULL, NULL, &gate_ws);
+            const moert_status st = topk_gate_run_with(variant, &p, keys, end - begin, E, &out, NULL, NULL, gate_ws);
             if (st != MOERT_OK) {
 #pragma omp critical(moert_noisy_error)
                 if (failed == MOERT_OK) failed = st, snprintf(detail, sizeof detail, "%s", moert_last_error());
@@ -137,7 +138,6 @@ static moert_status noisy_select(const moert_router_config *c, const float *logi
             memcpy(plan->expert_ids + begin * k, block_ids, (end - begin) * k * sizeof(int32_t));
             noisy_weights(c, logits, keys, E, begin, end, plan->expert_ids, plan->weights, w);
         }
-        free(gate_ws.bytes);
     }
     if (failed != MOERT_OK) return moert_set_error(failed, "noisy selection: %s", detail);
     return MOERT_OK;
