@@ -105,11 +105,9 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     if (blocks > 0 && (size_t)threads > blocks) threads = (int)blocks;
 
     /* Workspace, in 64-byte aligned parts. */
-    enum { CANDIDATES, COUNTS, BOUNDS, ROWS, SCORES, INDICES, VALUES, MARKS, RADIX, SAMPLE, THREAD_COUNTS, SORT, PARTS };
+    enum { STATS, ROWS, SCORES, INDICES, VALUES, MARKS, RADIX, SAMPLE, THREAD_COUNTS, SORT, PARTS };
     size_t sizes[PARTS], offsets[PARTS], total = 0;
-    sizes[CANDIDATES] = (size_t)threads * sizeof(topk_candidates);
-    sizes[COUNTS] = (size_t)threads * E * sizeof(size_t);
-    sizes[BOUNDS] = E * sizeof(float);
+    sizes[STATS] = ROUTER_STATS_SCRATCH(threads, E);
     sizes[ROWS] = 2 * T * sizeof(float);
     sizes[SCORES] = probs ? n * sizeof(float) : 0;
     sizes[INDICES] = n * sizeof(int32_t);
@@ -122,9 +120,6 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     for (int i = 0; i < PARTS; i++) offsets[i] = total, total += moert_round_up_64(sizes[i]);
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, total + 64));
     unsigned char *base = (unsigned char *)(((uintptr_t)ws->bytes + 63) & ~(uintptr_t)63);
-    topk_candidates *cand = (topk_candidates *)(base + offsets[CANDIDATES]);
-    size_t *cand_counts = (size_t *)(base + offsets[COUNTS]);
-    float *bounds = (float *)(base + offsets[BOUNDS]);
     float *row_max = (float *)(base + offsets[ROWS]), *row_sum = row_max + T;
     float *scores = probs ? (float *)(base + offsets[SCORES]) : (float *)logits;
     int32_t *indices = (int32_t *)(base + offsets[INDICES]);
@@ -134,14 +129,9 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     float *sample = (float *)(base + offsets[SAMPLE]);
     size_t *found = (size_t *)(base + offsets[THREAD_COUNTS]);
 
-    /* 1. Statistics and checks (no candidates: the bounds are +inf), then the scores. */
-    for (size_t e = 0; e < E; e++) bounds[e] = INFINITY;
-    memset(cand_counts, 0, (size_t)threads * E * sizeof(size_t));
-    for (int u = 0; u < threads; u++) cand[u] = (topk_candidates){bounds, NULL, NULL, cand_counts + (size_t)u * E, 0};
-    int used = 0;
+    /* 1. Statistics and checks, then the scores. */
     MOERT_FORWARD_IF_ERROR(
-        topk_softmax_filter(c->isa, logits, T, E, cand, threads, &used, plan->logsumexp, row_max, row_sum, plan->prob_sums,
-                            &ws->gate));
+        router_softmax_statistics(c, logits, T, E, threads, row_max, row_sum, base + offsets[STATS], plan, ws));
     if (probs) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
         for (size_t t = 0; t < T; t++) probability_row(logits + t * E, E, row_max[t], row_sum[t], scores + t * E);

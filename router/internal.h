@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/size.h"
 #include "kernels/topk_gate/internal.h"
 #include "moert/plan.h"
 #include "moert/router.h"
@@ -145,6 +146,17 @@ typedef size_t (*router_row_fn)(const void *context, const float *x, size_t E, s
 moert_status router_route_rows(const moert_router_config *config, const float *logits, size_t tokens, size_t experts,
                                router_row_fn row, const void *row_context, size_t scratch_floats, moert_plan *plan,
                                router_workspace *ws);
+
+/* The softmax statistics of logits [tokens, experts] alone (which also checks them):
+ * plan->logsumexp and plan->prob_sums, and each row's max and sum of exp(x - max) into
+ * row_max and row_sum [tokens], by the kernel's softmax filter offered no candidates.
+ * scratch: ROUTER_STATS_SCRATCH(threads, experts) bytes, 64-byte aligned. */
+#define ROUTER_STATS_SCRATCH(threads, experts) \
+    (moert_round_up_64((size_t)(threads) * (sizeof(topk_candidates) + (size_t)(experts) * sizeof(size_t))) + \
+     moert_round_up_64((size_t)(experts) * sizeof(float)))
+moert_status router_softmax_statistics(const moert_router_config *config, const float *logits, size_t tokens,
+                                       size_t experts, int threads, float *row_max, float *row_sum, void *scratch,
+                                       moert_plan *plan, router_workspace *ws);
 
 /* Applies capacity to a plan whose token-major arrays are set: the entries of an expert
  * beyond `capacity` are dropped by the drop policy and the token-major arrays compacted;

@@ -4,6 +4,7 @@
  * the statistics) runs block by block, and right after each block, while its rows are in
  * cache, the policy's row function writes each token's entries, by descending weight,
  * into the thread's stage. The stages are then copied into the plan in token order. */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -98,4 +99,20 @@ moert_status router_route_rows(const moert_router_config *c, const float *logits
     plan->capacity = 0;
     plan_compute_stats(plan, plan->prob_sums, plan->logsumexp);
     return MOERT_OK;
+}
+
+moert_status router_softmax_statistics(const moert_router_config *c, const float *logits, size_t tokens, size_t experts,
+                                       int threads, float *row_max, float *row_sum, void *scratch, moert_plan *plan,
+                                       router_workspace *ws) {
+    const size_t E = experts;
+    topk_candidates *cand = scratch;
+    size_t *counts = (size_t *)(cand + threads);
+    float *bounds = (float *)((unsigned char *)scratch +
+                              moert_round_up_64((size_t)threads * (sizeof(topk_candidates) + E * sizeof(size_t))));
+    for (size_t e = 0; e < E; e++) bounds[e] = INFINITY; /* no probability reaches them */
+    memset(counts, 0, (size_t)threads * E * sizeof(size_t));
+    for (int u = 0; u < threads; u++) cand[u] = (topk_candidates){bounds, NULL, NULL, counts + (size_t)u * E, 0};
+    int used = 0;
+    return topk_softmax_filter(c->isa, logits, tokens, E, cand, threads, &used, plan->logsumexp, row_max, row_sum,
+                               plan->prob_sums, &ws->gate);
 }

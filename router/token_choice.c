@@ -85,25 +85,15 @@ static moert_status noisy_select(const moert_router_config *c, const float *logi
     const int threads = router_threads(c->threads);
     const size_t k = (size_t)c->k;
     /* 1. The clean logits' statistics (probability sums, logsumexp), which checks them. */
-    const size_t stats_bytes = moert_round_up_64((size_t)threads * (sizeof(topk_candidates) + E * sizeof(size_t))) +
-                               moert_round_up_64(E * sizeof(float)) + moert_round_up_64(2 * T * sizeof(float));
+    const size_t stats_bytes = ROUTER_STATS_SCRATCH(threads, E) + moert_round_up_64(2 * T * sizeof(float));
     /* 2. Per thread: a block of keys, the kernel's view of it, the weights' scratch. */
     const size_t block_floats = NOISY_BLOCK_ROWS * E + E + 2 + k + 64;
     const size_t thread_bytes = moert_round_up_64(block_floats * sizeof(float) + NOISY_BLOCK_ROWS * k * (sizeof(int32_t) + sizeof(float)));
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, stats_bytes + (size_t)threads * thread_bytes + 64));
     unsigned char *base = (unsigned char *)(((uintptr_t)ws->bytes + 63) & ~(uintptr_t)63);
-    topk_candidates *cand = (topk_candidates *)base;
-    size_t *counts = (size_t *)(cand + threads);
-    float *bounds = (float *)(base + moert_round_up_64((size_t)threads * (sizeof(topk_candidates) + E * sizeof(size_t))));
-    float *row_max = bounds + moert_round_up_64(E * sizeof(float)) / sizeof(float), *row_sum = row_max + T;
+    float *row_max = (float *)(base + ROUTER_STATS_SCRATCH(threads, E)), *row_sum = row_max + T;
     unsigned char *thread_base = base + stats_bytes;
-    for (size_t e = 0; e < E; e++) bounds[e] = INFINITY; /* no candidates: the statistics only */
-    memset(counts, 0, (size_t)threads * E * sizeof(size_t));
-    for (int u = 0; u < threads; u++) cand[u] = (topk_candidates){bounds, NULL, NULL, counts + (size_t)u * E, 0};
-    int used = 0;
-    MOERT_FORWARD_IF_ERROR(
-        topk_softmax_filter(c->isa, logits, T, E, cand, threads, &used, plan->logsumexp, row_max, row_sum, plan->prob_sums,
-                            &ws->gate));
+    MOERT_FORWARD_IF_ERROR(router_softmax_statistics(c, logits, T, E, threads, row_max, row_sum, base, plan, ws));
 
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve_thread_gates(ws, threads));
     /* 2. Block by block: the keys, the kernel's top k of them (softmax post: the keys'
