@@ -32,6 +32,7 @@ void cli_print_json_line(void *object);
 int cmd_info(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_simulate(int argc, char **argv);
 int cmd_route(int argc, char **argv);
 int cmd_layer(int argc, char **argv);
 

@@ -15,6 +15,7 @@ static const cli_command commands[] = {
     {"demo", cmd_demo, "route a batch of synthetic logits and show what was measured"},
     {"route", cmd_route, "route a .npy of logits; write the plan (.npy) and its statistics"},
     {"layer", cmd_layer, "run an MoE layer (gate, route, dispatch, experts, combine); --check, --save"},
+    {"simulate", cmd_simulate, "simulate distributed routing and load balancing at scale; steps.csv, summary.json"},
     {"info", cmd_info, "the machine, the kernel variant chosen, threads and NUMA nodes"},
     {"bench", cmd_bench, "benchmarks against baselines and the machine's limits"},
 };

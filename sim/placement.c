@@ -1,0 +1,169 @@
+/* Expert placements for `moert simulate` (see placement.h). */
+#include "sim/placement.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+
+void sim_placement_free(sim_placement *p) {
+    if (p == NULL) return;
+    free(p->offsets), free(p->rank_of);
+    memset(p, 0, sizeof *p);
+}
+
+static moert_status alloc_placement(sim_placement *p, size_t E, int P, int N, size_t replicas) {
+    memset(p, 0, sizeof *p);
+    p->experts = E, p->ranks = P, p->nodes = N;
+    p->offsets = calloc(E + 1, sizeof *p->offsets);
+    p->rank_of = calloc(replicas ? replicas : 1, sizeof *p->rank_of);
+    if (p->offsets == NULL || p->rank_of == NULL) {
+        sim_placement_free(p);
+        return moert_set_error(MOERT_ENOMEM, "placement: cannot allocate %zu replicas", replicas);
+    }
+    return MOERT_OK;
+}
+
+/* Experts (or replicas) by descending weight, ties to the lower index. */
+static const double *sort_weights;
+static int by_weight(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (sort_weights[x] != sort_weights[y]) return sort_weights[x] > sort_weights[y] ? -1 : 1;
+    return (x > y) - (x < y);
+}
+
+static void order_by_weight(const double *w, size_t n, int32_t *order) {
+    for (size_t i = 0; i < n; i++) order[i] = (int32_t)i;
+    sort_weights = w;
+    qsort(order, n, sizeof *order, by_weight);
+}
+
+/* The least-loaded of bins [first, first + count) with a free slot, skipping `forbidden`
+ * bins (forbid[bin] != 0); -1 if none. */
+static int least_loaded(const double *bin_load, const int *free_slots, const uint8_t *forbid, int first, int count) {
+    int best = -1;
+    for (int b = first; b < first + count; b++)
+        if (free_slots[b] > 0 && !(forbid && forbid[b]) && (best < 0 || bin_load[b] < bin_load[best])) best = b;
+    return best;
+}
+
+moert_status sim_place(sim_place_kind kind, size_t E, int P, int N, int spare, const double *load, sim_placement *out) {
+    MOERT_RETURN_ERROR_IF(out == NULL, MOERT_EINVAL, "placement: NULL output");
+    memset(out, 0, sizeof *out);
+    MOERT_RETURN_ERROR_IF(E == 0 || E > (size_t)INT32_MAX, MOERT_EINVAL, "placement: experts=%zu", E);
+    MOERT_RETURN_ERROR_IF(P < 1 || N < 1, MOERT_EINVAL, "placement: ranks=%d and nodes=%d must be at least 1", P, N);
+    MOERT_RETURN_ERROR_IF(P % N != 0, MOERT_EINVAL, "placement: %d ranks do not divide into %d nodes", P, N);
+    MOERT_RETURN_ERROR_IF(spare < 0, MOERT_EINVAL, "placement: %d replicas", spare);
+    MOERT_RETURN_ERROR_IF(kind != SIM_PLACE_EPLB && spare != 0, MOERT_EINVAL, "placement: replicas need eplb placement");
+    MOERT_RETURN_ERROR_IF((kind == SIM_PLACE_BALANCED || kind == SIM_PLACE_EPLB) && load == NULL, MOERT_EINVAL,
+                          "placement: balanced and eplb placements need measured loads");
+    if (kind == SIM_PLACE_CONTIGUOUS || kind == SIM_PLACE_ROUND_ROBIN) {
+        MOERT_FORWARD_IF_ERROR(alloc_placement(out, E, P, N, E));
+        for (size_t e = 0; e < E; e++) {
+            out->offsets[e + 1] = (int32_t)(e + 1);
+            out->rank_of[e] = kind == SIM_PLACE_CONTIGUOUS ? (int32_t)(e * (size_t)P / E) : (int32_t)(e % (size_t)P);
+        }
+        return MOERT_OK;
+    }
+    const size_t R = (size_t)spare, total = E + R;
+    if (kind == SIM_PLACE_EPLB) {
+        MOERT_RETURN_ERROR_IF(total % (size_t)P != 0, MOERT_EINVAL,
+                              "eplb placement: %zu experts and %d replicas make %zu slots, not a multiple of %d ranks", E,
+                              spare, total, P);
+        MOERT_RETURN_ERROR_IF(R > E * (size_t)(P - 1), MOERT_EINVAL,
+                              "eplb placement: %d replicas is more than the slots (%zu experts x %d other ranks)", spare, E,
+                              P - 1);
+    }
+    const int per_rank = (int)((total + (size_t)P - 1) / (size_t)P);
+    /* Replicas per expert: the hottest load per replica gets one more, R times. */
+    int32_t *count = calloc(E, sizeof *count), *order = malloc(total * sizeof *order), *item_expert = malloc(total * sizeof(int32_t));
+    double *item_load = malloc(total * sizeof *item_load), *rank_load = calloc((size_t)P, sizeof *rank_load);
+    double *node_load = calloc((size_t)N, sizeof *node_load);
+    int *rank_free = malloc((size_t)P * sizeof *rank_free), *node_free = malloc((size_t)N * sizeof *node_free);
+    int32_t *item_rank = malloc(total * sizeof *item_rank), *item_node = malloc(total * sizeof *item_node);
+    uint8_t *forbid = calloc((size_t)P, 1);
+    moert_status st = MOERT_OK;
+    if (!count || !order || !item_expert || !item_load || !rank_load || !node_load || !rank_free || !node_free ||
+        !item_rank || !item_node || !forbid)
+        st = moert_set_error(MOERT_ENOMEM, "placement: out of memory");
+    for (size_t e = 0; st == MOERT_OK && e < E; e++) count[e] = 1;
+    for (size_t r = 0; st == MOERT_OK && r < R; r++) {
+        size_t best = E; /* the largest load per replica among experts not yet on every rank */
+        for (size_t e = 0; e < E; e++)
+            if (count[e] < P && (best == E || load[e] / count[e] > load[best] / count[best])) best = e;
+        if (best == E) { /* every expert on every rank already */
+            st = moert_set_error(MOERT_EINVAL, "eplb placement: more replicas than ranks for every expert");
+            break;
+        }
+        count[best]++;
+    }
+    if (st == MOERT_OK) {
+        size_t n = 0;
+        for (size_t e = 0; e < E; e++)
+            for (int32_t c = 0; c < count[e]; c++) item_expert[n] = (int32_t)e, item_load[n++] = load[e] / count[e];
+        order_by_weight(item_load, total, order);
+        /* Nodes first (eplb), then ranks within the node; balanced packs ranks directly. */
+        const int nodes = kind == SIM_PLACE_EPLB ? N : 1, ranks_per_node = P / nodes;
+        for (int v = 0; v < nodes; v++) node_free[v] = per_rank * ranks_per_node;
+        for (int q = 0; q < P; q++) rank_free[q] = per_rank;
+        for (size_t i = 0; i < total && st == MOERT_OK; i++) {
+            const int32_t it = order[i];
+            const int v = nodes == 1 ? 0 : least_loaded(node_load, node_free, NULL, 0, nodes);
+            if (v < 0) {
+                st = moert_set_error(MOERT_EINTERNAL, "placement: no node has a free slot");
+                break;
+            }
+            item_node[it] = v;
+            node_load[v] += item_load[it], node_free[v]--;
+        }
+        /* Within each node: its items by descending load onto its ranks, never two replicas
+         * of an expert on one rank. */
+        for (size_t i = 0; i < total && st == MOERT_OK; i++) {
+            const int32_t it = order[i];
+            const int v = item_node[it];
+            /* ranks already holding this expert */
+            for (size_t j = 0; j < i; j++) {
+                const int32_t other = order[j];
+                if (item_expert[other] == item_expert[it]) forbid[item_rank[other]] = 1;
+            }
+            int q = least_loaded(rank_load, rank_free, forbid, v * ranks_per_node, ranks_per_node);
+            if (q < 0) q = least_loaded(rank_load, rank_free, forbid, 0, P); /* the node is full of it: anywhere */
+            for (size_t j = 0; j < i; j++) forbid[item_rank[order[j]]] = 0;
+            if (q < 0) {
+                st = moert_set_error(MOERT_EINVAL, "placement: no rank can take another replica of expert %d",
+                                     item_expert[it]);
+                break;
+            }
+            item_rank[it] = q;
+            rank_load[q] += item_load[it], rank_free[q]--;
+        }
+    }
+    if (st == MOERT_OK) st = alloc_placement(out, E, P, N, total);
+    if (st == MOERT_OK) {
+        for (size_t e = 0; e < E; e++) out->offsets[e + 1] = out->offsets[e] + count[e];
+        /* items are expert-major already (built expert by expert) */
+        for (size_t i = 0; i < total; i++) out->rank_of[i] = item_rank[i];
+    }
+    free(count), free(order), free(item_expert), free(item_load), free(rank_load), free(node_load);
+    free(rank_free), free(node_free), free(item_rank), free(item_node), free(forbid);
+    return st;
+}
+
+void sim_rank_loads(const sim_placement *p, const double *expert_load, double *rank_load) {
+    memset(rank_load, 0, (size_t)p->ranks * sizeof *rank_load);
+    for (size_t e = 0; e < p->experts; e++) {
+        const int32_t first = p->offsets[e], n = p->offsets[e + 1] - first;
+        for (int32_t j = first; j < first + n; j++) rank_load[p->rank_of[j]] += expert_load[e] / n;
+    }
+}
+
+size_t sim_placement_moves(const sim_placement *prev, const sim_placement *next) {
+    size_t moves = 0;
+    for (size_t e = 0; e < next->experts; e++)
+        for (int32_t j = next->offsets[e]; j < next->offsets[e + 1]; j++) {
+            int had = 0;
+            for (int32_t i = prev->offsets[e]; i < prev->offsets[e + 1]; i++) had |= prev->rank_of[i] == next->rank_of[j];
+            moves += !had;
+        }
+    return moves;
+}

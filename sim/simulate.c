@@ -1,0 +1,208 @@
+/* The step loop of `moert simulate` (see simulate.h). */
+#include "sim/simulate.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "router/noise.h"
+
+/* One strategy's state across steps. */
+typedef struct strategy_state {
+    moert_router *router;
+    moert_bias_balancer *balancer;
+    sim_placement placement;
+    double *history; /* [window][experts] loads of the last steps */
+    int history_count;
+} strategy_state;
+
+/* Synthetic logits of one rank's sampled tokens at a step: (means[e] + N(0, 1)) /
+ * temperature, N from the counter hash of (seed, global token index, expert). */
+static void synthetic_logits(const sim_config *c, int step, int rank, size_t count, float *logits, float *tmp) {
+    moert_router_config noise = moert_router_config_default();
+    noise.noise = MOERT_NOISE_NORMAL, noise.seed = c->seed;
+    const size_t E = c->experts;
+    const uint64_t first = ((uint64_t)step * (uint64_t)c->ranks + (uint64_t)rank) * (uint64_t)c->tokens_per_rank;
+    const float inv_t = 1.0f / c->temperature;
+    for (size_t i = 0; i < count; i++) {
+        float *x = logits + i * E;
+        noise_values_row(&noise, first + i, E, x, tmp);
+        for (size_t e = 0; e < E; e++) x[e] = ((float)c->means[e] + x[e]) * inv_t;
+    }
+}
+
+/* A trace rank's counts at a step, capacity applied by position (each expert keeps its
+ * earliest entries); returns the tokens left with no expert. */
+static double trace_counts(const sim_config *c, int step, int rank, int64_t capacity, double *counts) {
+    const sim_trace *tr = c->trace;
+    const size_t k = tr->k;
+    size_t T = c->tokens_per_rank, first;
+    if (T == 0) { /* the whole trace each step, rank r its share [floor(r N / P), floor((r+1) N / P)) */
+        first = tr->tokens * (size_t)rank / (size_t)c->ranks;
+        T = tr->tokens * (size_t)(rank + 1) / (size_t)c->ranks - first;
+    } else {
+        first = (((size_t)step * (size_t)c->ranks + (size_t)rank) * T) % tr->tokens;
+    }
+    double unrouted = 0;
+    for (size_t i = 0; i < T; i++) {
+        const int32_t *ids = tr->ids + ((first + i) % tr->tokens) * k;
+        int kept = 0;
+        for (size_t j = 0; j < k; j++) {
+            if (capacity > 0 && counts[ids[j]] >= (double)capacity) continue;
+            counts[ids[j]] += 1, kept++;
+        }
+        unrouted += kept == 0;
+    }
+    return unrouted;
+}
+
+static moert_status replan(const sim_config *c, const sim_strategy *s, strategy_state *st, double *moved) {
+    const size_t E = c->experts;
+    double *mean = calloc(E, sizeof *mean);
+    MOERT_RETURN_ERROR_IF(mean == NULL, MOERT_ENOMEM, "simulate: out of memory");
+    for (int h = 0; h < st->history_count; h++)
+        for (size_t e = 0; e < E; e++) mean[e] += st->history[(size_t)h * E + e] / st->history_count;
+    sim_placement next;
+    moert_status status = sim_place(s->place, E, c->ranks, c->nodes, s->replicas, mean, &next);
+    free(mean);
+    MOERT_FORWARD_IF_ERROR(status);
+    *moved = st->placement.offsets ? (double)sim_placement_moves(&st->placement, &next) * c->expert_bytes : 0.0;
+    sim_placement_free(&st->placement);
+    st->placement = next;
+    return MOERT_OK;
+}
+
+moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int count, sim_step_fn on_step,
+                     void *context) {
+    const size_t E = c->experts;
+    const int P = c->ranks;
+    const size_t S = c->trace ? 1 : (c->sample < c->tokens_per_rank ? c->sample : c->tokens_per_rank);
+    const double scale = c->trace ? 1.0 : (double)c->tokens_per_rank / (double)S;
+    const int threads = c->threads > 0 ? c->threads : omp_get_max_threads();
+    strategy_state *state = calloc((size_t)count, sizeof *state);
+    double *counts = calloc((size_t)P * E, sizeof *counts), *expert_load = calloc(E, sizeof *expert_load);
+    double *rank_load = calloc((size_t)P, sizeof *rank_load), *scratch = calloc(6 * (size_t)P, sizeof *scratch);
+    int64_t *global = calloc(E, sizeof *global);
+    double *unrouted_of = calloc((size_t)P, sizeof *unrouted_of), *dropped_of = calloc((size_t)P, sizeof *dropped_of);
+    /* Per thread: a router per strategy would need its own; one router and plan per thread. */
+    float **logits = calloc((size_t)threads, sizeof *logits), **tmp = calloc((size_t)threads, sizeof *tmp);
+    moert_plan **plans = calloc((size_t)threads, sizeof *plans);
+    moert_router **routers = calloc((size_t)threads * (size_t)count, sizeof *routers);
+    moert_status st = MOERT_OK;
+    if (!state || !counts || !expert_load || !rank_load || !scratch || !global || !unrouted_of || !dropped_of || !logits ||
+        !tmp || !plans || !routers)
+        st = moert_set_error(MOERT_ENOMEM, "simulate: out of memory");
+    for (int u = 0; st == MOERT_OK && u < threads; u++) {
+        logits[u] = c->trace ? NULL : malloc(S * E * sizeof(float) + 1);
+        tmp[u] = malloc((E + 2) * sizeof(float));
+        st = moert_plan_create(&plans[u]);
+        if (st == MOERT_OK && ((!c->trace && !logits[u]) || !tmp[u]))
+            st = moert_set_error(MOERT_ENOMEM, "simulate: cannot allocate %zu sampled tokens", S);
+    }
+    for (int i = 0; st == MOERT_OK && i < count; i++) {
+        const sim_strategy *s = &strategies[i];
+        const int window = s->window > 0 ? s->window : 1;
+        state[i].history = calloc((size_t)window * E, sizeof(double));
+        if (state[i].history == NULL) st = moert_set_error(MOERT_ENOMEM, "simulate: out of memory");
+        if (st == MOERT_OK && s->balance == SIM_BALANCE_AUX_FREE)
+            st = moert_bias_balancer_create(E, s->gamma, &state[i].balancer);
+        if (st == MOERT_OK && (s->place == SIM_PLACE_CONTIGUOUS || s->place == SIM_PLACE_ROUND_ROBIN))
+            st = sim_place(s->place, E, P, c->nodes, 0, NULL, &state[i].placement);
+    }
+    for (int step = 0; st == MOERT_OK && step < c->steps; step++) {
+        for (int i = 0; st == MOERT_OK && i < count; i++) {
+            const sim_strategy *s = &strategies[i];
+            strategy_state *ss = &state[i];
+            moert_router_config rc = moert_router_config_default();
+            rc.k = c->k, rc.threads = 1;
+            if (s->balance == SIM_BALANCE_CAPACITY) rc.capacity_factor = s->capacity_factor, rc.drop_policy = MOERT_DROP_POSITION;
+            if (s->balance == SIM_BALANCE_AUX_FREE) rc.score = MOERT_SCORE_SIGMOID, rc.bias = moert_bias_balancer_bias(ss->balancer);
+            int64_t capacity = 0;
+            if (s->balance == SIM_BALANCE_CAPACITY) /* a rank's tokens are its routing group */
+                st = moert_router_capacity(&rc, E,
+                                           c->tokens_per_rank ? c->tokens_per_rank : c->trace->tokens / (size_t)P,
+                                           &capacity);
+            memset(counts, 0, (size_t)P * E * sizeof *counts);
+            moert_status failed = st;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
+            for (int r = 0; r < P; r++) {
+                if (failed != MOERT_OK) continue;
+                const int u = omp_get_thread_num();
+                double *row = counts + (size_t)r * E;
+                if (c->trace) {
+                    unrouted_of[r] = trace_counts(c, step, r, capacity, row);
+                    dropped_of[r] = 0; /* counted below from the entries */
+                    continue;
+                }
+                /* Each thread's router for this strategy, made once (the bias it borrows is the
+                 * balancer's, updated in place). */
+                moert_router **router_of = &routers[(size_t)u * (size_t)count + (size_t)i];
+                moert_status rs = *router_of ? MOERT_OK : moert_router_create(&rc, E, router_of);
+                moert_router *router = *router_of;
+                if (rs == MOERT_OK) {
+                    synthetic_logits(c, step, r, S, logits[u], tmp[u]);
+                    rs = moert_router_route(router, logits[u], S, plans[u]);
+                }
+                if (rs == MOERT_OK) {
+                    moert_plan_stats ps;
+                    moert_plan_get_stats(plans[u], &ps);
+                    for (size_t e = 0; e < E; e++) row[e] = (double)ps.expert_counts[e] * scale;
+                    dropped_of[r] = (double)ps.dropped * scale, unrouted_of[r] = (double)ps.unrouted * scale;
+                }
+                if (rs != MOERT_OK) {
+#pragma omp critical(moert_sim_error)
+                    failed = rs;
+                }
+            }
+            st = failed;
+            if (st != MOERT_OK) break;
+            /* The step's loads; for a trace, the drops are the entries capacity refused. */
+            sim_step_record rec = {.step = step};
+            memset(expert_load, 0, E * sizeof *expert_load);
+            for (int r = 0; r < P; r++) {
+                for (size_t e = 0; e < E; e++) expert_load[e] += counts[(size_t)r * E + e];
+                rec.dropped += dropped_of[r], rec.unrouted += unrouted_of[r];
+            }
+            double total = 0, max = 0, sq = 0;
+            for (size_t e = 0; e < E; e++) total += expert_load[e], max = expert_load[e] > max ? expert_load[e] : max;
+            if (c->trace) /* the entries capacity refused */
+                rec.dropped = (double)(c->tokens_per_rank ? (size_t)P * c->tokens_per_rank : c->trace->tokens) *
+                                  (double)c->trace->k - total;
+            const double mean = total / (double)E;
+            for (size_t e = 0; e < E; e++) sq += (expert_load[e] - mean) * (expert_load[e] - mean);
+            rec.expert_max_over_mean = mean > 0 ? max / mean : 0;
+            rec.expert_cv = mean > 0 ? sqrt(sq / (double)E) / mean : 0;
+            /* Placement: the history window, and a (re-)plan when due. */
+            const int window = s->window > 0 ? s->window : 1;
+            memmove(ss->history + E, ss->history, (size_t)(window - 1) * E * sizeof(double));
+            memcpy(ss->history, expert_load, E * sizeof(double));
+            ss->history_count = ss->history_count < window ? ss->history_count + 1 : window;
+            const int adaptive = s->place == SIM_PLACE_BALANCED || s->place == SIM_PLACE_EPLB;
+            if (adaptive && (step == 0 || (s->replan_every > 0 && step % s->replan_every == 0)))
+                st = replan(c, s, ss, &rec.moved_bytes);
+            if (st != MOERT_OK) break;
+            sim_step_model(&ss->placement, &c->cost, counts, rank_load, scratch, &rec.cost);
+            if (ss->balancer != NULL) { /* the bias follows the global loads */
+                for (size_t e = 0; e < E; e++) global[e] = (int64_t)llround(expert_load[e]);
+                st = moert_bias_balancer_update(ss->balancer, global);
+            }
+            if (on_step) on_step(context, i, &rec, expert_load);
+        }
+    }
+    for (int i = 0; state && i < count; i++) {
+        moert_bias_balancer_destroy(state[i].balancer);
+        sim_placement_free(&state[i].placement);
+        free(state[i].history);
+    }
+    for (size_t j = 0; routers && j < (size_t)threads * (size_t)count; j++) moert_router_destroy(routers[j]);
+    for (int u = 0; plans && u < threads; u++) {
+        moert_plan_destroy(plans[u]);
+        if (logits) free(logits[u]);
+        if (tmp) free(tmp[u]);
+    }
+    free(state), free(counts), free(expert_load), free(rank_load), free(scratch), free(global), free(unrouted_of);
+    free(dropped_of), free(logits), free(tmp), free(plans), free(routers);
+    return st;
+}

@@ -1,0 +1,64 @@
+/* Internal to `moert simulate`: the step loop. Every strategy sees the same token stream:
+ * synthetic logits are a function of (seed, step, rank, token, expert) alone, and a trace
+ * is read in the same order; so strategies differ only in how they route and place.
+ *
+ * Each step, each rank routes a sample of its tokens (all of them when the sample is at
+ * least the tokens per rank, and always for a trace), and its per-expert counts are scaled
+ * to its tokens; the placement and the alpha-beta model (model.h) then give the traffic
+ * and the step time. */
+#ifndef MOERT_SIM_SIMULATE_H
+#define MOERT_SIM_SIMULATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moert/moert.h"
+#include "sim/model.h"
+#include "sim/placement.h"
+#include "sim/trace.h"
+
+typedef enum sim_balance {
+    SIM_BALANCE_NONE,     /* plain top-k softmax */
+    SIM_BALANCE_CAPACITY, /* top-k with a capacity factor, dropping by position */
+    SIM_BALANCE_AUX_FREE, /* sigmoid top-k with the auxiliary-loss-free bias */
+} sim_balance;
+
+typedef struct sim_strategy {
+    char name[64];
+    sim_balance balance;
+    double capacity_factor; /* capacity */
+    float gamma;            /* aux-free */
+    sim_place_kind place;
+    int replicas;           /* eplb */
+    int replan_every;       /* balanced, eplb: steps between re-plans (0: plan once, from step 0) */
+    int window;             /* steps of loads a re-plan averages */
+} sim_strategy;
+
+typedef struct sim_config {
+    int ranks, nodes, steps, k, threads;
+    size_t experts, tokens_per_rank, sample;
+    uint64_t seed;
+    /* synthetic: per-token logits (means[e] + N(0, 1)) / temperature */
+    const double *means; /* [experts] */
+    float temperature;
+    /* trace replay (instead of synthetic when non-NULL) */
+    const sim_trace *trace;
+    sim_cost cost;
+    double expert_bytes; /* the weights one replica moves */
+} sim_config;
+
+typedef struct sim_step_record {
+    int step;
+    double expert_max_over_mean, expert_cv;
+    double dropped, unrouted; /* entries, tokens (scaled to all tokens) */
+    double moved_bytes;        /* weights moved by this step's re-plan */
+    sim_step_cost cost;
+} sim_step_record;
+
+/* Called after each step with its record and the step's per-expert loads [experts]. */
+typedef void (*sim_step_fn)(void *context, int strategy, const sim_step_record *record, const double *expert_load);
+
+moert_status sim_run(const sim_config *config, const sim_strategy *strategies, int count, sim_step_fn on_step,
+                     void *context);
+
+#endif /* MOERT_SIM_SIMULATE_H */

@@ -1,0 +1,386 @@
+/* moert simulate: distributed routing and load-balance experiments at scale (sim/). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "sim/profile.h"
+#include "sim/simulate.h"
+#include "tools/cli.h"
+
+static const char help[] =
+    "usage: moert simulate [options] --out DIR\n"
+    "\n"
+    "Simulates P ranks in N nodes routing their tokens to E experts for a number of steps,\n"
+    "under each strategy of --compare on the same token stream, and writes DIR/steps.csv\n"
+    "(a row per step and strategy) and DIR/summary.json (the configuration, the seed, the\n"
+    "version and each strategy's means).\n"
+    "\n"
+    "The distributed machine:\n"
+    "  --ranks P             default 8\n"
+    "  --nodes N             default 1; P must divide into N equal nodes\n"
+    "  --experts E           default 64\n"
+    "  --k K                 experts per token, default 8 (6 for an ESFT trace)\n"
+    "  --tokens T            tokens per rank and step, default 4096\n"
+    "  --sample S            tokens each rank routes per step, its counts scaled by T / S;\n"
+    "                        default 256 (all tokens when S >= T); the output says so\n"
+    "  --steps N             default 100\n"
+    "The workload (synthetic unless --trace):\n"
+    "  --profile SPEC        uniform | zipf:S | hot:N:F, default uniform: per-expert means\n"
+    "                        log p_e of the logits (means + N(0,1)) / temperature\n"
+    "  --counts FILE.csv     the profile from a count table (columns expert and count)\n"
+    "  --counts-select SEL   its rows: column=value,... (e.g. model=olmoe,domain=arxiv,layer=0)\n"
+    "  --temperature F       default 1\n"
+    "  --seed S              default 0\n"
+    "  --trace FILE          replay recorded routing: DeepSeek ESFT's text format (ids, an\n"
+    "                        empty field, weights: one line per sequence), or ids.npy [N, k]\n"
+    "                        int32; repeat for several layers (each its own layer). By\n"
+    "                        default one step replays the whole trace, rank r holding its\n"
+    "                        share [r N / P, (r+1) N / P); with --tokens T each step takes\n"
+    "                        the next P x T tokens, wrapping\n"
+    "Strategies (--compare A,B,...; each one balancing and one placement joined by +):\n"
+    "  none | capacity:F | aux-free:GAMMA     balancing (top-k softmax; with capacity\n"
+    "                        factor F dropping by position; sigmoid with the aux-free bias)\n"
+    "  contiguous | round-robin | balanced | eplb:R\n"
+    "                        placement; balanced and eplb re-plan every --replan steps\n"
+    "                        (default 10) from the mean of the last --window (10) steps'\n"
+    "                        loads; eplb adds R replicas of the hottest experts and packs\n"
+    "                        nodes, then ranks; default compare: none,capacity:1.25,aux-free:0.001\n"
+    "The cost model (per step: dispatch + compute + combine):\n"
+    "  --alpha-intra S --beta-intra B    latency (s) and bandwidth (bytes/s) within a\n"
+    "                        node, default 2e-6 and 150e9\n"
+    "  --alpha-inter S --beta-inter B    between nodes, default 5e-6 and 25e9\n"
+    "  --row-bytes B         one token's hidden state, default 8192 (d 4096, bf16)\n"
+    "  --expert-seconds S    one token through one expert, default 3.46e-7\n"
+    "  --expert-bytes B      one expert's weights (re-plan traffic), default 3.46e7\n"
+    "Other:\n"
+    "  --threads N           default all\n"
+    "  --quiet               print nothing on success\n";
+
+enum {
+    OPT_RANKS = 256, OPT_NODES, OPT_EXPERTS, OPT_K, OPT_TOKENS, OPT_SAMPLE, OPT_STEPS, OPT_PROFILE, OPT_COUNTS,
+    OPT_COUNTS_SELECT, OPT_TEMPERATURE, OPT_SEED, OPT_TRACE, OPT_COMPARE, OPT_REPLAN, OPT_WINDOW, OPT_ALPHA_INTRA,
+    OPT_BETA_INTRA, OPT_ALPHA_INTER, OPT_BETA_INTER, OPT_ROW_BYTES, OPT_EXPERT_SECONDS, OPT_EXPERT_BYTES, OPT_THREADS,
+    OPT_QUIET, OPT_OUT,
+};
+
+#define SIM_MAX_STRATEGIES 16
+#define SIM_MAX_LAYERS 256
+
+/* One strategy from "balance+placement" (either part alone takes the other's default). */
+static int parse_strategy(const char *text, int replan, int window, sim_strategy *s) {
+    memset(s, 0, sizeof *s);
+    s->balance = SIM_BALANCE_NONE, s->place = SIM_PLACE_CONTIGUOUS, s->replan_every = replan, s->window = window;
+    if (strlen(text) >= sizeof s->name) return cli_fail(CLI_USAGE, "--compare: '%s' is too long", text);
+    strcpy(s->name, text);
+    char buf[64];
+    strcpy(buf, text);
+    int have_balance = 0, have_place = 0;
+    for (char *part = strtok(buf, "+"); part; part = strtok(NULL, "+")) {
+        char *colon = strchr(part, ':');
+        const char *arg = colon ? colon + 1 : NULL;
+        if (colon) *colon = '\0';
+        char *end = NULL;
+        const double v = arg ? strtod(arg, &end) : 0;
+        const int number = arg && end != arg && *end == '\0' && isfinite(v);
+        int is_balance = 1;
+        if (!strcmp(part, "none") && !arg) s->balance = SIM_BALANCE_NONE;
+        else if (!strcmp(part, "capacity") && number && v > 0) s->balance = SIM_BALANCE_CAPACITY, s->capacity_factor = v;
+        else if (!strcmp(part, "aux-free") && number && v > 0) s->balance = SIM_BALANCE_AUX_FREE, s->gamma = (float)v;
+        else {
+            is_balance = 0;
+            if (!strcmp(part, "contiguous") && !arg) s->place = SIM_PLACE_CONTIGUOUS;
+            else if (!strcmp(part, "round-robin") && !arg) s->place = SIM_PLACE_ROUND_ROBIN;
+            else if (!strcmp(part, "balanced") && !arg) s->place = SIM_PLACE_BALANCED;
+            else if (!strcmp(part, "eplb") && number && v >= 0 && v == floor(v) && v <= 1e6)
+                s->place = SIM_PLACE_EPLB, s->replicas = (int)v;
+            else
+                return cli_fail(CLI_USAGE,
+                                "--compare: '%s' is not none, capacity:F, aux-free:GAMMA, contiguous, round-robin, "
+                                "balanced or eplb:R (F, GAMMA > 0; R >= 0 an integer)",
+                                text);
+        }
+        if (is_balance ? have_balance++ : have_place++)
+            return cli_fail(CLI_USAGE, "--compare: '%s' gives two %s", text, is_balance ? "balancings" : "placements");
+    }
+    return CLI_OK;
+}
+
+typedef struct sim_output {
+    FILE *csv;
+    int layer;
+    const sim_strategy *strategies;
+    int count;
+    size_t experts;
+    /* per strategy sums over steps and layers */
+    double sum_mom[SIM_MAX_STRATEGIES], sum_straggler[SIM_MAX_STRATEGIES], sum_time[SIM_MAX_STRATEGIES];
+    double sum_dropped[SIM_MAX_STRATEGIES], sum_unrouted[SIM_MAX_STRATEGIES], sum_inter[SIM_MAX_STRATEGIES];
+    double sum_moved[SIM_MAX_STRATEGIES];
+    long records[SIM_MAX_STRATEGIES];
+    double *shares; /* [layers][experts], the first strategy's loads summed over steps */
+} sim_output;
+
+static void on_step(void *context, int i, const sim_step_record *r, const double *expert_load) {
+    sim_output *o = context;
+    fprintf(o->csv, "%s,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", o->strategies[i].name,
+            o->layer, r->step, r->expert_max_over_mean, r->expert_cv, r->dropped, r->unrouted, r->cost.inter_bytes,
+            r->cost.intra_bytes, r->cost.total, r->cost.dispatch, r->cost.compute, r->cost.combine, r->cost.straggler,
+            r->moved_bytes);
+    o->sum_mom[i] += r->expert_max_over_mean, o->sum_straggler[i] += r->cost.straggler, o->sum_time[i] += r->cost.total;
+    o->sum_dropped[i] += r->dropped, o->sum_unrouted[i] += r->unrouted, o->sum_inter[i] += r->cost.inter_bytes;
+    o->sum_moved[i] += r->moved_bytes, o->records[i]++;
+    if (i == 0 && o->shares)
+        for (size_t e = 0; e < o->experts; e++) o->shares[(size_t)o->layer * o->experts + e] += expert_load[e];
+}
+
+static int make_dir(const char *dir) {
+    struct stat sb;
+    if (stat(dir, &sb) == 0) return S_ISDIR(sb.st_mode) ? CLI_OK : cli_fail(CLI_FAIL, "--out: %s is not a directory", dir);
+    if (mkdir(dir, 0777) != 0) return cli_fail(CLI_FAIL, "--out: cannot create %s: %s", dir, strerror(errno));
+    return CLI_OK;
+}
+
+int cmd_simulate(int argc, char **argv) {
+    static const struct option options[] = {
+        {"ranks", required_argument, NULL, OPT_RANKS}, {"nodes", required_argument, NULL, OPT_NODES},
+        {"experts", required_argument, NULL, OPT_EXPERTS}, {"k", required_argument, NULL, OPT_K},
+        {"tokens", required_argument, NULL, OPT_TOKENS}, {"sample", required_argument, NULL, OPT_SAMPLE},
+        {"steps", required_argument, NULL, OPT_STEPS}, {"profile", required_argument, NULL, OPT_PROFILE},
+        {"counts", required_argument, NULL, OPT_COUNTS}, {"counts-select", required_argument, NULL, OPT_COUNTS_SELECT},
+        {"temperature", required_argument, NULL, OPT_TEMPERATURE}, {"seed", required_argument, NULL, OPT_SEED},
+        {"trace", required_argument, NULL, OPT_TRACE}, {"compare", required_argument, NULL, OPT_COMPARE},
+        {"replan", required_argument, NULL, OPT_REPLAN}, {"window", required_argument, NULL, OPT_WINDOW},
+        {"alpha-intra", required_argument, NULL, OPT_ALPHA_INTRA}, {"beta-intra", required_argument, NULL, OPT_BETA_INTRA},
+        {"alpha-inter", required_argument, NULL, OPT_ALPHA_INTER}, {"beta-inter", required_argument, NULL, OPT_BETA_INTER},
+        {"row-bytes", required_argument, NULL, OPT_ROW_BYTES},
+        {"expert-seconds", required_argument, NULL, OPT_EXPERT_SECONDS},
+        {"expert-bytes", required_argument, NULL, OPT_EXPERT_BYTES}, {"threads", required_argument, NULL, OPT_THREADS},
+        {"quiet", no_argument, NULL, OPT_QUIET}, {"out", required_argument, NULL, OPT_OUT},
+        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+    };
+    sim_config c = {0};
+    c.ranks = 8, c.nodes = 1, c.steps = 100, c.k = 8, c.experts = 64, c.tokens_per_rank = 4096, c.sample = 256;
+    c.temperature = 1.0f, c.cost = sim_cost_default(), c.expert_bytes = 3.0 * 4096 * 1408 * 2;
+    const char *profile = NULL, *counts_path = NULL, *counts_select = NULL, *compare = NULL, *out_dir = NULL;
+    const char *traces[SIM_MAX_LAYERS];
+    int n_traces = 0, replan = 10, window = 10, quiet = 0, k_given = 0, experts_given = 0, tokens_given = 0;
+    int steps_given = 0, opt, code;
+    size_t seed = 0;
+    optind = 1;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        code = CLI_OK;
+        switch (opt) {
+        case 'h': fputs(help, stdout); return CLI_OK;
+        case OPT_RANKS: code = cli_parse_int("--ranks", optarg, 1, 1 << 20, &c.ranks); break;
+        case OPT_NODES: code = cli_parse_int("--nodes", optarg, 1, 1 << 20, &c.nodes); break;
+        case OPT_EXPERTS: code = cli_parse_size("--experts", optarg, 1, MOERT_MAX_EXPERTS, &c.experts), experts_given = 1; break;
+        case OPT_K: code = cli_parse_int("--k", optarg, 1, MOERT_MAX_EXPERTS, &c.k), k_given = 1; break;
+        case OPT_TOKENS: code = cli_parse_size("--tokens", optarg, 1, (size_t)1 << 30, &c.tokens_per_rank), tokens_given = 1; break;
+        case OPT_SAMPLE: code = cli_parse_size("--sample", optarg, 1, (size_t)1 << 30, &c.sample); break;
+        case OPT_STEPS: code = cli_parse_int("--steps", optarg, 1, 1 << 24, &c.steps), steps_given = 1; break;
+        case OPT_PROFILE: profile = optarg; break;
+        case OPT_COUNTS: counts_path = optarg; break;
+        case OPT_COUNTS_SELECT: counts_select = optarg; break;
+        case OPT_TEMPERATURE: code = cli_parse_float("--temperature", optarg, 1e-6, 1e6, &c.temperature); break;
+        case OPT_SEED: code = cli_parse_size("--seed", optarg, 0, SIZE_MAX, &seed); break;
+        case OPT_TRACE:
+            if (n_traces == SIM_MAX_LAYERS) return cli_fail(CLI_USAGE, "--trace: more than %d layers", SIM_MAX_LAYERS);
+            traces[n_traces++] = optarg;
+            break;
+        case OPT_COMPARE: compare = optarg; break;
+        case OPT_REPLAN: code = cli_parse_int("--replan", optarg, 0, 1 << 24, &replan); break;
+        case OPT_WINDOW: code = cli_parse_int("--window", optarg, 1, 1 << 16, &window); break;
+        case OPT_ALPHA_INTRA: code = cli_parse_double("--alpha-intra", optarg, 0, 1, &c.cost.alpha_intra); break;
+        case OPT_BETA_INTRA: code = cli_parse_double("--beta-intra", optarg, 1, 1e15, &c.cost.beta_intra); break;
+        case OPT_ALPHA_INTER: code = cli_parse_double("--alpha-inter", optarg, 0, 1, &c.cost.alpha_inter); break;
+        case OPT_BETA_INTER: code = cli_parse_double("--beta-inter", optarg, 1, 1e15, &c.cost.beta_inter); break;
+        case OPT_ROW_BYTES: code = cli_parse_double("--row-bytes", optarg, 0, 1e12, &c.cost.bytes_per_row); break;
+        case OPT_EXPERT_SECONDS: code = cli_parse_double("--expert-seconds", optarg, 0, 1, &c.cost.expert_seconds); break;
+        case OPT_EXPERT_BYTES: code = cli_parse_double("--expert-bytes", optarg, 0, 1e15, &c.expert_bytes); break;
+        case OPT_THREADS: code = cli_parse_int("--threads", optarg, 1, 4096, &c.threads); break;
+        case OPT_QUIET: quiet = 1; break;
+        case OPT_OUT: out_dir = optarg; break;
+        default: return cli_usage_error("simulate", "unknown option or missing value");
+        }
+        if (code != CLI_OK) return code;
+    }
+    if (optind < argc) return cli_usage_error("simulate", "unexpected argument");
+    if (out_dir == NULL) return cli_usage_error("simulate", "--out DIR is required");
+    c.seed = (uint64_t)seed;
+    /* Conflicting options. */
+    if (c.ranks % c.nodes != 0) return cli_fail(CLI_USAGE, "--ranks %d do not divide into --nodes %d", c.ranks, c.nodes);
+    if (n_traces && (profile || counts_path))
+        return cli_fail(CLI_USAGE, "--trace replays recorded choices: --profile and --counts do not apply");
+    if (profile && counts_path) return cli_fail(CLI_USAGE, "--profile and --counts are two profiles: give one");
+    if (counts_select && !counts_path) return cli_fail(CLI_USAGE, "--counts-select needs --counts");
+    if (n_traces && !k_given) c.k = 6;
+    if (n_traces && !tokens_given) c.tokens_per_rank = 0; /* the whole trace each step, split over the ranks */
+    if (n_traces && !steps_given) c.steps = 1;
+    if ((size_t)c.k > c.experts) return cli_fail(CLI_USAGE, "--k %d exceeds --experts %zu", c.k, c.experts);
+
+    sim_strategy strategies[SIM_MAX_STRATEGIES];
+    int count = 0;
+    {
+        char list[1024];
+        if (strlen(compare ? compare : "") >= sizeof list) return cli_fail(CLI_USAGE, "--compare: too long");
+        strcpy(list, compare ? compare : "none,capacity:1.25,aux-free:0.001");
+        char *save = NULL;
+        for (char *item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+            if (count == SIM_MAX_STRATEGIES) return cli_fail(CLI_USAGE, "--compare: more than %d strategies", SIM_MAX_STRATEGIES);
+            if ((code = parse_strategy(item, replan, window, &strategies[count])) != CLI_OK) return code;
+            if (n_traces && strategies[count].balance == SIM_BALANCE_AUX_FREE)
+                return cli_fail(CLI_USAGE, "--compare: %s re-routes, which a trace's recorded choices cannot", item);
+            count++;
+        }
+        if (count == 0) return cli_fail(CLI_USAGE, "--compare: no strategy");
+    }
+    /* The workload. */
+    double *means = NULL;
+    sim_trace *layers = n_traces ? calloc((size_t)n_traces, sizeof *layers) : NULL;
+    code = CLI_OK;
+    if (n_traces == 0) {
+        if (counts_path) {
+            size_t found = experts_given ? c.experts : 0;
+            const moert_status st = sim_profile_read_counts(counts_path, counts_select, &found, &means);
+            if (st != MOERT_OK) code = st == MOERT_EINVAL ? cli_fail(CLI_USAGE, "--counts: %s", moert_last_error())
+                                                         : cli_fail_status(st, "--counts");
+            else c.experts = found;
+        } else {
+            means = malloc(c.experts * sizeof *means);
+            const moert_status st = means ? sim_profile_parse(profile ? profile : "uniform", c.experts, means) : MOERT_ENOMEM;
+            if (st != MOERT_OK) code = cli_fail(st == MOERT_EINVAL ? CLI_USAGE : CLI_FAIL, "--profile: %s", moert_last_error());
+        }
+        c.means = means;
+    } else {
+        for (int l = 0; code == CLI_OK && l < n_traces; l++) {
+            const size_t len = strlen(traces[l]);
+            const moert_status st =
+                len > 4 && !strcmp(traces[l] + len - 4, ".npy")
+                    ? sim_trace_read_npy(traces[l], NULL, c.experts, &layers[l])
+                    : sim_trace_read_esft(traces[l], (size_t)c.k, c.experts, &layers[l]);
+            if (st != MOERT_OK) code = cli_fail_status(st, "--trace");
+            else if (layers[l].k != (size_t)c.k)
+                code = cli_fail(CLI_USAGE, "--trace %s has %zu experts a token, --k is %d", traces[l], layers[l].k, c.k);
+        }
+    }
+    if (code == CLI_OK && (size_t)c.k > c.experts) code = cli_fail(CLI_USAGE, "--k %d exceeds the %zu experts", c.k, c.experts);
+    if (code == CLI_OK) code = make_dir(out_dir);
+    char path[4096];
+    sim_output out = {0};
+    out.strategies = strategies, out.count = count, out.experts = c.experts;
+    if (code == CLI_OK) {
+        snprintf(path, sizeof path, "%s/steps.csv", out_dir);
+        out.csv = fopen(path, "w");
+        if (out.csv == NULL) code = cli_fail(CLI_FAIL, "--out: cannot write %s: %s", path, strerror(errno));
+        else
+            fputs("strategy,layer,step,max_over_mean,cv,dropped,unrouted,inter_node_bytes,intra_node_bytes,step_time_s,"
+                  "dispatch_s,compute_s,combine_s,straggler,moved_bytes\n",
+                  out.csv);
+        out.shares = calloc((size_t)(n_traces ? n_traces : 1) * c.experts, sizeof(double));
+    }
+    const int sampled = n_traces == 0 && c.sample < c.tokens_per_rank;
+    const struct timespec t0 = {0};
+    struct timespec start, stop;
+    (void)t0;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (int l = 0; code == CLI_OK && l < (n_traces ? n_traces : 1); l++) {
+        out.layer = l;
+        c.trace = n_traces ? &layers[l] : NULL;
+        const moert_status st = sim_run(&c, strategies, count, on_step, &out);
+        if (st != MOERT_OK) code = cli_fail(st == MOERT_EINVAL ? CLI_USAGE : CLI_FAIL, "simulate: %s", moert_last_error());
+    }
+    clock_gettime(CLOCK_MONOTONIC, &stop);
+    const double seconds = (double)(stop.tv_sec - start.tv_sec) + 1e-9 * (double)(stop.tv_nsec - start.tv_nsec);
+    if (out.csv && fclose(out.csv) != 0 && code == CLI_OK) code = cli_fail(CLI_FAIL, "--out: cannot write steps.csv");
+    if (code == CLI_OK) { /* summary.json */
+        cJSON *o = cJSON_CreateObject(), *cfg = cJSON_AddObjectToObject(o, "config");
+        cJSON_AddStringToObject(o, "version", moert_version());
+        cJSON_AddNumberToObject(cfg, "ranks", c.ranks), cJSON_AddNumberToObject(cfg, "nodes", c.nodes);
+        cJSON_AddNumberToObject(cfg, "experts", (double)c.experts), cJSON_AddNumberToObject(cfg, "k", c.k);
+        cJSON_AddNumberToObject(cfg, "tokens_per_rank", (double)c.tokens_per_rank);
+        cJSON_AddNumberToObject(cfg, "sample", (double)(sampled ? c.sample : c.tokens_per_rank));
+        cJSON_AddBoolToObject(cfg, "sampled", sampled);
+        cJSON_AddNumberToObject(cfg, "steps", c.steps);
+        char seed_text[24];
+        snprintf(seed_text, sizeof seed_text, "%llu", (unsigned long long)c.seed);
+        cJSON_AddStringToObject(cfg, "seed", seed_text);
+        if (n_traces) {
+            cJSON *tr = cJSON_AddArrayToObject(cfg, "trace");
+            for (int l = 0; l < n_traces; l++) cJSON_AddItemToArray(tr, cJSON_CreateString(traces[l]));
+        } else if (counts_path) {
+            cJSON_AddStringToObject(cfg, "counts", counts_path);
+            if (counts_select) cJSON_AddStringToObject(cfg, "counts_select", counts_select);
+        } else {
+            cJSON_AddStringToObject(cfg, "profile", profile ? profile : "uniform");
+        }
+        cJSON_AddNumberToObject(cfg, "temperature", c.temperature);
+        cJSON_AddNumberToObject(cfg, "replan", replan), cJSON_AddNumberToObject(cfg, "window", window);
+        cJSON *cost = cJSON_AddObjectToObject(cfg, "cost");
+        cJSON_AddNumberToObject(cost, "alpha_intra", c.cost.alpha_intra);
+        cJSON_AddNumberToObject(cost, "beta_intra", c.cost.beta_intra);
+        cJSON_AddNumberToObject(cost, "alpha_inter", c.cost.alpha_inter);
+        cJSON_AddNumberToObject(cost, "beta_inter", c.cost.beta_inter);
+        cJSON_AddNumberToObject(cost, "row_bytes", c.cost.bytes_per_row);
+        cJSON_AddNumberToObject(cost, "expert_seconds", c.cost.expert_seconds);
+        cJSON_AddNumberToObject(cost, "expert_bytes", c.expert_bytes);
+        cJSON *list = cJSON_AddArrayToObject(o, "strategies");
+        for (int i = 0; i < count; i++) {
+            cJSON *s = cJSON_CreateObject();
+            const double n = out.records[i] ? (double)out.records[i] : 1;
+            cJSON_AddStringToObject(s, "name", strategies[i].name);
+            cJSON_AddNumberToObject(s, "mean_max_over_mean", out.sum_mom[i] / n);
+            cJSON_AddNumberToObject(s, "mean_straggler", out.sum_straggler[i] / n);
+            cJSON_AddNumberToObject(s, "mean_step_time_s", out.sum_time[i] / n);
+            cJSON_AddNumberToObject(s, "dropped", out.sum_dropped[i]);
+            cJSON_AddNumberToObject(s, "unrouted", out.sum_unrouted[i]);
+            cJSON_AddNumberToObject(s, "inter_node_bytes", out.sum_inter[i]);
+            cJSON_AddNumberToObject(s, "moved_bytes", out.sum_moved[i]);
+            cJSON_AddItemToArray(list, s);
+        }
+        /* Each layer's expert shares (the first strategy's: without capacity, the workload's own). */
+        cJSON *shares = cJSON_AddArrayToObject(o, "expert_shares");
+        for (int l = 0; l < (n_traces ? n_traces : 1); l++) {
+            double total = 0;
+            for (size_t e = 0; e < c.experts; e++) total += out.shares[(size_t)l * c.experts + e];
+            cJSON *row = cJSON_CreateArray();
+            for (size_t e = 0; e < c.experts; e++)
+                cJSON_AddItemToArray(row, cJSON_CreateNumber(total > 0 ? out.shares[(size_t)l * c.experts + e] / total : 0));
+            cJSON_AddItemToArray(shares, row);
+        }
+        cJSON_AddNumberToObject(o, "seconds", seconds);
+        char *text = cJSON_Print(o);
+        snprintf(path, sizeof path, "%s/summary.json", out_dir);
+        FILE *f = text ? fopen(path, "w") : NULL;
+        if (f == NULL || fputs(text, f) < 0 || fclose(f) != 0) code = cli_fail(CLI_FAIL, "--out: cannot write %s", path);
+        cJSON_free(text);
+        cJSON_Delete(o);
+    }
+    if (code == CLI_OK && !quiet) {
+        if (c.tokens_per_rank)
+            printf("simulated %d ranks in %d nodes, %zu experts, k=%d, %d steps x %zu tokens per rank", c.ranks, c.nodes,
+                   c.experts, c.k, c.steps, c.tokens_per_rank);
+        else
+            printf("replayed %d layer%s of %zu tokens on %d ranks in %d nodes, %zu experts, k=%d, %d step%s", n_traces,
+                   n_traces == 1 ? "" : "s", layers[0].tokens, c.ranks, c.nodes, c.experts, c.k, c.steps,
+                   c.steps == 1 ? "" : "s");
+        if (sampled) printf(" (sampled: %zu tokens per rank and step routed, counts scaled by %.4g)", c.sample,
+                            (double)c.tokens_per_rank / (double)c.sample);
+        printf(", %d strateg%s in %.2f s -> %s\n", count, count == 1 ? "y" : "ies", seconds, out_dir);
+        for (int i = 0; i < count; i++) {
+            const double n = out.records[i] ? (double)out.records[i] : 1;
+            printf("  %-28s max/mean %.3f  straggler %.3f  step %.3g ms  dropped %.4g  inter-node %.4g GB  moved %.4g GB\n",
+                   strategies[i].name, out.sum_mom[i] / n, out.sum_straggler[i] / n, 1e3 * out.sum_time[i] / n,
+                   out.sum_dropped[i], out.sum_inter[i] / 1e9, out.sum_moved[i] / 1e9);
+        }
+    }
+    free(means), free(out.shares);
+    for (int l = 0; l < n_traces; l++) sim_trace_free(&layers[l]);
+    free(layers);
+    return code;
+}
