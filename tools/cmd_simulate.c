@@ -51,6 +51,7 @@ static const char help[] =
     "                        (default 10) from the mean of the last --window (10) steps'\n"
     "                        loads; eplb adds R replicas of the hottest experts and packs\n"
     "                        nodes, then ranks; default compare: none,capacity:1.25,aux-free:0.001\n"
+    "                        (a trace: contiguous,round-robin,balanced)\n"
     "The cost model (per step: dispatch + compute + combine):\n"
     "  --alpha-intra S --beta-intra B    latency (s) and bandwidth (bytes/s) within a\n"
     "                        node, default 2e-6 and 150e9\n"
@@ -229,7 +230,8 @@ int cmd_simulate(int argc, char **argv) {
     {
         char list[1024];
         if (strlen(compare ? compare : "") >= sizeof list) return cli_fail(CLI_USAGE, "--compare: too long");
-        strcpy(list, compare ? compare : "none,capacity:1.25,aux-free:0.001");
+        /* a trace's recorded choices cannot be re-routed: compare placements by default */
+        strcpy(list, compare ? compare : n_traces ? "contiguous,round-robin,balanced" : "none,capacity:1.25,aux-free:0.001");
         char *save = NULL;
         for (char *item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
             if (count == SIM_MAX_STRATEGIES) return cli_fail(CLI_USAGE, "--compare: more than %d strategies", SIM_MAX_STRATEGIES);

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `moert simulate` end to end: the outputs of a small run, a trace replay, and each kind of
+# bad input failing with a one-line error that names it.
+set -u
+moert="$1"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+# shellcheck source=tests/cli_expect.sh
+source "$(dirname "$0")/cli_expect.sh"
+
+expect 0 "$moert" simulate --help
+grep -q -- '--compare' "$tmp/out" || fail "simulate --help lists no --compare"
+
+# A small synthetic run: a header and a row per step and strategy; summary.json parses.
+expect 0 "$moert" simulate --out "$tmp/s" --ranks 4 --nodes 2 --experts 16 --k 2 --tokens 512 --sample 128 --steps 3 \
+  --profile zipf:1 --compare none,capacity:1+balanced,aux-free:0.01+eplb:4 --seed 5
+[ "$(wc -l < "$tmp/s/steps.csv")" -eq 10 ] || fail "steps.csv has $(wc -l < "$tmp/s/steps.csv") lines, want 10"
+head -1 "$tmp/s/steps.csv" | grep -q '^strategy,layer,step,max_over_mean,cv,dropped,unrouted,inter_node_bytes' ||
+  fail "steps.csv header: $(head -1 "$tmp/s/steps.csv")"
+grep -q 'sampled: 128 tokens per rank' "$tmp/out" || fail "the output does not say the counts were sampled"
+grep -q '"sampled":[[:space:]]*true' "$tmp/s/summary.json" || fail "summary.json does not say sampled"
+grep -q '"name":[[:space:]]*"aux-free:0.01+eplb:4"' "$tmp/s/summary.json" || fail "summary.json lacks a strategy"
+# The same seed, the same numbers.
+expect 0 "$moert" simulate --out "$tmp/s2" --ranks 4 --nodes 2 --experts 16 --k 2 --tokens 512 --sample 128 --steps 3 \
+  --profile zipf:1 --compare none,capacity:1+balanced,aux-free:0.01+eplb:4 --seed 5
+cmp -s "$tmp/s/steps.csv" "$tmp/s2/steps.csv" || fail "two runs with one seed differ"
+
+# A trace of 3 tokens (k 2) on 2 ranks: shares 3/6, 2/6, 1/6 of experts 0, 1, 2.
+printf '0\t1\t0\t2\t\t0.5\t0.5\t0.5\t0.5\n1\t0\t\t0.5\t0.5\n' > "$tmp/t.txt"
+expect 0 "$moert" simulate --out "$tmp/t" --trace "$tmp/t.txt" --k 2 --experts 3 --ranks 2 --compare contiguous
+grep -q 'replayed 1 layer of 3 tokens' "$tmp/out" || fail "trace replay: $(cat "$tmp/out")"
+
+# Bad input: each a usage error (2) or a data error (1), naming the problem.
+bad() { # status, the error's words, then the arguments
+  local want=$1 words=$2
+  shift 2
+  expect_error "$want" "$moert" simulate --out "$tmp/bad" "$@"
+  grep -q -- "$words" "$tmp/err" || fail "simulate $*: error does not say '$words': $(cat "$tmp/err")"
+}
+bad 2 'do not divide into --nodes 4' --ranks 6 --nodes 4
+bad 2 'more than the slots' --ranks 2 --experts 4 --k 2 --compare eplb:8
+bad 2 'not a multiple of 2 ranks' --ranks 2 --experts 4 --k 2 --compare eplb:1
+bad 2 'zipf:S needs an exponent' --profile zipf:x
+bad 2 'is not uniform, zipf:S, hot:N:F' --profile pareto
+bad 2 '--profile and --counts' --profile uniform --counts x.csv
+bad 2 '--counts-select needs --counts' --counts-select domain=c4
+bad 2 'is not none, capacity:F' --compare nothing
+bad 2 'gives two placements' --compare balanced+eplb:2
+bad 2 're-routes' --trace "$tmp/t.txt" --k 2 --experts 3 --compare aux-free:0.1
+printf '0\t5\t\t0.5\t0.5\n' > "$tmp/ids.txt"
+bad 1 'expert id 5 is outside 0..3' --trace "$tmp/ids.txt" --k 2 --experts 4
+printf '0\t1\t2\t\t0.5\t0.5\t0.5\n' > "$tmp/ragged.txt"
+bad 1 'ragged' --trace "$tmp/ragged.txt" --k 2 --experts 4
+printf 'expert,count\n0,10\n1\n' > "$tmp/bad.csv"
+bad 1 'line 3: 1 fields, the header has 2' --counts "$tmp/bad.csv" --experts 2 --k 1
+expect_error 2 "$moert" simulate --ranks 2
+grep -q -- '--out DIR is required' "$tmp/err" || fail "simulate without --out: $(cat "$tmp/err")"
+[ "$failures" -eq 0 ] && echo "all simulate CLI checks passed"
+exit $((failures > 0))
