@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "sim/profile.h"
 #include "sim/simulate.h"
@@ -61,7 +62,8 @@ static const char help[] =
     "  --expert-bytes B      one expert's weights (re-plan traffic), default 3.46e7\n"
     "Other:\n"
     "  --threads N           default all\n"
-    "  --quiet               print nothing on success\n";
+    "  --quiet               print nothing on success (and no progress bar, which shows\n"
+    "                        on stderr only when it is a terminal)\n";
 
 enum {
     OPT_RANKS = 256, OPT_NODES, OPT_EXPERTS, OPT_K, OPT_TOKENS, OPT_SAMPLE, OPT_STEPS, OPT_PROFILE, OPT_COUNTS,
@@ -124,7 +126,32 @@ typedef struct sim_output {
     double sum_moved[SIM_MAX_STRATEGIES];
     long records[SIM_MAX_STRATEGIES];
     double *shares; /* [layers][experts], the first strategy's loads summed over steps */
+    /* the progress bar: stderr is a terminal and not --quiet */
+    int progress;
+    long done, total;
+    struct timespec start, last;
 } sim_output;
+
+static double seconds_between(struct timespec a, struct timespec b) {
+    return (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+}
+
+/* "step 37/300 [#####.....] 12.3 steps/s, ETA 21 s", at most ten times a second. */
+static void show_progress(sim_output *o, int final) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!final && seconds_between(o->last, now) < 0.1) return;
+    o->last = now;
+    const double elapsed = seconds_between(o->start, now), rate = elapsed > 0 ? (double)o->done / elapsed : 0;
+    char bar[31];
+    const int filled = o->total ? (int)(30 * o->done / o->total) : 30;
+    for (int i = 0; i < 30; i++) bar[i] = i < filled ? '#' : '.';
+    bar[30] = '\0';
+    fprintf(stderr, "\rstep %ld/%ld [%s] %.1f steps/s, ETA %.0f s   ", o->done, o->total, bar, rate,
+            rate > 0 ? (double)(o->total - o->done) / rate : 0.0);
+    if (final) fputc('\n', stderr);
+    fflush(stderr);
+}
 
 static void on_step(void *context, int i, const sim_step_record *r, const double *expert_load) {
     sim_output *o = context;
@@ -137,6 +164,8 @@ static void on_step(void *context, int i, const sim_step_record *r, const double
     o->sum_moved[i] += r->moved_bytes, o->records[i]++;
     if (i == 0 && o->shares)
         for (size_t e = 0; e < o->experts; e++) o->shares[(size_t)o->layer * o->experts + e] += expert_load[e];
+    o->done++;
+    if (o->progress) show_progress(o, 0);
 }
 
 static int make_dir(const char *dir) {
@@ -291,6 +320,9 @@ int cmd_simulate(int argc, char **argv) {
     struct timespec start, stop;
     (void)t0;
     clock_gettime(CLOCK_MONOTONIC, &start);
+    out.progress = !quiet && isatty(STDERR_FILENO);
+    out.total = (long)(n_traces ? n_traces : 1) * c.steps * count;
+    out.start = out.last = start;
     for (int l = 0; code == CLI_OK && l < (n_traces ? n_traces : 1); l++) {
         out.layer = l;
         c.trace = n_traces ? &layers[l] : NULL;
@@ -298,6 +330,7 @@ int cmd_simulate(int argc, char **argv) {
         if (st != MOERT_OK) code = cli_fail(st == MOERT_EINVAL ? CLI_USAGE : CLI_FAIL, "simulate: %s", moert_last_error());
     }
     clock_gettime(CLOCK_MONOTONIC, &stop);
+    if (out.progress && code == CLI_OK) show_progress(&out, 1);
     const double seconds = (double)(stop.tv_sec - start.tv_sec) + 1e-9 * (double)(stop.tv_nsec - start.tv_nsec);
     if (out.csv && fclose(out.csv) != 0 && code == CLI_OK) code = cli_fail(CLI_FAIL, "--out: cannot write steps.csv");
     if (code == CLI_OK) { /* summary.json */
