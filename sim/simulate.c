@@ -18,18 +18,50 @@ typedef struct strategy_state {
     int history_count;
 } strategy_state;
 
-/* Synthetic logits of one rank's sampled tokens at a step: (means[e] + N(0, 1)) /
- * temperature, N from the counter hash of (seed, global token index, expert). */
-static void synthetic_logits(const sim_config *c, int step, int rank, size_t count, float *logits, float *tmp) {
+/* Synthetic logits of one rank's sampled tokens at a step: (means[e] + noise) / temperature,
+ * the noise N(0, 1) from the counter hash of (seed, global token index, expert), mixed with
+ * its sequence's latent (keyed by the global sequence index) when tokens are correlated. */
+static void synthetic_logits(const sim_config *c, const double *means, int step, int rank, size_t count, float *logits,
+                             float *tmp, float *latent) {
     moert_router_config noise = moert_router_config_default();
     noise.noise = MOERT_NOISE_NORMAL, noise.seed = c->seed;
-    const size_t E = c->experts;
+    moert_router_config seq_noise = noise;
+    seq_noise.seed = c->seed ^ 0x5EC0E5C0E5C0E5C0ull;
+    const size_t E = c->experts, L = c->seq_len > 0 ? c->seq_len : 1;
     const uint64_t first = ((uint64_t)step * (uint64_t)c->ranks + (uint64_t)rank) * (uint64_t)c->tokens_per_rank;
     const float inv_t = 1.0f / c->temperature;
+    const float own = (float)sqrt(1.0 - c->correlation), shared = (float)sqrt(c->correlation);
+    uint64_t latent_of = UINT64_MAX;
     for (size_t i = 0; i < count; i++) {
         float *x = logits + i * E;
         noise_values_row(&noise, first + i, E, x, tmp);
-        for (size_t e = 0; e < E; e++) x[e] = ((float)c->means[e] + x[e]) * inv_t;
+        if (c->correlation > 0) {
+            /* the sequence of token `first + i` within its rank's stream */
+            const uint64_t seq = ((uint64_t)step * (uint64_t)c->ranks + (uint64_t)rank) * ((c->tokens_per_rank + L - 1) / L) +
+                                 (uint64_t)i / L;
+            if (seq != latent_of) noise_values_row(&seq_noise, seq, E, latent, tmp), latent_of = seq;
+            for (size_t e = 0; e < E; e++) x[e] = own * x[e] + shared * latent[e];
+        }
+        for (size_t e = 0; e < E; e++) x[e] = ((float)means[e] + x[e]) * inv_t;
+    }
+}
+
+/* The means of a step under drift: a random walk of sigma N(0, 1) per expert and step
+ * (keyed by step and expert), or the profile rotated by one expert every rotate_every steps. */
+static void drifted_means(const sim_config *c, int step, double *means, float *tmp) {
+    const size_t E = c->experts;
+    if (c->rotate_every > 0) {
+        const size_t shift = (size_t)(step / c->rotate_every) % E;
+        for (size_t e = 0; e < E; e++) means[e] = c->means[(e + E - shift) % E];
+        return;
+    }
+    if (step == 0) memcpy(means, c->means, E * sizeof *means);
+    if (c->walk_sigma > 0 && step > 0) {
+        moert_router_config noise = moert_router_config_default();
+        noise.noise = MOERT_NOISE_NORMAL, noise.seed = c->seed ^ 0xD21F7D21F7D21F7Dull;
+        float *z = tmp + E + 2;
+        noise_values_row(&noise, (uint64_t)step, E, z, tmp);
+        for (size_t e = 0; e < E; e++) means[e] += c->walk_sigma * z[e];
     }
 }
 
@@ -88,15 +120,17 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
     double *unrouted_of = calloc((size_t)P, sizeof *unrouted_of), *dropped_of = calloc((size_t)P, sizeof *dropped_of);
     /* Per thread: a router per strategy would need its own; one router and plan per thread. */
     float **logits = calloc((size_t)threads, sizeof *logits), **tmp = calloc((size_t)threads, sizeof *tmp);
+    double *means = c->trace ? NULL : calloc(E, sizeof *means);
+    float *drift_tmp = c->trace ? NULL : calloc(2 * E + 4, sizeof *drift_tmp);
     moert_plan **plans = calloc((size_t)threads, sizeof *plans);
     moert_router **routers = calloc((size_t)threads * (size_t)count, sizeof *routers);
     moert_status st = MOERT_OK;
     if (!state || !counts || !expert_load || !rank_load || !scratch || !global || !unrouted_of || !dropped_of || !logits ||
-        !tmp || !plans || !routers)
+        !tmp || !plans || !routers || (!c->trace && (!means || !drift_tmp)))
         st = moert_set_error(MOERT_ENOMEM, "simulate: out of memory");
     for (int u = 0; st == MOERT_OK && u < threads; u++) {
         logits[u] = c->trace ? NULL : malloc(S * E * sizeof(float) + 1);
-        tmp[u] = malloc((E + 2) * sizeof(float));
+        tmp[u] = malloc((2 * E + 2) * sizeof(float)); /* the noise's scratch, then a sequence's latent */
         st = moert_plan_create(&plans[u]);
         if (st == MOERT_OK && ((!c->trace && !logits[u]) || !tmp[u]))
             st = moert_set_error(MOERT_ENOMEM, "simulate: cannot allocate %zu sampled tokens", S);
@@ -112,6 +146,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
             st = sim_place(s->place, E, P, c->nodes, 0, NULL, &state[i].placement);
     }
     for (int step = 0; st == MOERT_OK && step < c->steps; step++) {
+        if (!c->trace) drifted_means(c, step, means, drift_tmp); /* the same for every strategy */
         for (int i = 0; st == MOERT_OK && i < count; i++) {
             const sim_strategy *s = &strategies[i];
             strategy_state *ss = &state[i];
@@ -142,7 +177,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                 moert_status rs = *router_of ? MOERT_OK : moert_router_create(&rc, E, router_of);
                 moert_router *router = *router_of;
                 if (rs == MOERT_OK) {
-                    synthetic_logits(c, step, r, S, logits[u], tmp[u]);
+                    synthetic_logits(c, means, step, r, S, logits[u], tmp[u], tmp[u] + E + 2);
                     rs = moert_router_route(router, logits[u], S, plans[u]);
                 }
                 if (rs == MOERT_OK) {
@@ -203,6 +238,6 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
         if (tmp) free(tmp[u]);
     }
     free(state), free(counts), free(expert_load), free(rank_load), free(scratch), free(global), free(unrouted_of);
-    free(dropped_of), free(logits), free(tmp), free(plans), free(routers);
+    free(dropped_of), free(logits), free(tmp), free(plans), free(routers), free(means), free(drift_tmp);
     return st;
 }

@@ -41,6 +41,14 @@ typedef struct sim_config {
     /* synthetic: per-token logits (means[e] + N(0, 1)) / temperature */
     const double *means; /* [experts] */
     float temperature;
+    /* consecutive tokens of a rank form sequences of seq_len sharing a latent: the logits'
+     * noise is sqrt(correlation) z_sequence + sqrt(1 - correlation) z_token */
+    size_t seq_len;
+    double correlation;
+    /* drift of the means over steps: a random walk (sigma per step), or the means rotating
+     * by one expert every rotate_every steps (the hot experts move) */
+    double walk_sigma;
+    int rotate_every;
     /* trace replay (instead of synthetic when non-NULL) */
     const sim_trace *trace;
     sim_cost cost;

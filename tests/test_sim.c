@@ -218,6 +218,43 @@ START_TEST(test_simulations) {
 }
 END_TEST
 
+/* The hottest expert of each step. */
+typedef struct hottest {
+    int at[64];
+} hottest;
+
+static void record_hottest(void *context, int i, const sim_step_record *r, const double *load) {
+    (void)i;
+    hottest *h = context;
+    int best = 0;
+    for (int e = 1; e < 16; e++) best = load[e] > load[best] ? e : best;
+    h->at[r->step] = best;
+}
+
+START_TEST(test_correlation_and_drift) {
+    double means[16];
+    sim_strategy none = {.name = "none", .balance = SIM_BALANCE_NONE, .place = SIM_PLACE_CONTIGUOUS};
+    /* Tokens of a sequence sharing a latent are fewer independent draws: the load is
+     * lumpier than for independent tokens of the same profile. */
+    ck_assert_int_eq(sim_profile_parse("uniform", 16, means), MOERT_OK);
+    collected independent = {{0}, {0}, {0}, {0}}, correlated = {{0}, {0}, {0}, {0}};
+    independent.first_below[0] = correlated.first_below[0] = -1;
+    sim_config c = base(16, 2, 4096, means);
+    ck_assert_int_eq(sim_run(&c, &none, 1, collect, &independent), MOERT_OK);
+    c.correlation = 0.95, c.seq_len = 512;
+    ck_assert_int_eq(sim_run(&c, &none, 1, collect, &correlated), MOERT_OK);
+    ck_assert_msg(correlated.last_mom[0] > independent.last_mom[0] + 0.1, "max/mean correlated %g, independent %g",
+                  correlated.last_mom[0], independent.last_mom[0]);
+    /* One hot expert rotating every 3 steps: step s's hottest is expert floor(s / 3) mod 16. */
+    ck_assert_int_eq(sim_profile_parse("hot:1:0.9", 16, means), MOERT_OK);
+    c = base(16, 2, 1024, means);
+    c.steps = 40, c.rotate_every = 3;
+    hottest h;
+    ck_assert_int_eq(sim_run(&c, &none, 1, record_hottest, &h), MOERT_OK);
+    for (int step = 0; step < 40; step++) ck_assert_int_eq(h.at[step], (step / 3) % 16);
+}
+END_TEST
+
 /* The ESFT intent trace: each layer's expert shares as recorded (4 decimals), and EPLB's
  * placement (8 ranks, 8 replicas) lowering the max/mean rank load against contiguous. */
 typedef struct esft_run {
@@ -289,6 +326,7 @@ int main(void) {
     tcase_add_test(tc, test_profiles);
     tcase_add_test(tc, test_model);
     tcase_add_test(tc, test_simulations);
+    tcase_add_test(tc, test_correlation_and_drift);
     tcase_add_test(tc, test_esft_trace);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -37,6 +37,11 @@ static const char help[] =
     "  --counts FILE.csv     the profile from a count table (columns expert and count)\n"
     "  --counts-select SEL   its rows: column=value,... (e.g. model=olmoe,domain=arxiv,layer=0)\n"
     "  --temperature F       default 1\n"
+    "  --correlation RHO     consecutive tokens of a sequence share a latent: the noise is\n"
+    "                        sqrt(RHO) z_sequence + sqrt(1 - RHO) z_token, 0 <= RHO < 1\n"
+    "  --seq-len L           tokens per sequence, default 64 with --correlation\n"
+    "  --drift walk:SIGMA    the means take a random walk, SIGMA N(0,1) per expert and step\n"
+    "  --drift rotate:N      the profile rotates by one expert every N steps (hot experts move)\n"
     "  --seed S              default 0\n"
     "  --trace FILE          replay recorded routing: DeepSeek ESFT's text format (ids, an\n"
     "                        empty field, weights: one line per sequence), or ids.npy [N, k]\n"
@@ -69,7 +74,7 @@ enum {
     OPT_RANKS = 256, OPT_NODES, OPT_EXPERTS, OPT_K, OPT_TOKENS, OPT_SAMPLE, OPT_STEPS, OPT_PROFILE, OPT_COUNTS,
     OPT_COUNTS_SELECT, OPT_TEMPERATURE, OPT_SEED, OPT_TRACE, OPT_COMPARE, OPT_REPLAN, OPT_WINDOW, OPT_ALPHA_INTRA,
     OPT_BETA_INTRA, OPT_ALPHA_INTER, OPT_BETA_INTER, OPT_ROW_BYTES, OPT_EXPERT_SECONDS, OPT_EXPERT_BYTES, OPT_THREADS,
-    OPT_QUIET, OPT_OUT,
+    OPT_QUIET, OPT_OUT, OPT_CORRELATION, OPT_SEQ_LEN, OPT_DRIFT,
 };
 
 #define SIM_MAX_STRATEGIES 16
@@ -191,12 +196,14 @@ int cmd_simulate(int argc, char **argv) {
         {"expert-seconds", required_argument, NULL, OPT_EXPERT_SECONDS},
         {"expert-bytes", required_argument, NULL, OPT_EXPERT_BYTES}, {"threads", required_argument, NULL, OPT_THREADS},
         {"quiet", no_argument, NULL, OPT_QUIET}, {"out", required_argument, NULL, OPT_OUT},
+        {"correlation", required_argument, NULL, OPT_CORRELATION}, {"seq-len", required_argument, NULL, OPT_SEQ_LEN},
+        {"drift", required_argument, NULL, OPT_DRIFT},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
     };
     sim_config c = {0};
     c.ranks = 8, c.nodes = 1, c.steps = 100, c.k = 8, c.experts = 64, c.tokens_per_rank = 4096, c.sample = 256;
     c.temperature = 1.0f, c.cost = sim_cost_default(), c.expert_bytes = 3.0 * 4096 * 1408 * 2;
-    const char *profile = NULL, *counts_path = NULL, *counts_select = NULL, *compare = NULL, *out_dir = NULL;
+    const char *drift = NULL, *profile = NULL, *counts_path = NULL, *counts_select = NULL, *compare = NULL, *out_dir = NULL;
     const char *traces[SIM_MAX_LAYERS];
     int n_traces = 0, replan = 10, window = 10, quiet = 0, k_given = 0, experts_given = 0, tokens_given = 0;
     int steps_given = 0, opt, code;
@@ -236,6 +243,25 @@ int cmd_simulate(int argc, char **argv) {
         case OPT_THREADS: code = cli_parse_int("--threads", optarg, 1, 4096, &c.threads); break;
         case OPT_QUIET: quiet = 1; break;
         case OPT_OUT: out_dir = optarg; break;
+        case OPT_CORRELATION: code = cli_parse_double("--correlation", optarg, 0, 0.999999, &c.correlation); break;
+        case OPT_SEQ_LEN: code = cli_parse_size("--seq-len", optarg, 1, (size_t)1 << 30, &c.seq_len); break;
+        case OPT_DRIFT: {
+            drift = optarg;
+            char *end = NULL;
+            if (!strncmp(optarg, "walk:", 5)) {
+                c.walk_sigma = strtod(optarg + 5, &end);
+                if (end == optarg + 5 || *end || !isfinite(c.walk_sigma) || c.walk_sigma <= 0)
+                    code = cli_fail(CLI_USAGE, "--drift: '%s' is not walk:SIGMA with SIGMA > 0", optarg);
+            } else if (!strncmp(optarg, "rotate:", 7)) {
+                const long n = strtol(optarg + 7, &end, 10);
+                if (end == optarg + 7 || *end || n < 1 || n > (1 << 24))
+                    code = cli_fail(CLI_USAGE, "--drift: '%s' is not rotate:N with N >= 1 steps", optarg);
+                c.rotate_every = (int)n;
+            } else {
+                code = cli_fail(CLI_USAGE, "--drift: '%s' is not walk:SIGMA or rotate:N", optarg);
+            }
+            break;
+        }
         default: return cli_usage_error("simulate", "unknown option or missing value");
         }
         if (code != CLI_OK) return code;
@@ -248,6 +274,10 @@ int cmd_simulate(int argc, char **argv) {
     if (n_traces && (profile || counts_path))
         return cli_fail(CLI_USAGE, "--trace replays recorded choices: --profile and --counts do not apply");
     if (profile && counts_path) return cli_fail(CLI_USAGE, "--profile and --counts are two profiles: give one");
+    if (n_traces && (drift || c.correlation > 0 || c.seq_len))
+        return cli_fail(CLI_USAGE, "--trace replays recorded choices: --drift, --correlation and --seq-len do not apply");
+    if (c.seq_len && c.correlation == 0) return cli_fail(CLI_USAGE, "--seq-len goes with --correlation");
+    if (c.correlation > 0 && c.seq_len == 0) c.seq_len = 64;
     if (counts_select && !counts_path) return cli_fail(CLI_USAGE, "--counts-select needs --counts");
     if (n_traces && !k_given) c.k = 6;
     if (n_traces && !tokens_given) c.tokens_per_rank = 0; /* the whole trace each step, split over the ranks */
@@ -355,6 +385,9 @@ int cmd_simulate(int argc, char **argv) {
             cJSON_AddStringToObject(cfg, "profile", profile ? profile : "uniform");
         }
         cJSON_AddNumberToObject(cfg, "temperature", c.temperature);
+        if (drift) cJSON_AddStringToObject(cfg, "drift", drift);
+        if (c.correlation > 0)
+            cJSON_AddNumberToObject(cfg, "correlation", c.correlation), cJSON_AddNumberToObject(cfg, "seq_len", (double)c.seq_len);
         cJSON_AddNumberToObject(cfg, "replan", replan), cJSON_AddNumberToObject(cfg, "window", window);
         cJSON *cost = cJSON_AddObjectToObject(cfg, "cost");
         cJSON_AddNumberToObject(cost, "alpha_intra", c.cost.alpha_intra);
