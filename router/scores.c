@@ -16,18 +16,19 @@ float scores_sqrt_softplus(float x) {
 #define SOFTPICK_EPSILON 1e-6f
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
-/* 16 lanes at a time; a row's tail padded with `pad`. */
-static inline __attribute__((always_inline)) v16f load_padded(const float *x, size_t n, size_t e, float pad) {
-    if (e + 16 <= n) return v16_load(x + e);
-    float tail[16];
-    for (int j = 0; j < 16; j++) tail[j] = e + (size_t)j < n ? x[e + (size_t)j] : pad;
-    return v16_load(tail);
-}
+/* 16 lanes of x[0, n) from e, the tail padded with `pad` (a macro, as vec16.h says why). */
+#define LOAD_PADDED(x, n, e, pad)                                                            \
+    ({                                                                                       \
+        float padded_[16];                                                                   \
+        for (int pj_ = 0; pj_ < 16; pj_++) padded_[pj_] = (e) + (size_t)pj_ < (n) ? (x)[(e) + (size_t)pj_] : (pad); \
+        V16_LOAD(padded_);                                                                   \
+    })
+#define LOAD_ROW(x, n, e) ((e) + 16 <= (n) ? V16_LOAD((x) + (e)) : LOAD_PADDED(x, n, e, -INFINITY))
 
 static inline __attribute__((always_inline)) float lanes_max(const float *x, size_t n) {
-    v16f m = v16_set1(-INFINITY);
-    for (size_t e = 0; e < n; e += 16) m = v16_max(load_padded(x, n, e, -INFINITY), m);
-    return v16_reduce_max(m);
+    v16f m = V16_SET1(-INFINITY);
+    for (size_t e = 0; e < n; e += 16) m = V16_MAX(LOAD_ROW(x, n, e), m);
+    return V16_REDUCE_MAX(m);
 }
 
 CLONES float scores_row_max(const float *x, size_t n) { return lanes_max(x, n); }
@@ -36,37 +37,37 @@ CLONES float scores_row_max(const float *x, size_t n) { return lanes_max(x, n); 
  * with one exponential: below x = 1/2 in magnitude as e^-m expm1(x) by its Taylor series to
  * x^9 (error below 2e-9 relative), which keeps its precision where the difference would
  * cancel (x near 0, where router logits live); elsewhere below x = 1 as e^-m (e^x - 1),
- * and above as the difference e^(x - m) - e^-m, neither of which cancels. */
-static inline __attribute__((always_inline)) v16f v16_softpick_term(v16f v, float m, float c) {
-    const v16i below_one = v < 1.0f;
-    /* 2^(y log2 e) by the statistics' exponential (within 2e-7; e^x - 1 >= 0.39 where it is
-     * used, and e^(x - m) >= e c, so neither difference magnifies that) */
-    const v16f e = v16_exp2_stat(v16_select(below_one, v, v - m) * MOERT_EXPF_LOG2E);
-    v16f p = v16_set1(1.0f / 362880.0f);
-    p = p * v + 1.0f / 40320.0f;
-    p = p * v + 1.0f / 5040.0f;
-    p = p * v + 1.0f / 720.0f;
-    p = p * v + 1.0f / 120.0f;
-    p = p * v + 1.0f / 24.0f;
-    p = p * v + 1.0f / 6.0f;
-    p = p * v + 0.5f;
-    const v16f expm1 = v16_select(v16_abs(v) < 0.5f, v + v * v * p, e - 1.0f);
-    return v16_select(below_one, c * expm1, e - c);
-}
+ * and above as the difference e^(x - m) - e^-m, neither of which cancels. The exponential
+ * is the statistics' (within 2e-7; e^x - 1 >= 0.39 where it is used, and e^(x - m) >= e c,
+ * so neither difference magnifies that). */
+#define SOFTPICK_TERM(arg, m, c)                                                             \
+    ({                                                                                       \
+        const v16f v_ = (arg);                                                               \
+        const v16i below_one_ = v_ < 1.0f;                                                   \
+        const v16f e_ = V16_EXP2_STAT(V16_SELECT(below_one_, v_, v_ - (m)) * MOERT_EXPF_LOG2E); \
+        v16f s_ = V16_SET1(1.0f / 362880.0f);                                                \
+        s_ = s_ * v_ + 1.0f / 40320.0f;                                                      \
+        s_ = s_ * v_ + 1.0f / 5040.0f;                                                       \
+        s_ = s_ * v_ + 1.0f / 720.0f;                                                        \
+        s_ = s_ * v_ + 1.0f / 120.0f;                                                        \
+        s_ = s_ * v_ + 1.0f / 24.0f;                                                         \
+        s_ = s_ * v_ + 1.0f / 6.0f;                                                          \
+        s_ = s_ * v_ + 0.5f;                                                                 \
+        const v16f expm1_ = V16_SELECT(V16_ABS(v_) < 0.5f, v_ + v_ * v_ * s_, e_ - 1.0f);    \
+        V16_SELECT(below_one_, (c) * expm1_, e_ - (c));                                      \
+    })
 
 /* The scaled denominator sum_j |e^(x_j - m) - c| over the unmasked experts (a masked,
  * -inf, expert is absent, as in every gate): 16 partial sums, lane j % 16, then a fixed
  * pairwise tree; the same bits in every clone. */
 static inline __attribute__((always_inline)) float softpick_sum(const float *x, size_t E, float m, float c) {
-    v16f sum = v16_set1(0.0f);
+    v16f sum = V16_SET1(0.0f);
     for (size_t e = 0; e < E; e += 16) {
-        const v16f v = load_padded(x, E, e, -INFINITY); /* the tail's padding is masked too */
-        sum += v16_select(v == -INFINITY, v16_set1(0.0f), v16_abs(v16_softpick_term(v, m, c)));
+        const v16f v = LOAD_ROW(x, E, e); /* the tail's padding is masked too */
+        sum += V16_SELECT(v == -INFINITY, V16_SET1(0.0f), V16_ABS(SOFTPICK_TERM(v, m, c)));
     }
-    return v16_reduce_add(sum);
+    return V16_REDUCE_ADD(sum);
 }
-
-
 
 CLONES void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w) {
     const float m = lanes_max(x, E);
@@ -78,8 +79,8 @@ CLONES void scores_softpick_weights(const float *x, size_t E, const int32_t *ids
     for (int j0 = 0; j0 < k; j0 += 16) {
         float chosen[16], out[16];
         for (int j = 0; j < 16; j++) chosen[j] = j0 + j < k ? x[ids[j0 + j]] : 0.0f;
-        const v16f a = v16_softpick_term(v16_load(chosen), m, c);
-        v16_store(out, v16_select(a > 0.0f, a / den, v16_set1(0.0f)));
+        const v16f a = SOFTPICK_TERM(V16_LOAD(chosen), m, c);
+        V16_STORE(out, V16_SELECT(a > 0.0f, a / den, V16_SET1(0.0f)));
         for (int j = 0; j < 16 && j0 + j < k; j++) w[j0 + j] = out[j];
     }
 }
@@ -90,7 +91,7 @@ CLONES void scores_softmax_chosen(const float *x, const int32_t *ids, int k, flo
     for (int j0 = 0; j0 < k; j0 += 16) {
         float lanes[16];
         for (int j = 0; j < 16; j++) lanes[j] = j0 + j < k ? w[j0 + j] : -INFINITY;
-        v16_store(lanes, v16_expf(v16_load(lanes) - first)); /* -inf: 0 */
+        V16_STORE(lanes, V16_EXPF(V16_LOAD(lanes) - first)); /* -inf: 0 */
         for (int j = 0; j < 16 && j0 + j < k; j++) w[j0 + j] = lanes[j];
     }
     float sum = 0.0f;
