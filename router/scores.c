@@ -31,7 +31,10 @@ static inline __attribute__((always_inline)) float lanes_max(const float *x, siz
     return V16_REDUCE_MAX(m);
 }
 
-CLONES float scores_row_max(const float *x, size_t n) { return lanes_max(x, n); }
+/* The clones are static, reached through plain functions: clang emits a target_clones
+ * dispatcher only where the function is called in its own file. */
+CLONES static float row_max_clones(const float *x, size_t n) { return lanes_max(x, n); }
+float scores_row_max(const float *x, size_t n) { return row_max_clones(x, n); }
 
 /* Softpick's numerator before the relu, e^(x - m) - e^-m = e^-m (e^x - 1), lane by lane,
  * with one exponential: below x = 1/2 in magnitude as e^-m expm1(x) by its Taylor series to
@@ -69,7 +72,7 @@ static inline __attribute__((always_inline)) float softpick_sum(const float *x, 
     return V16_REDUCE_ADD(sum);
 }
 
-CLONES void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w) {
+CLONES static void softpick_weights_clones(const float *x, size_t E, const int32_t *ids, int k, float *w) {
     const float m = lanes_max(x, E);
     if (!(m > 0.0f)) {
         for (int j = 0; j < k; j++) w[j] = 0.0f;
@@ -85,7 +88,11 @@ CLONES void scores_softpick_weights(const float *x, size_t E, const int32_t *ids
     }
 }
 
-CLONES void scores_softmax_chosen(const float *x, const int32_t *ids, int k, float scaling, float *w) {
+void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w) {
+    softpick_weights_clones(x, E, ids, k, w);
+}
+
+CLONES static void softmax_chosen_clones(const float *x, const int32_t *ids, int k, float scaling, float *w) {
     float first = -INFINITY;
     for (int j = 0; j < k; j++) w[j] = x[ids[j]], first = w[j] > first ? w[j] : first;
     for (int j0 = 0; j0 < k; j0 += 16) {
@@ -99,6 +106,10 @@ CLONES void scores_softmax_chosen(const float *x, const int32_t *ids, int k, flo
     for (int j = 0; j < k; j++) w[j] = w[j] / sum;
     if (scaling != 1.0f)
         for (int j = 0; j < k; j++) w[j] = w[j] * scaling;
+}
+
+void scores_softmax_chosen(const float *x, const int32_t *ids, int k, float scaling, float *w) {
+    softmax_chosen_clones(x, ids, k, scaling, w);
 }
 
 /* Sigmoid's renormalisation (as Megatron-Core: + 1e-20) and the scaling. */
