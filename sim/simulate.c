@@ -13,6 +13,7 @@
 typedef struct strategy_state {
     moert_router *router;
     moert_bias_balancer *balancer;
+    moert_threshold_controller relu; /* relu: the threshold, steered each step */
     sim_placement placement;
     double *history; /* [window][experts] loads of the last steps */
     int history_count;
@@ -118,6 +119,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
     double *rank_load = calloc((size_t)P, sizeof *rank_load), *scratch = calloc(6 * (size_t)P, sizeof *scratch);
     int64_t *global = calloc(E, sizeof *global);
     double *unrouted_of = calloc((size_t)P, sizeof *unrouted_of), *dropped_of = calloc((size_t)P, sizeof *dropped_of);
+    double *sparsity_of = calloc((size_t)P, sizeof *sparsity_of);
     /* Per thread: a router per strategy would need its own; one router and plan per thread. */
     float **logits = calloc((size_t)threads, sizeof *logits), **tmp = calloc((size_t)threads, sizeof *tmp);
     double *means = c->trace ? NULL : calloc(E, sizeof *means);
@@ -125,7 +127,8 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
     moert_plan **plans = calloc((size_t)threads, sizeof *plans);
     moert_router **routers = calloc((size_t)threads * (size_t)count, sizeof *routers);
     moert_status st = MOERT_OK;
-    if (!state || !counts || !expert_load || !rank_load || !scratch || !global || !unrouted_of || !dropped_of || !logits ||
+    if (!state || !counts || !expert_load || !rank_load || !scratch || !global || !unrouted_of || !dropped_of ||
+        !sparsity_of || !logits ||
         !tmp || !plans || !routers || (!c->trace && (!means || !drift_tmp)))
         st = moert_set_error(MOERT_ENOMEM, "simulate: out of memory");
     for (int u = 0; st == MOERT_OK && u < threads; u++) {
@@ -142,6 +145,13 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
         if (state[i].history == NULL) st = moert_set_error(MOERT_ENOMEM, "simulate: out of memory");
         if (st == MOERT_OK && s->balance == SIM_BALANCE_AUX_FREE)
             st = moert_bias_balancer_create(E, s->gamma, &state[i].balancer);
+        if (st == MOERT_OK && s->balance == SIM_BALANCE_RELU) /* from the threshold a top-k of E would have */
+            st = moert_threshold_controller_init(&state[i].relu, s->target_sparsity, 0.0, 1.0);
+        if (st == MOERT_OK && s->balance == SIM_BALANCE_NODE_LIMITED &&
+            (E % (size_t)c->nodes != 0 || s->max_nodes < 1 || s->max_nodes > c->nodes))
+            st = moert_set_error(MOERT_EINVAL, "node-limited:%d: %zu experts in %d nodes (the experts must divide into "
+                                               "the nodes, and 1 <= M <= nodes)",
+                                 s->max_nodes, E, c->nodes);
         if (st == MOERT_OK && (s->place == SIM_PLACE_CONTIGUOUS || s->place == SIM_PLACE_ROUND_ROBIN))
             st = sim_place(s->place, E, P, c->nodes, 0, NULL, &state[i].placement);
     }
@@ -152,8 +162,22 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
             strategy_state *ss = &state[i];
             moert_router_config rc = moert_router_config_default();
             rc.k = c->k, rc.threads = 1;
-            if (s->balance == SIM_BALANCE_CAPACITY) rc.capacity_factor = s->capacity_factor, rc.drop_policy = MOERT_DROP_POSITION;
-            if (s->balance == SIM_BALANCE_AUX_FREE) rc.score = MOERT_SCORE_SIGMOID, rc.bias = moert_bias_balancer_bias(ss->balancer);
+            switch (s->balance) {
+            case SIM_BALANCE_NONE: break;
+            case SIM_BALANCE_CAPACITY: rc.capacity_factor = s->capacity_factor, rc.drop_policy = MOERT_DROP_POSITION; break;
+            case SIM_BALANCE_AUX_FREE: rc.score = MOERT_SCORE_SIGMOID, rc.bias = moert_bias_balancer_bias(ss->balancer); break;
+            case SIM_BALANCE_EXPERT_CHOICE: rc.policy = MOERT_POLICY_EXPERT_CHOICE, rc.capacity_factor = s->capacity_factor; break;
+            case SIM_BALANCE_RELU: rc.policy = MOERT_POLICY_RELU, rc.relu_threshold = (float)ss->relu.threshold; break;
+            case SIM_BALANCE_NODE_LIMITED:
+                rc.groups = c->nodes, rc.topk_groups = s->max_nodes;
+                rc.group_score = c->k % s->max_nodes == 0 ? MOERT_GROUP_SCORE_TOPK_SUM : MOERT_GROUP_SCORE_MAX;
+                break;
+            }
+            if (s->balance == SIM_BALANCE_RELU) /* the threshold moves each step: routers made anew */
+                for (int u = 0; u < threads; u++) {
+                    moert_router_destroy(routers[(size_t)u * (size_t)count + (size_t)i]);
+                    routers[(size_t)u * (size_t)count + (size_t)i] = NULL;
+                }
             int64_t capacity = 0;
             if (s->balance == SIM_BALANCE_CAPACITY) /* a rank's tokens are its routing group */
                 st = moert_router_capacity(&rc, E,
@@ -185,6 +209,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                     moert_plan_get_stats(plans[u], &ps);
                     for (size_t e = 0; e < E; e++) row[e] = (double)ps.expert_counts[e] * scale;
                     dropped_of[r] = (double)ps.dropped * scale, unrouted_of[r] = (double)ps.unrouted * scale;
+                    sparsity_of[r] = ps.sparsity;
                 }
                 if (rs != MOERT_OK) {
 #pragma omp critical(moert_sim_error)
@@ -219,6 +244,13 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                 st = replan(c, s, ss, &rec.moved_bytes);
             if (st != MOERT_OK) break;
             sim_step_model(&ss->placement, &c->cost, counts, rank_load, scratch, &rec.cost);
+            const double tokens_all = (double)(c->tokens_per_rank ? (size_t)P * c->tokens_per_rank : c->trace->tokens);
+            rec.experts_per_token = total / tokens_all;
+            if (s->balance == SIM_BALANCE_RELU) { /* the threshold follows the ranks' mean sparsity */
+                double sparsity = 0;
+                for (int r = 0; r < P; r++) sparsity += sparsity_of[r] / P;
+                st = moert_threshold_controller_update(&ss->relu, sparsity);
+            }
             if (ss->balancer != NULL) { /* the bias follows the global loads */
                 for (size_t e = 0; e < E; e++) global[e] = (int64_t)llround(expert_load[e]);
                 st = moert_bias_balancer_update(ss->balancer, global);
@@ -238,6 +270,6 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
         if (tmp) free(tmp[u]);
     }
     free(state), free(counts), free(expert_load), free(rank_load), free(scratch), free(global), free(unrouted_of);
-    free(dropped_of), free(logits), free(tmp), free(plans), free(routers), free(means), free(drift_tmp);
+    free(dropped_of), free(sparsity_of), free(logits), free(tmp), free(plans), free(routers), free(means), free(drift_tmp);
     return st;
 }

@@ -21,6 +21,10 @@ typedef enum sim_balance {
     SIM_BALANCE_NONE,     /* plain top-k softmax */
     SIM_BALANCE_CAPACITY, /* top-k with a capacity factor, dropping by position */
     SIM_BALANCE_AUX_FREE, /* sigmoid top-k with the auxiliary-loss-free bias */
+    SIM_BALANCE_EXPERT_CHOICE, /* each expert takes its capacity_factor share of a rank's tokens */
+    SIM_BALANCE_RELU,          /* ReLU routing, its threshold steered to target_sparsity */
+    SIM_BALANCE_NODE_LIMITED,  /* top-k within the best max_nodes nodes (group-limited, groups =
+                                  nodes; experts in contiguous blocks per node) */
 } sim_balance;
 
 typedef struct sim_strategy {
@@ -28,6 +32,8 @@ typedef struct sim_strategy {
     sim_balance balance;
     double capacity_factor; /* capacity */
     float gamma;            /* aux-free */
+    double target_sparsity; /* relu */
+    int max_nodes;          /* node-limited */
     sim_place_kind place;
     int replicas;           /* eplb */
     int replan_every;       /* balanced, eplb: steps between re-plans (0: plan once, from step 0) */
@@ -59,6 +65,7 @@ typedef struct sim_step_record {
     int step;
     double expert_max_over_mean, expert_cv;
     double dropped, unrouted; /* entries, tokens (scaled to all tokens) */
+    double experts_per_token;  /* routed entries per token (ReLU and expert choice vary) */
     double moved_bytes;        /* weights moved by this step's re-plan */
     sim_step_cost cost;
 } sim_step_record;

@@ -215,6 +215,21 @@ START_TEST(test_simulations) {
     ck_assert_msg(zipf.first_below[1] >= 0 && zipf.first_below[1] < 1000 && zipf.last_mom[1] < 1.2,
                   "aux-free: first below 1.2 at step %d, last %g", zipf.first_below[1], zipf.last_mom[1]);
     ck_assert_msg(zipf.last_mom[0] > 3, "without a balancer Zipf(1.2) stays skewed: %g", zipf.last_mom[0]);
+    /* Expert choice at capacity factor 1 on 1024 tokens of 16 experts: each expert takes
+     * round(1024 / 16) = 64 of each rank's tokens, whatever the skew: max/mean exactly 1. */
+    sim_strategy ec = {.name = "expert-choice:1", .balance = SIM_BALANCE_EXPERT_CHOICE, .capacity_factor = 1.0,
+                       .place = SIM_PLACE_CONTIGUOUS};
+    collected choice = {{0}, {0}, {0}, {0}};
+    choice.first_below[0] = -1;
+    c = base(16, 2, 1024, means);
+    ck_assert_int_eq(sim_run(&c, &ec, 1, collect, &choice), MOERT_OK);
+    ck_assert_msg(choice.last_mom[0] == 1.0, "expert choice max/mean %g", choice.last_mom[0]);
+    /* Node-limited routing needs the experts to divide into the nodes. */
+    sim_strategy limited = {.name = "node-limited:2", .balance = SIM_BALANCE_NODE_LIMITED, .max_nodes = 2,
+                            .place = SIM_PLACE_CONTIGUOUS};
+    c = base(16, 2, 64, means);
+    c.ranks = 6, c.nodes = 3;
+    ck_assert_int_eq(sim_run(&c, &limited, 1, collect, &choice), MOERT_EINVAL);
 }
 END_TEST
 

@@ -50,8 +50,12 @@ static const char help[] =
     "                        share [r N / P, (r+1) N / P); with --tokens T each step takes\n"
     "                        the next P x T tokens, wrapping\n"
     "Strategies (--compare A,B,...; each one balancing and one placement joined by +):\n"
-    "  none | capacity:F | aux-free:GAMMA     balancing (top-k softmax; with capacity\n"
-    "                        factor F dropping by position; sigmoid with the aux-free bias)\n"
+    "  none | capacity:F | aux-free:GAMMA | expert-choice:F | relu:S | node-limited:M\n"
+    "                        balancing: top-k softmax; with capacity factor F dropping by\n"
+    "                        position; sigmoid with the aux-free bias; expert choice at\n"
+    "                        capacity factor F; ReLU routing, its threshold steered to\n"
+    "                        sparsity S; top-k within the best M nodes (experts in equal\n"
+    "                        contiguous blocks per node)\n"
     "  contiguous | round-robin | balanced | eplb:R\n"
     "                        placement; balanced and eplb re-plan every --replan steps\n"
     "                        (default 10) from the mean of the last --window (10) steps'\n"
@@ -100,6 +104,11 @@ static int parse_strategy(const char *text, int replan, int window, sim_strategy
         if (!strcmp(part, "none") && !arg) s->balance = SIM_BALANCE_NONE;
         else if (!strcmp(part, "capacity") && number && v > 0) s->balance = SIM_BALANCE_CAPACITY, s->capacity_factor = v;
         else if (!strcmp(part, "aux-free") && number && v > 0) s->balance = SIM_BALANCE_AUX_FREE, s->gamma = (float)v;
+        else if (!strcmp(part, "expert-choice") && number && v > 0)
+            s->balance = SIM_BALANCE_EXPERT_CHOICE, s->capacity_factor = v;
+        else if (!strcmp(part, "relu") && number && v > 0 && v < 1) s->balance = SIM_BALANCE_RELU, s->target_sparsity = v;
+        else if (!strcmp(part, "node-limited") && number && v >= 1 && v == floor(v) && v <= 1 << 20)
+            s->balance = SIM_BALANCE_NODE_LIMITED, s->max_nodes = (int)v;
         else {
             is_balance = 0;
             if (!strcmp(part, "contiguous") && !arg) s->place = SIM_PLACE_CONTIGUOUS;
@@ -109,8 +118,9 @@ static int parse_strategy(const char *text, int replan, int window, sim_strategy
                 s->place = SIM_PLACE_EPLB, s->replicas = (int)v;
             else
                 return cli_fail(CLI_USAGE,
-                                "--compare: '%s' is not none, capacity:F, aux-free:GAMMA, contiguous, round-robin, "
-                                "balanced or eplb:R (F, GAMMA > 0; R >= 0 an integer)",
+                                "--compare: '%s' is not none, capacity:F, aux-free:GAMMA, expert-choice:F, relu:S, "
+                                "node-limited:M, contiguous, round-robin, balanced or eplb:R (F, GAMMA > 0; 0 < S < 1; "
+                                "M >= 1 and R >= 0 integers)",
                                 text);
         }
         if (is_balance ? have_balance++ : have_place++)
@@ -160,10 +170,10 @@ static void show_progress(sim_output *o, int final) {
 
 static void on_step(void *context, int i, const sim_step_record *r, const double *expert_load) {
     sim_output *o = context;
-    fprintf(o->csv, "%s,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", o->strategies[i].name,
+    fprintf(o->csv, "%s,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", o->strategies[i].name,
             o->layer, r->step, r->expert_max_over_mean, r->expert_cv, r->dropped, r->unrouted, r->cost.inter_bytes,
             r->cost.intra_bytes, r->cost.total, r->cost.dispatch, r->cost.compute, r->cost.combine, r->cost.straggler,
-            r->moved_bytes);
+            r->moved_bytes, r->experts_per_token);
     o->sum_mom[i] += r->expert_max_over_mean, o->sum_straggler[i] += r->cost.straggler, o->sum_time[i] += r->cost.total;
     o->sum_dropped[i] += r->dropped, o->sum_unrouted[i] += r->unrouted, o->sum_inter[i] += r->cost.inter_bytes;
     o->sum_moved[i] += r->moved_bytes, o->records[i]++;
@@ -295,7 +305,8 @@ int cmd_simulate(int argc, char **argv) {
         for (char *item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
             if (count == SIM_MAX_STRATEGIES) return cli_fail(CLI_USAGE, "--compare: more than %d strategies", SIM_MAX_STRATEGIES);
             if ((code = parse_strategy(item, replan, window, &strategies[count])) != CLI_OK) return code;
-            if (n_traces && strategies[count].balance == SIM_BALANCE_AUX_FREE)
+            if (n_traces && strategies[count].balance != SIM_BALANCE_NONE &&
+                strategies[count].balance != SIM_BALANCE_CAPACITY)
                 return cli_fail(CLI_USAGE, "--compare: %s re-routes, which a trace's recorded choices cannot", item);
             count++;
         }
@@ -341,7 +352,7 @@ int cmd_simulate(int argc, char **argv) {
         if (out.csv == NULL) code = cli_fail(CLI_FAIL, "--out: cannot write %s: %s", path, strerror(errno));
         else
             fputs("strategy,layer,step,max_over_mean,cv,dropped,unrouted,inter_node_bytes,intra_node_bytes,step_time_s,"
-                  "dispatch_s,compute_s,combine_s,straggler,moved_bytes\n",
+                  "dispatch_s,compute_s,combine_s,straggler,moved_bytes,experts_per_token\n",
                   out.csv);
         out.shares = calloc((size_t)(n_traces ? n_traces : 1) * c.experts, sizeof(double));
     }
