@@ -25,6 +25,17 @@ expect 0 "$moert" simulate --out "$tmp/s2" --ranks 4 --nodes 2 --experts 16 --k 
   --profile zipf:1 --compare none,capacity:1+balanced,aux-free:0.01+eplb:4 --seed 5
 cmp -s "$tmp/s/steps.csv" "$tmp/s2/steps.csv" || fail "two runs with one seed differ"
 
+# --replay summary.json: the same steps.csv, bit for bit, with another thread count.
+expect 0 "$moert" simulate --out "$tmp/r1" --ranks 6 --nodes 3 --experts 12 --k 3 --steps 7 --profile hot:2:0.5 \
+  --drift walk:0.1 --correlation 0.5 --compare none,capacity:1+eplb:6,aux-free:0.01+balanced --replan 3 --window 2 \
+  --seed 99 --alpha-inter 3e-6 --quiet
+expect 0 "$moert" simulate --replay "$tmp/r1/summary.json" --out "$tmp/r2" --quiet --threads 1
+cmp -s "$tmp/r1/steps.csv" "$tmp/r2/steps.csv" || fail "--replay did not reproduce steps.csv"
+expect_error 2 "$moert" simulate --replay "$tmp/r1/summary.json" --out "$tmp/r3" --ranks 4
+grep -q 'only --out, --threads and --quiet' "$tmp/err" || fail "--replay with --ranks: $(cat "$tmp/err")"
+echo '{"strategies": []}' > "$tmp/not_summary.json"
+expect_error 1 "$moert" simulate --replay "$tmp/not_summary.json" --out "$tmp/r4"
+
 # A trace of 3 tokens (k 2) on 2 ranks: shares 3/6, 2/6, 1/6 of experts 0, 1, 2.
 printf '0\t1\t0\t2\t\t0.5\t0.5\t0.5\t0.5\n1\t0\t\t0.5\t0.5\n' > "$tmp/t.txt"
 expect 0 "$moert" simulate --out "$tmp/t" --trace "$tmp/t.txt" --k 2 --experts 3 --ranks 2 --compare contiguous
@@ -46,6 +57,9 @@ bad 2 '--profile and --counts' --profile uniform --counts x.csv
 bad 2 '--counts-select needs --counts' --counts-select domain=c4
 bad 2 'is not none, capacity:F' --compare nothing
 bad 2 'gives two placements' --compare balanced+eplb:2
+bad 2 'is not walk:SIGMA or rotate:N' --drift sideways
+bad 2 '--seq-len goes with --correlation' --seq-len 8
+bad 2 'node-limited:3: 16 experts in 2 nodes' --ranks 4 --nodes 2 --experts 16 --k 2 --compare node-limited:3
 bad 2 're-routes' --trace "$tmp/t.txt" --k 2 --experts 3 --compare aux-free:0.1
 printf '0\t5\t\t0.5\t0.5\n' > "$tmp/ids.txt"
 bad 1 'expert id 5 is outside 0..3' --trace "$tmp/ids.txt" --k 2 --experts 4

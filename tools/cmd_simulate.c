@@ -70,6 +70,8 @@ static const char help[] =
     "  --expert-seconds S    one token through one expert, default 3.46e-7\n"
     "  --expert-bytes B      one expert's weights (re-plan traffic), default 3.46e7\n"
     "Other:\n"
+    "  --replay SUMMARY.json run again what a summary.json records (with --out; --threads and\n"
+    "                        --quiet may join): the same steps.csv, bit for bit\n"
     "  --threads N           default all\n"
     "  --quiet               print nothing on success (and no progress bar, which shows\n"
     "                        on stderr only when it is a terminal)\n";
@@ -78,7 +80,7 @@ enum {
     OPT_RANKS = 256, OPT_NODES, OPT_EXPERTS, OPT_K, OPT_TOKENS, OPT_SAMPLE, OPT_STEPS, OPT_PROFILE, OPT_COUNTS,
     OPT_COUNTS_SELECT, OPT_TEMPERATURE, OPT_SEED, OPT_TRACE, OPT_COMPARE, OPT_REPLAN, OPT_WINDOW, OPT_ALPHA_INTRA,
     OPT_BETA_INTRA, OPT_ALPHA_INTER, OPT_BETA_INTER, OPT_ROW_BYTES, OPT_EXPERT_SECONDS, OPT_EXPERT_BYTES, OPT_THREADS,
-    OPT_QUIET, OPT_OUT, OPT_CORRELATION, OPT_SEQ_LEN, OPT_DRIFT,
+    OPT_QUIET, OPT_OUT, OPT_CORRELATION, OPT_SEQ_LEN, OPT_DRIFT, OPT_REPLAY,
 };
 
 #define SIM_MAX_STRATEGIES 16
@@ -190,6 +192,75 @@ static int make_dir(const char *dir) {
     return CLI_OK;
 }
 
+/* --replay: the summary's configuration as the options it came from, run again. */
+static int replay_summary(const char *path, const char *out_dir, int quiet, int threads) {
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) return cli_fail(CLI_FAIL, "--replay: %s: %s", path, strerror(errno));
+    char *text = malloc(1 << 24);
+    const size_t n = text ? fread(text, 1, (1 << 24) - 1, f) : 0;
+    fclose(f);
+    if (text == NULL) return cli_fail(CLI_FAIL, "--replay: out of memory");
+    text[n] = '\0';
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    const cJSON *cfg = root ? cJSON_GetObjectItem(root, "config") : NULL;
+    if (cfg == NULL) {
+        cJSON_Delete(root);
+        return cli_fail(CLI_FAIL, "--replay: %s is not a summary.json of moert simulate (no config)", path);
+    }
+    const char *args[128];
+    char values[64][64];
+    int argc = 0, nv = 0, code = CLI_OK;
+    args[argc++] = "simulate";
+#define ARG_(flag) (args[argc++] = (flag))
+#define VALUE_(fmt, v) (snprintf(values[nv], sizeof values[nv], fmt, v), args[argc++] = values[nv++])
+    static const char *const numbers[][2] = {
+        {"ranks", "--ranks"}, {"nodes", "--nodes"}, {"experts", "--experts"}, {"k", "--k"},
+        {"tokens_per_rank", "--tokens"}, {"sample", "--sample"}, {"steps", "--steps"}, {"temperature", "--temperature"},
+        {"correlation", "--correlation"}, {"seq_len", "--seq-len"}, {"replan", "--replan"}, {"window", "--window"},
+    };
+    for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItem(cfg, numbers[i][0]);
+        if (v == NULL) continue;
+        if (!cJSON_IsNumber(v)) code = cli_fail(CLI_FAIL, "--replay: config.%s is not a number", numbers[i][0]);
+        else if (!strcmp(numbers[i][0], "tokens_per_rank") && v->valuedouble == 0) continue; /* a trace's default */
+        else ARG_(numbers[i][1]), VALUE_("%.17g", v->valuedouble);
+    }
+    static const char *const strings[][2] = {{"seed", "--seed"}, {"profile", "--profile"}, {"counts", "--counts"},
+                                             {"counts_select", "--counts-select"}, {"drift", "--drift"},
+                                             {"compare", "--compare"}};
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItem(cfg, strings[i][0]);
+        if (v == NULL) continue;
+        if (!cJSON_IsString(v)) code = cli_fail(CLI_FAIL, "--replay: config.%s is not a string", strings[i][0]);
+        else ARG_(strings[i][1]), ARG_(v->valuestring);
+    }
+    const cJSON *traces = cJSON_GetObjectItem(cfg, "trace"), *t;
+    cJSON_ArrayForEach(t, traces) {
+        if (!cJSON_IsString(t) || argc > 100) code = cli_fail(CLI_FAIL, "--replay: config.trace is not a list of paths");
+        else ARG_("--trace"), ARG_(t->valuestring);
+    }
+    static const char *const costs[][2] = {
+        {"alpha_intra", "--alpha-intra"}, {"beta_intra", "--beta-intra"}, {"alpha_inter", "--alpha-inter"},
+        {"beta_inter", "--beta-inter"}, {"row_bytes", "--row-bytes"}, {"expert_seconds", "--expert-seconds"},
+        {"expert_bytes", "--expert-bytes"},
+    };
+    const cJSON *cost = cJSON_GetObjectItem(cfg, "cost");
+    for (size_t i = 0; cost && i < sizeof costs / sizeof costs[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItem(cost, costs[i][0]);
+        if (cJSON_IsNumber(v)) ARG_(costs[i][1]), VALUE_("%.17g", v->valuedouble);
+    }
+    ARG_("--out"), ARG_(out_dir);
+    if (quiet) ARG_("--quiet");
+    if (threads > 0) ARG_("--threads"), VALUE_("%d", threads);
+#undef ARG_
+#undef VALUE_
+    args[argc] = NULL;
+    if (code == CLI_OK) code = cmd_simulate(argc, (char **)args); /* getopt_long does not write them */
+    cJSON_Delete(root);
+    return code;
+}
+
 int cmd_simulate(int argc, char **argv) {
     static const struct option options[] = {
         {"ranks", required_argument, NULL, OPT_RANKS}, {"nodes", required_argument, NULL, OPT_NODES},
@@ -207,13 +278,13 @@ int cmd_simulate(int argc, char **argv) {
         {"expert-bytes", required_argument, NULL, OPT_EXPERT_BYTES}, {"threads", required_argument, NULL, OPT_THREADS},
         {"quiet", no_argument, NULL, OPT_QUIET}, {"out", required_argument, NULL, OPT_OUT},
         {"correlation", required_argument, NULL, OPT_CORRELATION}, {"seq-len", required_argument, NULL, OPT_SEQ_LEN},
-        {"drift", required_argument, NULL, OPT_DRIFT},
+        {"drift", required_argument, NULL, OPT_DRIFT}, {"replay", required_argument, NULL, OPT_REPLAY},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
     };
     sim_config c = {0};
     c.ranks = 8, c.nodes = 1, c.steps = 100, c.k = 8, c.experts = 64, c.tokens_per_rank = 4096, c.sample = 256;
     c.temperature = 1.0f, c.cost = sim_cost_default(), c.expert_bytes = 3.0 * 4096 * 1408 * 2;
-    const char *drift = NULL, *profile = NULL, *counts_path = NULL, *counts_select = NULL, *compare = NULL, *out_dir = NULL;
+    const char *replay = NULL, *drift = NULL, *profile = NULL, *counts_path = NULL, *counts_select = NULL, *compare = NULL, *out_dir = NULL;
     const char *traces[SIM_MAX_LAYERS];
     int n_traces = 0, replan = 10, window = 10, quiet = 0, k_given = 0, experts_given = 0, tokens_given = 0;
     int steps_given = 0, opt, code;
@@ -253,6 +324,7 @@ int cmd_simulate(int argc, char **argv) {
         case OPT_THREADS: code = cli_parse_int("--threads", optarg, 1, 4096, &c.threads); break;
         case OPT_QUIET: quiet = 1; break;
         case OPT_OUT: out_dir = optarg; break;
+        case OPT_REPLAY: replay = optarg; break;
         case OPT_CORRELATION: code = cli_parse_double("--correlation", optarg, 0, 0.999999, &c.correlation); break;
         case OPT_SEQ_LEN: code = cli_parse_size("--seq-len", optarg, 1, (size_t)1 << 30, &c.seq_len); break;
         case OPT_DRIFT: {
@@ -278,6 +350,18 @@ int cmd_simulate(int argc, char **argv) {
     }
     if (optind < argc) return cli_usage_error("simulate", "unexpected argument");
     if (out_dir == NULL) return cli_usage_error("simulate", "--out DIR is required");
+    if (replay != NULL) {
+        /* Only where the outputs go, and how loudly, may join a replay. */
+        int others = 0;
+        for (int i = 1; i < argc; i++)
+            if (argv[i][0] == '-' && strcmp(argv[i], "--replay") && strcmp(argv[i], "--out") && strcmp(argv[i], "--quiet") &&
+                strcmp(argv[i], "--threads") && strncmp(argv[i], "--replay=", 9) && strncmp(argv[i], "--out=", 6) &&
+                strncmp(argv[i], "--threads=", 10))
+                others++;
+        if (others) return cli_fail(CLI_USAGE, "--replay runs a summary's configuration: only --out, --threads and "
+                                               "--quiet go with it");
+        return replay_summary(replay, out_dir, quiet, c.threads);
+    }
     c.seed = (uint64_t)seed;
     /* Conflicting options. */
     if (c.ranks % c.nodes != 0) return cli_fail(CLI_USAGE, "--ranks %d do not divide into --nodes %d", c.ranks, c.nodes);
@@ -380,7 +464,7 @@ int cmd_simulate(int argc, char **argv) {
         cJSON_AddNumberToObject(cfg, "ranks", c.ranks), cJSON_AddNumberToObject(cfg, "nodes", c.nodes);
         cJSON_AddNumberToObject(cfg, "experts", (double)c.experts), cJSON_AddNumberToObject(cfg, "k", c.k);
         cJSON_AddNumberToObject(cfg, "tokens_per_rank", (double)c.tokens_per_rank);
-        cJSON_AddNumberToObject(cfg, "sample", (double)(sampled ? c.sample : c.tokens_per_rank));
+        cJSON_AddNumberToObject(cfg, "sample", (double)c.sample);
         cJSON_AddBoolToObject(cfg, "sampled", sampled);
         cJSON_AddNumberToObject(cfg, "steps", c.steps);
         char seed_text[24];
@@ -400,6 +484,10 @@ int cmd_simulate(int argc, char **argv) {
         if (c.correlation > 0)
             cJSON_AddNumberToObject(cfg, "correlation", c.correlation), cJSON_AddNumberToObject(cfg, "seq_len", (double)c.seq_len);
         cJSON_AddNumberToObject(cfg, "replan", replan), cJSON_AddNumberToObject(cfg, "window", window);
+        char names[SIM_MAX_STRATEGIES * 65] = "";
+        for (int i = 0, at = 0; i < count; i++)
+            at += snprintf(names + at, sizeof names - (size_t)at, "%s%s", i ? "," : "", strategies[i].name);
+        cJSON_AddStringToObject(cfg, "compare", names);
         cJSON *cost = cJSON_AddObjectToObject(cfg, "cost");
         cJSON_AddNumberToObject(cost, "alpha_intra", c.cost.alpha_intra);
         cJSON_AddNumberToObject(cost, "beta_intra", c.cost.beta_intra);
