@@ -13,6 +13,7 @@ packages=(
   check             # unit tests
   libdnnl-dev       # oneDNN: the GEMM of the gate and the experts
   libcjson-dev      # JSON output and file headers
+  gnuplot-nox       # `moert simulate`'s plots
 )
 # For the set-up's own test: extra package names to require (one that does not exist
 # shows the not-root message without touching the machine).

@@ -255,7 +255,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                 for (size_t e = 0; e < E; e++) global[e] = (int64_t)llround(expert_load[e]);
                 st = moert_bias_balancer_update(ss->balancer, global);
             }
-            if (on_step) on_step(context, i, &rec, expert_load);
+            if (on_step) on_step(context, i, &rec, expert_load, rank_load);
         }
     }
     for (int i = 0; state && i < count; i++) {

@@ -70,8 +70,10 @@ typedef struct sim_step_record {
     sim_step_cost cost;
 } sim_step_record;
 
-/* Called after each step with its record and the step's per-expert loads [experts]. */
-typedef void (*sim_step_fn)(void *context, int strategy, const sim_step_record *record, const double *expert_load);
+/* Called after each step with its record, the step's per-expert loads [experts] and
+ * per-rank loads [ranks] (entries each rank's experts run). */
+typedef void (*sim_step_fn)(void *context, int strategy, const sim_step_record *record, const double *expert_load,
+                            const double *rank_load);
 
 moert_status sim_run(const sim_config *config, const sim_strategy *strategies, int count, sim_step_fn on_step,
                      void *context);

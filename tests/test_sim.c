@@ -162,8 +162,8 @@ typedef struct collected {
     int first_below[4];
 } collected;
 
-static void collect(void *context, int i, const sim_step_record *r, const double *load) {
-    (void)load;
+static void collect(void *context, int i, const sim_step_record *r, const double *load, const double *ranks) {
+    (void)load, (void)ranks;
     collected *c = context;
     c->last_mom[i] = r->expert_max_over_mean, c->dropped[i] = r->dropped, c->unrouted[i] = r->unrouted;
     if (c->first_below[i] < 0 && r->expert_max_over_mean < 1.2) c->first_below[i] = r->step;
@@ -238,8 +238,8 @@ typedef struct hottest {
     int at[64];
 } hottest;
 
-static void record_hottest(void *context, int i, const sim_step_record *r, const double *load) {
-    (void)i;
+static void record_hottest(void *context, int i, const sim_step_record *r, const double *load, const double *ranks) {
+    (void)i, (void)ranks;
     hottest *h = context;
     int best = 0;
     for (int e = 1; e < 16; e++) best = load[e] > load[best] ? e : best;
@@ -276,7 +276,8 @@ typedef struct esft_run {
     double shares[64], straggler[2];
 } esft_run;
 
-static void esft_step(void *context, int i, const sim_step_record *r, const double *load) {
+static void esft_step(void *context, int i, const sim_step_record *r, const double *load, const double *ranks) {
+    (void)ranks;
     esft_run *run = context;
     run->straggler[i] = r->cost.straggler;
     if (i == 0)

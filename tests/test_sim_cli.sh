@@ -20,6 +20,19 @@ head -1 "$tmp/s/steps.csv" | grep -q '^strategy,layer,step,max_over_mean,cv,drop
 grep -q 'sampled: 128 tokens per rank' "$tmp/out" || fail "the output does not say the counts were sampled"
 grep -q '"sampled":[[:space:]]*true' "$tmp/s/summary.json" || fail "summary.json does not say sampled"
 grep -q '"name":[[:space:]]*"aux-free:0.01+eplb:4"' "$tmp/s/summary.json" || fail "summary.json lacks a strategy"
+# The plots: drawn by gnuplot when it is there; without it, said so, the data written anyway.
+for f in heatmap.dat ranks.csv plots.gp; do [ -s "$tmp/s/$f" ] || fail "no $f"; done
+if command -v gnuplot >/dev/null 2>&1; then
+  for f in imbalance.png heatmap.png ranks.png; do
+    head -c 8 "$tmp/s/$f" | od -An -c | grep -q 'P   N   G' || fail "$f is not a PNG"
+  done
+fi
+mkdir -p "$tmp/nognuplot"
+for tool in sh cat; do ln -sf "$(command -v $tool)" "$tmp/nognuplot/$tool"; done
+PATH="$tmp/nognuplot" expect 0 "$moert" simulate --out "$tmp/np" --ranks 2 --experts 8 --k 2 --steps 2 --tokens 64
+grep -q 'gnuplot is not installed' "$tmp/err" || fail "without gnuplot: $(cat "$tmp/err")"
+[ -s "$tmp/np/plots.gp" ] && [ -s "$tmp/np/steps.csv" ] || fail "without gnuplot the data were not written"
+
 # The same seed, the same numbers.
 expect 0 "$moert" simulate --out "$tmp/s2" --ranks 4 --nodes 2 --experts 16 --k 2 --tokens 512 --sample 128 --steps 3 \
   --profile zipf:1 --compare none,capacity:1+balanced,aux-free:0.01+eplb:4 --seed 5

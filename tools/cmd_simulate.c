@@ -20,7 +20,10 @@ static const char help[] =
     "Simulates P ranks in N nodes routing their tokens to E experts for a number of steps,\n"
     "under each strategy of --compare on the same token stream, and writes DIR/steps.csv\n"
     "(a row per step and strategy) and DIR/summary.json (the configuration, the seed, the\n"
-    "version and each strategy's means).\n"
+    "version and each strategy's means), and draws with gnuplot DIR/imbalance.png (expert\n"
+    "max/mean per step and strategy), DIR/heatmap.png (the first strategy's expert loads\n"
+    "over steps) and DIR/ranks.png (the rank loads of each placement), from heatmap.dat,\n"
+    "ranks.csv and plots.gp there (kept: without gnuplot they are written all the same).\n"
     "\n"
     "The distributed machine:\n"
     "  --ranks P             default 8\n"
@@ -143,6 +146,9 @@ typedef struct sim_output {
     double sum_moved[SIM_MAX_STRATEGIES];
     long records[SIM_MAX_STRATEGIES];
     double *shares; /* [layers][experts], the first strategy's loads summed over steps */
+    double *heat;       /* [steps][experts] */
+    double *ranks_last; /* [strategies][ranks] */
+    int ranks, steps;
     /* the progress bar: stderr is a terminal and not --quiet */
     int progress;
     long done, total;
@@ -170,7 +176,7 @@ static void show_progress(sim_output *o, int final) {
     fflush(stderr);
 }
 
-static void on_step(void *context, int i, const sim_step_record *r, const double *expert_load) {
+static void on_step(void *context, int i, const sim_step_record *r, const double *expert_load, const double *rank_load) {
     sim_output *o = context;
     fprintf(o->csv, "%s,%d,%d,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g\n", o->strategies[i].name,
             o->layer, r->step, r->expert_max_over_mean, r->expert_cv, r->dropped, r->unrouted, r->cost.inter_bytes,
@@ -181,8 +187,71 @@ static void on_step(void *context, int i, const sim_step_record *r, const double
     o->sum_moved[i] += r->moved_bytes, o->records[i]++;
     if (i == 0 && o->shares)
         for (size_t e = 0; e < o->experts; e++) o->shares[(size_t)o->layer * o->experts + e] += expert_load[e];
+    if (o->layer == 0 && i == 0 && o->heat) /* the heatmap: the first strategy's loads, layer 0 */
+        memcpy(o->heat + (size_t)r->step * o->experts, expert_load, o->experts * sizeof(double));
+    if (o->layer == 0 && o->ranks_last) /* each strategy's rank loads, the last step of layer 0 */
+        memcpy(o->ranks_last + (size_t)i * (size_t)o->ranks, rank_load, (size_t)o->ranks * sizeof(double));
     o->done++;
     if (o->progress) show_progress(o, 0);
+}
+
+/* The plots' data (heatmap.dat, ranks.csv) and script (plots.gp) in DIR, then gnuplot on
+ * it: imbalance.png (expert max/mean over steps, per strategy), heatmap.png (the first
+ * strategy's expert loads over steps), ranks.png (each strategy's rank loads at the last
+ * step: the placements side by side). Without gnuplot the data and script stay, and the
+ * command says so. */
+static int write_plots(const sim_output *o, const char *dir, int quiet) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/heatmap.dat", dir);
+    FILE *f = fopen(path, "w");
+    if (f == NULL) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
+    for (size_t e = 0; e < o->experts; e++) { /* a row per expert, a column per step */
+        for (int s = 0; s < o->steps; s++) fprintf(f, "%s%.6g", s ? " " : "", o->heat[(size_t)s * o->experts + e]);
+        fputc('\n', f);
+    }
+    if (fclose(f) != 0) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
+    snprintf(path, sizeof path, "%s/ranks.csv", dir);
+    if ((f = fopen(path, "w")) == NULL) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
+    fputs("rank", f);
+    for (int i = 0; i < o->count; i++) fprintf(f, ",%s", o->strategies[i].name);
+    fputc('\n', f);
+    for (int r = 0; r < o->ranks; r++) {
+        fprintf(f, "%d", r);
+        for (int i = 0; i < o->count; i++) fprintf(f, ",%.6g", o->ranks_last[(size_t)i * (size_t)o->ranks + r]);
+        fputc('\n', f);
+    }
+    if (fclose(f) != 0) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
+    snprintf(path, sizeof path, "%s/plots.gp", dir);
+    if ((f = fopen(path, "w")) == NULL) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
+    fputs("# moert simulate's plots: gnuplot plots.gp, in this directory\n"
+          "set datafile separator ','\nset terminal png size 1000,600\nset key outside right\nset grid\n"
+          "set output 'imbalance.png'\nset title 'expert load max/mean per step (layer 0)'\n"
+          "set xlabel 'step'\nset ylabel 'max/mean'\n", f);
+    fputs("plot ", f);
+    for (int i = 0; i < o->count; i++)
+        fprintf(f, "%s'steps.csv' using 3:((strcol(1) eq '%s' && $2 == 0) ? $4 : 1/0) with lines title '%s'",
+                i ? ", " : "", o->strategies[i].name, o->strategies[i].name);
+    fprintf(f, "\nset output 'ranks.png'\nset title 'rank load at the last step, per placement (layer 0)'\n"
+               "set xlabel 'rank'\nset ylabel 'entries'\nplot ");
+    for (int i = 0; i < o->count; i++)
+        fprintf(f, "%s'ranks.csv' using 1:%d with steps title '%s'", i ? ", " : "", i + 2, o->strategies[i].name);
+    fprintf(f, "\nset datafile separator whitespace\nset output 'heatmap.png'\n"
+               "set title 'expert load over steps: %s (layer 0)'\nset xlabel 'step'\nset ylabel 'expert'\n"
+               "set key noautotitle\nset grid noxtics noytics\nplot 'heatmap.dat' matrix with image\n",
+            o->strategies[0].name);
+    if (fclose(f) != 0) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
+    if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
+        fprintf(stderr, "moert: simulate: gnuplot is not installed: no plots were drawn; their data and script are in "
+                        "%s (install gnuplot-nox, then run gnuplot plots.gp there)\n",
+                dir);
+        return CLI_OK;
+    }
+    char command[8192];
+    snprintf(command, sizeof command, "cd '%s' && gnuplot plots.gp 2>gnuplot.log", dir);
+    if (strchr(dir, '\'') != NULL || system(command) != 0)
+        return cli_fail(CLI_FAIL, "simulate: gnuplot failed on %s/plots.gp (see %s/gnuplot.log)", dir, dir);
+    if (!quiet) printf("plots: %s/imbalance.png, %s/heatmap.png, %s/ranks.png\n", dir, dir, dir);
+    return CLI_OK;
 }
 
 static int make_dir(const char *dir) {
@@ -439,6 +508,10 @@ int cmd_simulate(int argc, char **argv) {
                   "dispatch_s,compute_s,combine_s,straggler,moved_bytes,experts_per_token\n",
                   out.csv);
         out.shares = calloc((size_t)(n_traces ? n_traces : 1) * c.experts, sizeof(double));
+        out.ranks = c.ranks, out.steps = c.steps;
+        out.heat = calloc((size_t)c.steps * c.experts, sizeof(double));
+        out.ranks_last = calloc((size_t)count * (size_t)c.ranks, sizeof(double));
+        if (!out.shares || !out.heat || !out.ranks_last) code = cli_fail(CLI_FAIL, "simulate: out of memory");
     }
     const int sampled = n_traces == 0 && c.sample < c.tokens_per_rank;
     const struct timespec t0 = {0};
@@ -528,6 +601,7 @@ int cmd_simulate(int argc, char **argv) {
         cJSON_free(text);
         cJSON_Delete(o);
     }
+    if (code == CLI_OK) code = write_plots(&out, out_dir, quiet);
     if (code == CLI_OK && !quiet) {
         if (c.tokens_per_rank)
             printf("simulated %d ranks in %d nodes, %zu experts, k=%d, %d steps x %zu tokens per rank", c.ranks, c.nodes,
@@ -546,7 +620,7 @@ int cmd_simulate(int argc, char **argv) {
                    out.sum_dropped[i], out.sum_inter[i] / 1e9, out.sum_moved[i] / 1e9);
         }
     }
-    free(means), free(out.shares);
+    free(means), free(out.shares), free(out.heat), free(out.ranks_last);
     for (int l = 0; l < n_traces; l++) sim_trace_free(&layers[l]);
     free(layers);
     return code;
