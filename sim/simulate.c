@@ -66,11 +66,25 @@ static void drifted_means(const sim_config *c, int step, double *means, float *t
     }
 }
 
-/* A trace rank's counts at a step, capacity applied by position (each expert keeps its
- * earliest entries); returns the tokens left with no expert. */
-static double trace_counts(const sim_config *c, int step, int rank, int64_t capacity, double *counts) {
+/* Entries of one expert by descending weight, ties to the earlier token (index). */
+typedef struct weighted {
+    float weight;
+    uint32_t index;
+} weighted;
+static int by_weight_then_index(const void *a, const void *b) {
+    const weighted *x = a, *y = b;
+    if (x->weight != y->weight) return x->weight > y->weight ? -1 : 1;
+    return (x->index > y->index) - (x->index < y->index);
+}
+
+/* A trace rank's counts at a step with capacity applied to its recorded choices: each
+ * expert keeps its earliest entries (position) or its highest-weight ones (probs, ties to
+ * the earlier token); returns the tokens left with no expert. keep: T k bytes of scratch,
+ * sort: T k weighted. */
+static double trace_counts(const sim_config *c, int step, int rank, int64_t capacity, moert_drop_policy drop,
+                           double *counts, uint8_t *keep, weighted *sort) {
     const sim_trace *tr = c->trace;
-    const size_t k = tr->k;
+    const size_t k = tr->k, E = c->experts;
     size_t T = c->tokens_per_rank, first;
     if (T == 0) { /* the whole trace each step, rank r its share [floor(r N / P), floor((r+1) N / P)) */
         first = tr->tokens * (size_t)rank / (size_t)c->ranks;
@@ -78,16 +92,32 @@ static double trace_counts(const sim_config *c, int step, int rank, int64_t capa
     } else {
         first = (((size_t)step * (size_t)c->ranks + (size_t)rank) * T) % tr->tokens;
     }
+#define ENTRY_(i, j) (((first + (i)) % tr->tokens) * k + (j))
+    for (size_t i = 0; i < T * k; i++) keep[i] = 1;
+    if (capacity > 0 && drop == MOERT_DROP_PROBS) {
+        for (size_t e = 0; e < E; e++) { /* the expert's entries, the highest `capacity` kept */
+            size_t n = 0;
+            for (size_t i = 0; i < T; i++)
+                for (size_t j = 0; j < k; j++)
+                    if (tr->ids[ENTRY_(i, j)] == (int32_t)e)
+                        sort[n++] = (weighted){tr->weights[ENTRY_(i, j)], (uint32_t)(i * k + j)};
+            if (n <= (size_t)capacity) continue;
+            qsort(sort, n, sizeof *sort, by_weight_then_index);
+            for (size_t m = (size_t)capacity; m < n; m++) keep[sort[m].index] = 0;
+        }
+    }
     double unrouted = 0;
     for (size_t i = 0; i < T; i++) {
-        const int32_t *ids = tr->ids + ((first + i) % tr->tokens) * k;
         int kept = 0;
         for (size_t j = 0; j < k; j++) {
-            if (capacity > 0 && counts[ids[j]] >= (double)capacity) continue;
-            counts[ids[j]] += 1, kept++;
+            const int32_t e = tr->ids[ENTRY_(i, j)];
+            if (!keep[i * k + j] || (capacity > 0 && drop == MOERT_DROP_POSITION && counts[e] >= (double)capacity))
+                continue;
+            counts[e] += 1, kept++;
         }
         unrouted += kept == 0;
     }
+#undef ENTRY_
     return unrouted;
 }
 
@@ -125,15 +155,22 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
     double *means = c->trace ? NULL : calloc(E, sizeof *means);
     float *drift_tmp = c->trace ? NULL : calloc(2 * E + 4, sizeof *drift_tmp);
     moert_plan **plans = calloc((size_t)threads, sizeof *plans);
+    uint8_t **keeps = calloc((size_t)threads, sizeof *keeps); /* a trace rank's capacity decisions */
+    weighted **sorts = calloc((size_t)threads, sizeof *sorts);
     moert_router **routers = calloc((size_t)threads * (size_t)count, sizeof *routers);
     moert_status st = MOERT_OK;
     if (!state || !counts || !expert_load || !rank_load || !scratch || !global || !unrouted_of || !dropped_of ||
-        !sparsity_of || !logits ||
+        !sparsity_of || !keeps || !sorts || !logits ||
         !tmp || !plans || !routers || (!c->trace && (!means || !drift_tmp)))
         st = moert_set_error(MOERT_ENOMEM, "simulate: out of memory");
     for (int u = 0; st == MOERT_OK && u < threads; u++) {
         logits[u] = c->trace ? NULL : malloc(S * E * sizeof(float) + 1);
         tmp[u] = malloc((2 * E + 2) * sizeof(float)); /* the noise's scratch, then a sequence's latent */
+        if (c->trace && keeps && sorts) {
+            const size_t most = (c->tokens_per_rank ? c->tokens_per_rank : c->trace->tokens / (size_t)P + 1) * c->trace->k;
+            keeps[u] = malloc(most), sorts[u] = malloc(most * sizeof(weighted));
+            if (!keeps[u] || !sorts[u]) st = moert_set_error(MOERT_ENOMEM, "simulate: out of memory");
+        }
         st = moert_plan_create(&plans[u]);
         if (st == MOERT_OK && ((!c->trace && !logits[u]) || !tmp[u]))
             st = moert_set_error(MOERT_ENOMEM, "simulate: cannot allocate %zu sampled tokens", S);
@@ -164,7 +201,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
             rc.k = c->k, rc.threads = 1;
             switch (s->balance) {
             case SIM_BALANCE_NONE: break;
-            case SIM_BALANCE_CAPACITY: rc.capacity_factor = s->capacity_factor, rc.drop_policy = MOERT_DROP_POSITION; break;
+            case SIM_BALANCE_CAPACITY: rc.capacity_factor = s->capacity_factor, rc.drop_policy = s->drop; break;
             case SIM_BALANCE_AUX_FREE: rc.score = MOERT_SCORE_SIGMOID, rc.bias = moert_bias_balancer_bias(ss->balancer); break;
             case SIM_BALANCE_EXPERT_CHOICE: rc.policy = MOERT_POLICY_EXPERT_CHOICE, rc.capacity_factor = s->capacity_factor; break;
             case SIM_BALANCE_RELU: rc.policy = MOERT_POLICY_RELU, rc.relu_threshold = (float)ss->relu.threshold; break;
@@ -191,7 +228,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                 const int u = omp_get_thread_num();
                 double *row = counts + (size_t)r * E;
                 if (c->trace) {
-                    unrouted_of[r] = trace_counts(c, step, r, capacity, row);
+                    unrouted_of[r] = trace_counts(c, step, r, capacity, s->drop, row, keeps[u], sorts[u]);
                     dropped_of[r] = 0; /* counted below from the entries */
                     continue;
                 }
@@ -267,9 +304,11 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
     for (int u = 0; plans && u < threads; u++) {
         moert_plan_destroy(plans[u]);
         if (logits) free(logits[u]);
+        if (keeps) free(keeps[u]);
+        if (sorts) free(sorts[u]);
         if (tmp) free(tmp[u]);
     }
     free(state), free(counts), free(expert_load), free(rank_load), free(scratch), free(global), free(unrouted_of);
-    free(dropped_of), free(sparsity_of), free(logits), free(tmp), free(plans), free(routers), free(means), free(drift_tmp);
+    free(dropped_of), free(sparsity_of), free(keeps), free(sorts), free(logits), free(tmp), free(plans), free(routers), free(means), free(drift_tmp);
     return st;
 }

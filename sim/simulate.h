@@ -19,7 +19,7 @@
 
 typedef enum sim_balance {
     SIM_BALANCE_NONE,     /* plain top-k softmax */
-    SIM_BALANCE_CAPACITY, /* top-k with a capacity factor, dropping by position */
+    SIM_BALANCE_CAPACITY, /* top-k with a capacity factor and a drop policy */
     SIM_BALANCE_AUX_FREE, /* sigmoid top-k with the auxiliary-loss-free bias */
     SIM_BALANCE_EXPERT_CHOICE, /* each expert takes its capacity_factor share of a rank's tokens */
     SIM_BALANCE_RELU,          /* ReLU routing, its threshold steered to target_sparsity */
@@ -30,7 +30,8 @@ typedef enum sim_balance {
 typedef struct sim_strategy {
     char name[64];
     sim_balance balance;
-    double capacity_factor; /* capacity */
+    double capacity_factor; /* capacity, expert choice */
+    moert_drop_policy drop; /* capacity: keep the earliest tokens (position) or the highest weights (probs) */
     float gamma;            /* aux-free */
     double target_sparsity; /* relu */
     int max_nodes;          /* node-limited */

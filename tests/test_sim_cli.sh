@@ -54,6 +54,19 @@ printf '0\t1\t0\t2\t\t0.5\t0.5\t0.5\t0.5\n1\t0\t\t0.5\t0.5\n' > "$tmp/t.txt"
 expect 0 "$moert" simulate --out "$tmp/t" --trace "$tmp/t.txt" --k 2 --experts 3 --ranks 2 --compare contiguous
 grep -q 'replayed 1 layer of 3 tokens' "$tmp/out" || fail "trace replay: $(cat "$tmp/out")"
 
+# Capacity on recorded choices, by hand: 3 tokens, k 2, capacity ceil(3 x 2 / 3 x 0.5) = 1.
+# position: expert 0 keeps token 0, expert 1 token 0, expert 2 token 1: 3 dropped, token 2
+# left with none; probs: expert 0 keeps token 0 (0.9), expert 1 token 2 (0.3), expert 2
+# token 1: 3 dropped, every token keeps one.
+printf '0\t1\t0\t2\t0\t1\t\t0.9\t0.1\t0.2\t0.8\t0.7\t0.3\n' > "$tmp/cap.txt"
+for case in "position 3 1" "probs 3 0"; do
+  read -r policy dropped unrouted <<<"$case"
+  expect 0 "$moert" simulate --out "$tmp/cap" --trace "$tmp/cap.txt" --k 2 --experts 3 --ranks 1 \
+    --compare "capacity:0.5:$policy" --quiet
+  got=$(awk -F, 'NR == 2 { print $6, $7 }' "$tmp/cap/steps.csv")
+  [ "$got" = "$dropped $unrouted" ] || fail "capacity:0.5:$policy on the trace: dropped, unrouted = $got, want $dropped $unrouted"
+done
+
 # Bad input: each a usage error (2) or a data error (1), naming the problem.
 bad() { # status, the error's words, then the arguments
   local want=$1 words=$2
@@ -70,6 +83,7 @@ bad 2 '--profile and --counts' --profile uniform --counts x.csv
 bad 2 '--counts-select needs --counts' --counts-select domain=c4
 bad 2 'is not none, capacity:F' --compare nothing
 bad 2 'gives two placements' --compare balanced+eplb:2
+bad 2 'the drop policy is probs or position' --compare capacity:1:latest
 bad 2 'is not walk:SIGMA or rotate:N' --drift sideways
 bad 2 '--seq-len goes with --correlation' --seq-len 8
 bad 2 'node-limited:3: 16 experts in 2 nodes' --ranks 4 --nodes 2 --experts 16 --k 2 --compare node-limited:3

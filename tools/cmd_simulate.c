@@ -55,7 +55,8 @@ static const char help[] =
     "Strategies (--compare A,B,...; each one balancing and one placement joined by +):\n"
     "  none | capacity:F | aux-free:GAMMA | expert-choice:F | relu:S | node-limited:M\n"
     "                        balancing: top-k softmax; with capacity factor F dropping by\n"
-    "                        position; sigmoid with the aux-free bias; expert choice at\n"
+    "                        position (capacity:F:probs: the lowest weights); sigmoid\n"
+    "                        with the aux-free bias; expert choice at\n"
     "                        capacity factor F; ReLU routing, its threshold steered to\n"
     "                        sparsity S; top-k within the best M nodes (experts in equal\n"
     "                        contiguous blocks per node)\n"
@@ -102,6 +103,14 @@ static int parse_strategy(const char *text, int replan, int window, sim_strategy
         char *colon = strchr(part, ':');
         const char *arg = colon ? colon + 1 : NULL;
         if (colon) *colon = '\0';
+        /* capacity:F:probs|position */
+        char *policy = arg && !strcmp(part, "capacity") ? strchr(colon + 1, ':') : NULL;
+        s->drop = MOERT_DROP_POSITION;
+        if (policy) {
+            *policy++ = '\0';
+            if (!strcmp(policy, "probs")) s->drop = MOERT_DROP_PROBS;
+            else if (strcmp(policy, "position")) return cli_fail(CLI_USAGE, "--compare: '%s': the drop policy is probs or position", text);
+        }
         char *end = NULL;
         const double v = arg ? strtod(arg, &end) : 0;
         const int number = arg && end != arg && *end == '\0' && isfinite(v);
