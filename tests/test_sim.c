@@ -17,6 +17,7 @@
 #include "sim/simulate.h"
 #include "sim/trace.h"
 #include "tests/test_util.h"
+#include "tools/npy.h"
 
 START_TEST(test_placements) {
     sim_placement p;
@@ -94,6 +95,27 @@ START_TEST(test_trace_reader) {
     ck_assert_int_eq(parse("1\t2\t\tnan\t0.5\n", 2, 4, &t), MOERT_EBADDATA);
     ck_assert_int_eq(parse("", 2, 4, &t), MOERT_EBADDATA);
     ck_assert_int_eq(parse("-1\t2\t\t0.5\t0.5\n", 2, 4, &t), MOERT_EBADDATA);
+    /* moert's own: ids.npy [N, k] (and weights.npy). */
+    char ids_path[] = "/tmp/moert_test_sim_ids_XXXXXX", w_path[] = "/tmp/moert_test_sim_w_XXXXXX";
+    ck_assert_int_ne(mkstemp(ids_path), -1);
+    ck_assert_int_ne(mkstemp(w_path), -1);
+    const int32_t npy_ids[6] = {0, 3, 2, 1, 1, 0};
+    const float npy_w[6] = {0.5f, 0.5f, 0.9f, 0.1f, 0.6f, 0.4f};
+    const size_t shape[2] = {3, 2};
+    ck_assert_int_eq(npy_write(ids_path, NPY_I32, 2, shape, npy_ids), MOERT_OK);
+    ck_assert_int_eq(npy_write(w_path, NPY_F32, 2, shape, npy_w), MOERT_OK);
+    ck_assert_int_eq(sim_trace_read_npy(ids_path, w_path, 4, &t), MOERT_OK);
+    ck_assert(t.tokens == 3 && t.k == 2 && t.ids[1] == 3 && t.weights[2] == 0.9f);
+    sim_trace_free(&t);
+    ck_assert_int_eq(sim_trace_read_npy(ids_path, NULL, 4, &t), MOERT_OK);
+    ck_assert(t.weights[0] == 0.5f);
+    sim_trace_free(&t);
+    ck_assert_int_eq(sim_trace_read_npy(ids_path, NULL, 3, &t), MOERT_EBADDATA); /* id 3 of 3 experts */
+    ck_assert(strstr(moert_last_error(), "ids[0,1] = 3 is outside 0..2") != NULL);
+    const size_t other[2] = {2, 3};
+    ck_assert_int_eq(npy_write(w_path, NPY_F32, 2, other, npy_w), MOERT_OK);
+    ck_assert_int_eq(sim_trace_read_npy(ids_path, w_path, 4, &t), MOERT_EBADDATA); /* weights of another shape */
+    remove(ids_path), remove(w_path);
 }
 END_TEST
 
