@@ -197,14 +197,20 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
         for (int i = 0; st == MOERT_OK && i < count; i++) {
             const sim_strategy *s = &strategies[i];
             strategy_state *ss = &state[i];
-            moert_router_config rc = moert_router_config_default();
-            rc.k = c->k, rc.threads = 1;
+            moert_router_config rc = c->router.scaling != 0.0f ? c->router : moert_router_config_default();
+            rc.k = c->k, rc.threads = 1, rc.route_groups = 1;
             switch (s->balance) {
             case SIM_BALANCE_NONE: break;
             case SIM_BALANCE_CAPACITY: rc.capacity_factor = s->capacity_factor, rc.drop_policy = s->drop; break;
             case SIM_BALANCE_AUX_FREE: rc.score = MOERT_SCORE_SIGMOID, rc.bias = moert_bias_balancer_bias(ss->balancer); break;
-            case SIM_BALANCE_EXPERT_CHOICE: rc.policy = MOERT_POLICY_EXPERT_CHOICE, rc.capacity_factor = s->capacity_factor; break;
-            case SIM_BALANCE_RELU: rc.policy = MOERT_POLICY_RELU, rc.relu_threshold = (float)ss->relu.threshold; break;
+            case SIM_BALANCE_EXPERT_CHOICE:
+                rc = moert_router_config_default(), rc.threads = 1; /* its own policy, no token choice options */
+                rc.policy = MOERT_POLICY_EXPERT_CHOICE, rc.capacity_factor = s->capacity_factor;
+                break;
+            case SIM_BALANCE_RELU:
+                rc = moert_router_config_default(), rc.threads = 1;
+                rc.policy = MOERT_POLICY_RELU, rc.relu_threshold = (float)ss->relu.threshold;
+                break;
             case SIM_BALANCE_NODE_LIMITED:
                 rc.groups = c->nodes, rc.topk_groups = s->max_nodes;
                 rc.group_score = c->k % s->max_nodes == 0 ? MOERT_GROUP_SCORE_TOPK_SUM : MOERT_GROUP_SCORE_MAX;

@@ -60,6 +60,9 @@ typedef struct sim_config {
     const sim_trace *trace;
     sim_cost cost;
     double expert_bytes; /* the weights one replica moves */
+    /* the routing of strategy none and the base the others change (k and threads are the
+     * simulation's); zero: moert_router_config_default() */
+    moert_router_config router;
 } sim_config;
 
 typedef struct sim_step_record {

@@ -44,6 +44,11 @@ expect 0 "$moert" simulate --out "$tmp/r1" --ranks 6 --nodes 3 --experts 12 --k 
   --seed 99 --alpha-inter 3e-6 --quiet
 expect 0 "$moert" simulate --replay "$tmp/r1/summary.json" --out "$tmp/r2" --quiet --threads 1
 cmp -s "$tmp/r1/steps.csv" "$tmp/r2/steps.csv" || fail "--replay did not reproduce steps.csv"
+# ... with routing options of moert route too.
+expect 0 "$moert" simulate --out "$tmp/r5" --ranks 4 --experts 16 --k 4 --steps 3 --score sigmoid --renormalize \
+  --scaling 2.5 --noise normal:0.5 --compare none,capacity:1.25:probs --quiet
+expect 0 "$moert" simulate --replay "$tmp/r5/summary.json" --out "$tmp/r6" --quiet
+cmp -s "$tmp/r5/steps.csv" "$tmp/r6/steps.csv" || fail "--replay with routing options did not reproduce steps.csv"
 expect_error 2 "$moert" simulate --replay "$tmp/r1/summary.json" --out "$tmp/r3" --ranks 4
 grep -q 'only --out, --threads and --quiet' "$tmp/err" || fail "--replay with --ranks: $(cat "$tmp/err")"
 echo '{"strategies": []}' > "$tmp/not_summary.json"
@@ -88,6 +93,8 @@ bad 2 'is not walk:SIGMA or rotate:N' --drift sideways
 bad 2 '--seq-len goes with --correlation' --seq-len 8
 bad 2 'node-limited:3: 16 experts in 2 nodes' --ranks 4 --nodes 2 --experts 16 --k 2 --compare node-limited:3
 bad 2 're-routes' --trace "$tmp/t.txt" --k 2 --experts 3 --compare aux-free:0.1
+bad 2 'routing options do not apply' --trace "$tmp/t.txt" --k 2 --experts 3 --score sigmoid
+bad 2 'does not apply to --policy relu' --policy relu --relu-threshold 0.1 --capacity-factor 2
 printf '0\t5\t\t0.5\t0.5\n' > "$tmp/ids.txt"
 bad 1 'expert id 5 is outside 0..3' --trace "$tmp/ids.txt" --k 2 --experts 4
 printf '0\t1\t2\t\t0.5\t0.5\t0.5\n' > "$tmp/ragged.txt"

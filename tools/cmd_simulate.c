@@ -13,6 +13,7 @@
 #include "sim/profile.h"
 #include "sim/simulate.h"
 #include "tools/cli.h"
+#include "tools/router_cli.h"
 
 static const char help[] =
     "usage: moert simulate [options] --out DIR\n"
@@ -73,6 +74,8 @@ static const char help[] =
     "  --row-bytes B         one token's hidden state, default 8192 (d 4096, bf16)\n"
     "  --expert-seconds S    one token through one expert, default 3.46e-7\n"
     "  --expert-bytes B      one expert's weights (re-plan traffic), default 3.46e7\n"
+    "The routing (synthetic workloads): any option of moert route, for strategy none and as\n"
+    "the base the others change (--k and --seed are the simulation's):\n" ROUTER_CLI_HELP
     "Other:\n"
     "  --replay SUMMARY.json run again what a summary.json records (with --out; --threads and\n"
     "                        --quiet may join): the same steps.csv, bit for bit\n"
@@ -328,6 +331,42 @@ static int replay_summary(const char *path, const char *out_dir, int quiet, int 
         const cJSON *v = cJSON_GetObjectItem(cost, costs[i][0]);
         if (cJSON_IsNumber(v)) ARG_(costs[i][1]), VALUE_("%.17g", v->valuedouble);
     }
+    /* The routing options, back from the fields router_cli_to_json wrote (defaults that
+     * cannot be given, like 0 groups, are left out). */
+    const cJSON *router = cJSON_GetObjectItem(cfg, "router");
+    static const char *const router_strings[][2] = {
+        {"policy", "--policy"}, {"score", "--score"}, {"softmax_order", "--softmax-order"},
+        {"group_score", "--group-score"}, {"bias", "--bias"}, {"drop", "--drop"}, {"batch_score", "--batch-score"},
+        {"noise_scales", "--noise-scales"},
+    };
+    for (size_t i = 0; router && i < sizeof router_strings / sizeof router_strings[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItem(router, router_strings[i][0]);
+        if (cJSON_IsString(v)) ARG_(router_strings[i][1]), ARG_(v->valuestring);
+    }
+    static const char *const router_numbers[][2] = {
+        {"scaling", "--scaling"}, {"groups", "--groups"}, {"topk_groups", "--topk-groups"},
+        {"capacity_factor", "--capacity-factor"}, {"relu_threshold", "--relu-threshold"},
+        {"inference_threshold", "--threshold"}, {"k_max", "--k-max"}, {"route_groups", "--route-groups"},
+    };
+    for (size_t i = 0; router && i < sizeof router_numbers / sizeof router_numbers[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItem(router, router_numbers[i][0]);
+        if (!cJSON_IsNumber(v)) continue;
+        const char *key = router_numbers[i][0];
+        if ((v->valuedouble == 0 && strcmp(key, "inference_threshold")) || (!strcmp(key, "route_groups") && v->valuedouble == 1))
+            continue; /* the defaults (and not given values) */
+        ARG_(router_numbers[i][1]), VALUE_("%.17g", v->valuedouble);
+    }
+    static const char *const router_flags[][2] = {{"renormalize", "--renormalize"}, {"pad", "--pad"},
+                                                  {"noisy_weights", "--noisy-weights"}};
+    for (size_t i = 0; router && i < sizeof router_flags / sizeof router_flags[0]; i++)
+        if (cJSON_IsTrue(cJSON_GetObjectItem(router, router_flags[i][0]))) ARG_(router_flags[i][1]);
+    const cJSON *noise = router ? cJSON_GetObjectItem(router, "noise") : NULL;
+    if (cJSON_IsString(noise)) {
+        const cJSON *scale = cJSON_GetObjectItem(router, "noise_scale"), *tau = cJSON_GetObjectItem(router, "noise_temperature");
+        ARG_("--noise");
+        if (!strcmp(noise->valuestring, "gumbel") && cJSON_IsNumber(tau)) VALUE_("gumbel:%.17g", tau->valuedouble);
+        else VALUE_("normal:%.17g", cJSON_IsNumber(scale) ? scale->valuedouble : 1.0);
+    }
     ARG_("--out"), ARG_(out_dir);
     if (quiet) ARG_("--quiet");
     if (threads > 0) ARG_("--threads"), VALUE_("%d", threads);
@@ -357,15 +396,20 @@ int cmd_simulate(int argc, char **argv) {
         {"quiet", no_argument, NULL, OPT_QUIET}, {"out", required_argument, NULL, OPT_OUT},
         {"correlation", required_argument, NULL, OPT_CORRELATION}, {"seq-len", required_argument, NULL, OPT_SEQ_LEN},
         {"drift", required_argument, NULL, OPT_DRIFT}, {"replay", required_argument, NULL, OPT_REPLAY},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},
+        /* the router's own options (after these: --k and --seed are the simulation's) */
+        ROUTER_CLI_OPTIONS,
+        {NULL, 0, NULL, 0},
     };
+    router_cli rc;
+    router_cli_init(&rc);
     sim_config c = {0};
     c.ranks = 8, c.nodes = 1, c.steps = 100, c.k = 8, c.experts = 64, c.tokens_per_rank = 4096, c.sample = 256;
     c.temperature = 1.0f, c.cost = sim_cost_default(), c.expert_bytes = 3.0 * 4096 * 1408 * 2;
     const char *replay = NULL, *drift = NULL, *profile = NULL, *counts_path = NULL, *counts_select = NULL, *compare = NULL, *out_dir = NULL;
     const char *traces[SIM_MAX_LAYERS];
     int n_traces = 0, replan = 10, window = 10, quiet = 0, k_given = 0, experts_given = 0, tokens_given = 0;
-    int steps_given = 0, opt, code;
+    int steps_given = 0, router_given = 0, opt, code;
     size_t seed = 0;
     optind = 1;
     opterr = 0;
@@ -422,7 +466,10 @@ int cmd_simulate(int argc, char **argv) {
             }
             break;
         }
-        default: return cli_usage_error("simulate", "unknown option or missing value");
+        default:
+            code = router_cli_option(&rc, opt, optarg);
+            if (code < 0) return cli_usage_error("simulate", "unknown option or missing value");
+            router_given = 1;
         }
         if (code != CLI_OK) return code;
     }
@@ -451,6 +498,8 @@ int cmd_simulate(int argc, char **argv) {
     if (c.seq_len && c.correlation == 0) return cli_fail(CLI_USAGE, "--seq-len goes with --correlation");
     if (c.correlation > 0 && c.seq_len == 0) c.seq_len = 64;
     if (counts_select && !counts_path) return cli_fail(CLI_USAGE, "--counts-select needs --counts");
+    if (n_traces && router_given)
+        return cli_fail(CLI_USAGE, "--trace replays recorded choices: routing options do not apply");
     if (n_traces && !k_given) c.k = 6;
     if (n_traces && !tokens_given) c.tokens_per_rank = 0; /* the whole trace each step, split over the ranks */
     if (n_traces && !steps_given) c.steps = 1;
@@ -504,6 +553,11 @@ int cmd_simulate(int argc, char **argv) {
         }
     }
     if (code == CLI_OK && (size_t)c.k > c.experts) code = cli_fail(CLI_USAGE, "--k %d exceeds the %zu experts", c.k, c.experts);
+    if (code == CLI_OK && !n_traces) { /* the routing of strategy none, and the base of the others */
+        rc.config.k = c.k, rc.config.seed = c.seed;
+        code = router_cli_finish(&rc, c.experts);
+        c.router = rc.config;
+    }
     if (code == CLI_OK) code = make_dir(out_dir);
     char path[4096];
     sim_output out = {0};
@@ -570,6 +624,7 @@ int cmd_simulate(int argc, char **argv) {
         for (int i = 0, at = 0; i < count; i++)
             at += snprintf(names + at, sizeof names - (size_t)at, "%s%s", i ? "," : "", strategies[i].name);
         cJSON_AddStringToObject(cfg, "compare", names);
+        if (!n_traces) router_cli_to_json(&rc, cJSON_AddObjectToObject(cfg, "router"));
         cJSON *cost = cJSON_AddObjectToObject(cfg, "cost");
         cJSON_AddNumberToObject(cost, "alpha_intra", c.cost.alpha_intra);
         cJSON_AddNumberToObject(cost, "beta_intra", c.cost.beta_intra);
@@ -630,6 +685,7 @@ int cmd_simulate(int argc, char **argv) {
         }
     }
     free(means), free(out.shares), free(out.heat), free(out.ranks_last);
+    router_cli_free(&rc);
     for (int l = 0; l < n_traces; l++) sim_trace_free(&layers[l]);
     free(layers);
     return code;
