@@ -79,12 +79,11 @@ moert_status sim_place(sim_place_kind kind, size_t E, int P, int N, int spare, c
     int32_t *count = calloc(E, sizeof *count), *order = malloc(total * sizeof *order), *item_expert = malloc(total * sizeof(int32_t));
     double *item_load = malloc(total * sizeof *item_load), *rank_load = calloc((size_t)P, sizeof *rank_load);
     double *node_load = calloc((size_t)N, sizeof *node_load);
-    int *rank_free = malloc((size_t)P * sizeof *rank_free), *node_free = malloc((size_t)N * sizeof *node_free);
-    int32_t *item_rank = malloc(total * sizeof *item_rank), *item_node = malloc(total * sizeof *item_node);
+    int *rank_free = malloc((size_t)P * sizeof *rank_free);
+    int32_t *item_rank = malloc(total * sizeof *item_rank);
     uint8_t *forbid = calloc((size_t)P, 1);
     moert_status st = MOERT_OK;
-    if (!count || !order || !item_expert || !item_load || !rank_load || !node_load || !rank_free || !node_free ||
-        !item_rank || !item_node || !forbid)
+    if (!count || !order || !item_expert || !item_load || !rank_load || !node_load || !rank_free || !item_rank || !forbid)
         st = moert_set_error(MOERT_ENOMEM, "placement: out of memory");
     for (size_t e = 0; st == MOERT_OK && e < E; e++) count[e] = 1;
     for (size_t r = 0; st == MOERT_OK && r < R; r++) {
@@ -101,41 +100,50 @@ moert_status sim_place(sim_place_kind kind, size_t E, int P, int N, int spare, c
         size_t n = 0;
         for (size_t e = 0; e < E; e++)
             for (int32_t c = 0; c < count[e]; c++) item_expert[n] = (int32_t)e, item_load[n++] = load[e] / count[e];
+        for (size_t i = 0; i < total; i++) item_rank[i] = -1;
         order_by_weight(item_load, total, order);
-        /* Nodes first (eplb), then ranks within the node; balanced packs ranks directly. */
+        /* Items by descending load, each to the least-loaded node that has a rank with a free
+         * slot and without a replica of the item's expert (eplb; balanced: one node), then to
+         * the least-loaded such rank in it. */
         const int nodes = kind == SIM_PLACE_EPLB ? N : 1, ranks_per_node = P / nodes;
-        for (int v = 0; v < nodes; v++) node_free[v] = per_rank * ranks_per_node;
         for (int q = 0; q < P; q++) rank_free[q] = per_rank;
         for (size_t i = 0; i < total && st == MOERT_OK; i++) {
-            const int32_t it = order[i];
-            const int v = nodes == 1 ? 0 : least_loaded(node_load, node_free, NULL, 0, nodes);
-            if (v < 0) {
-                st = moert_set_error(MOERT_EINTERNAL, "placement: no node has a free slot");
-                break;
+            const int32_t it = order[i], e = item_expert[it];
+            for (int32_t j = 0; j < (int32_t)total; j++) /* the ranks holding e already */
+                if (item_expert[j] == e && j != it && item_rank[j] >= 0) forbid[item_rank[j]] = 1;
+            int best_node = -1;
+            for (int v = 0; v < nodes; v++) {
+                if (least_loaded(rank_load, rank_free, forbid, v * ranks_per_node, ranks_per_node) < 0) continue;
+                if (best_node < 0 || node_load[v] < node_load[best_node]) best_node = v;
             }
-            item_node[it] = v;
-            node_load[v] += item_load[it], node_free[v]--;
-        }
-        /* Within each node: its items by descending load onto its ranks, never two replicas
-         * of an expert on one rank. */
-        for (size_t i = 0; i < total && st == MOERT_OK; i++) {
-            const int32_t it = order[i];
-            const int v = item_node[it];
-            /* ranks already holding this expert */
-            for (size_t j = 0; j < i; j++) {
-                const int32_t other = order[j];
-                if (item_expert[other] == item_expert[it]) forbid[item_rank[other]] = 1;
-            }
-            int q = least_loaded(rank_load, rank_free, forbid, v * ranks_per_node, ranks_per_node);
-            if (q < 0) q = least_loaded(rank_load, rank_free, forbid, 0, P); /* the node is full of it: anywhere */
-            for (size_t j = 0; j < i; j++) forbid[item_rank[order[j]]] = 0;
+            int q = best_node < 0 ? -1 : least_loaded(rank_load, rank_free, forbid, best_node * ranks_per_node, ranks_per_node);
             if (q < 0) {
-                st = moert_set_error(MOERT_EINVAL, "placement: no rank can take another replica of expert %d",
-                                     item_expert[it]);
+                /* Every free slot is on a rank holding e: move a placed item of another
+                 * expert from a rank without e to a free slot it may take, and take its place. */
+                for (int32_t j = 0; j < (int32_t)total && q < 0; j++) {
+                    if (item_rank[j] < 0 || forbid[item_rank[j]] || item_expert[j] == e) continue;
+                    for (int r = 0; r < P && q < 0; r++) {
+                        if (rank_free[r] == 0) continue;
+                        int holds = 0;
+                        for (int32_t m = 0; m < (int32_t)total; m++)
+                            holds |= item_rank[m] == r && item_expert[m] == item_expert[j];
+                        if (holds) continue;
+                        q = item_rank[j];
+                        rank_load[q] -= item_load[j], rank_load[r] += item_load[j];
+                        node_load[q / ranks_per_node] -= item_load[j], node_load[r / ranks_per_node] += item_load[j];
+                        rank_free[r]--, rank_free[q]++;
+                        item_rank[j] = r;
+                    }
+                }
+            }
+            for (int32_t j = 0; j < (int32_t)total; j++)
+                if (item_expert[j] == e && item_rank[j] >= 0) forbid[item_rank[j]] = 0;
+            if (q < 0) {
+                st = moert_set_error(MOERT_EINTERNAL, "placement: no rank can take replica of expert %d", e);
                 break;
             }
             item_rank[it] = q;
-            rank_load[q] += item_load[it], rank_free[q]--;
+            rank_load[q] += item_load[it], node_load[q / ranks_per_node] += item_load[it], rank_free[q]--;
         }
     }
     if (st == MOERT_OK) st = alloc_placement(out, E, P, N, total);
@@ -145,7 +153,7 @@ moert_status sim_place(sim_place_kind kind, size_t E, int P, int N, int spare, c
         for (size_t i = 0; i < total; i++) out->rank_of[i] = item_rank[i];
     }
     free(count), free(order), free(item_expert), free(item_load), free(rank_load), free(node_load);
-    free(rank_free), free(node_free), free(item_rank), free(item_node), free(forbid);
+    free(rank_free), free(item_rank), free(forbid);
     return st;
 }
 

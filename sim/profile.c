@@ -153,7 +153,7 @@ moert_status sim_profile_parse_counts(const char *text, size_t size, const char 
                     memset(more + cap, 0, (want - cap) * sizeof *more);
                     sums = more, cap = want;
                 }
-                sums[e] += cnt;
+                sums[e] += cnt; /* a sum of finite counts may still overflow: checked below */
                 found = e + 1 > found ? e + 1 : found;
             }
         }
@@ -163,9 +163,12 @@ moert_status sim_profile_parse_counts(const char *text, size_t size, const char 
     if (st == MOERT_OK && found == 0) st = moert_set_error(MOERT_EBADDATA, "%s: no rows match '%s'", name, select ? select : "");
     if (st == MOERT_OK && *E_io != 0 && found != *E_io)
         st = moert_set_error(MOERT_EINVAL, "%s: the counts name %zu experts, the simulation has %zu", name, found, *E_io);
-    double total = 0;
-    for (size_t e = 0; st == MOERT_OK && e < found; e++) total += sums[e];
-    if (st == MOERT_OK && !(total > 0)) st = moert_set_error(MOERT_EBADDATA, "%s: the counts sum to 0", name);
+    /* Relative to the largest count, so that huge counts cannot overflow the total. */
+    double largest = 0, total = 0;
+    for (size_t e = 0; st == MOERT_OK && e < found; e++) largest = sums[e] > largest ? sums[e] : largest;
+    if (st == MOERT_OK && !(largest > 0 && isfinite(largest)))
+        st = moert_set_error(MOERT_EBADDATA, "%s: the counts sum to 0 or are not finite", name);
+    for (size_t e = 0; st == MOERT_OK && e < found; e++) sums[e] /= largest, total += sums[e];
     double *means = NULL;
     if (st == MOERT_OK) {
         means = malloc(found * sizeof *means);

@@ -30,16 +30,19 @@ static void synthetic_logits(const sim_config *c, const double *means, int step,
     seq_noise.seed = c->seed ^ 0x5EC0E5C0E5C0E5C0ull;
     const size_t E = c->experts, L = c->seq_len > 0 ? c->seq_len : 1;
     const uint64_t first = ((uint64_t)step * (uint64_t)c->ranks + (uint64_t)rank) * (uint64_t)c->tokens_per_rank;
+    /* The sample: every (T / count)-th of the rank's tokens, spread over its sequences. */
+    const double stride = (double)c->tokens_per_rank / (double)count;
     const float inv_t = 1.0f / c->temperature;
     const float own = (float)sqrt(1.0 - c->correlation), shared = (float)sqrt(c->correlation);
     uint64_t latent_of = UINT64_MAX;
     for (size_t i = 0; i < count; i++) {
         float *x = logits + i * E;
-        noise_values_row(&noise, first + i, E, x, tmp);
+        const uint64_t token = (uint64_t)((double)i * stride); /* within the rank's step */
+        noise_values_row(&noise, first + token, E, x, tmp);
         if (c->correlation > 0) {
-            /* the sequence of token `first + i` within its rank's stream */
+            /* the sequence of that token within its rank's stream */
             const uint64_t seq = ((uint64_t)step * (uint64_t)c->ranks + (uint64_t)rank) * ((c->tokens_per_rank + L - 1) / L) +
-                                 (uint64_t)i / L;
+                                 token / L;
             if (seq != latent_of) noise_values_row(&seq_noise, seq, E, latent, tmp), latent_of = seq;
             for (size_t e = 0; e < E; e++) x[e] = own * x[e] + shared * latent[e];
         }
@@ -81,7 +84,7 @@ static int by_weight_then_index(const void *a, const void *b) {
  * expert keeps its earliest entries (position) or its highest-weight ones (probs, ties to
  * the earlier token); returns the tokens left with no expert. keep: T k bytes of scratch,
  * sort: T k weighted. */
-static double trace_counts(const sim_config *c, int step, int rank, int64_t capacity, moert_drop_policy drop,
+static double trace_counts(const sim_config *c, int step, int rank, double capacity_factor, moert_drop_policy drop,
                            double *counts, uint8_t *keep, weighted *sort) {
     const sim_trace *tr = c->trace;
     const size_t k = tr->k, E = c->experts;
@@ -91,6 +94,13 @@ static double trace_counts(const sim_config *c, int step, int rank, int64_t capa
         T = tr->tokens * (size_t)(rank + 1) / (size_t)c->ranks - first;
     } else {
         first = (((size_t)step * (size_t)c->ranks + (size_t)rank) * T) % tr->tokens;
+    }
+    /* The capacity of this rank's own tokens (its routing group), as the router computes it. */
+    int64_t capacity = 0;
+    if (capacity_factor > 0) {
+        moert_router_config rc = moert_router_config_default();
+        rc.k = (int)k, rc.capacity_factor = capacity_factor;
+        (void)moert_router_capacity(&rc, E, T, &capacity); /* bounded by T k: cannot fail */
     }
 #define ENTRY_(i, j) (((first + (i)) % tr->tokens) * k + (j))
     for (size_t i = 0; i < T * k; i++) keep[i] = 1;
@@ -166,12 +176,12 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
     for (int u = 0; st == MOERT_OK && u < threads; u++) {
         logits[u] = c->trace ? NULL : malloc(S * E * sizeof(float) + 1);
         tmp[u] = malloc((2 * E + 2) * sizeof(float)); /* the noise's scratch, then a sequence's latent */
-        if (c->trace && keeps && sorts) {
+        if (c->trace) {
             const size_t most = (c->tokens_per_rank ? c->tokens_per_rank : c->trace->tokens / (size_t)P + 1) * c->trace->k;
             keeps[u] = malloc(most), sorts[u] = malloc(most * sizeof(weighted));
-            if (!keeps[u] || !sorts[u]) st = moert_set_error(MOERT_ENOMEM, "simulate: out of memory");
+            if (!keeps[u] || !sorts[u]) st = moert_set_error(MOERT_ENOMEM, "simulate: cannot allocate a rank's trace");
         }
-        st = moert_plan_create(&plans[u]);
+        if (st == MOERT_OK) st = moert_plan_create(&plans[u]);
         if (st == MOERT_OK && ((!c->trace && !logits[u]) || !tmp[u]))
             st = moert_set_error(MOERT_ENOMEM, "simulate: cannot allocate %zu sampled tokens", S);
     }
@@ -189,8 +199,10 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
             st = moert_set_error(MOERT_EINVAL, "node-limited:%d: %zu experts in %d nodes (the experts must divide into "
                                                "the nodes, and 1 <= M <= nodes)",
                                  s->max_nodes, E, c->nodes);
-        if (st == MOERT_OK && (s->place == SIM_PLACE_CONTIGUOUS || s->place == SIM_PLACE_ROUND_ROBIN))
-            st = sim_place(s->place, E, P, c->nodes, 0, NULL, &state[i].placement);
+        /* Balanced and eplb start contiguous: they have measured nothing yet. */
+        if (st == MOERT_OK)
+            st = sim_place(s->place == SIM_PLACE_ROUND_ROBIN ? SIM_PLACE_ROUND_ROBIN : SIM_PLACE_CONTIGUOUS, E, P, c->nodes,
+                           0, NULL, &state[i].placement);
     }
     for (int step = 0; st == MOERT_OK && step < c->steps; step++) {
         if (!c->trace) drifted_means(c, step, means, drift_tmp); /* the same for every strategy */
@@ -221,11 +233,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                     moert_router_destroy(routers[(size_t)u * (size_t)count + (size_t)i]);
                     routers[(size_t)u * (size_t)count + (size_t)i] = NULL;
                 }
-            int64_t capacity = 0;
-            if (s->balance == SIM_BALANCE_CAPACITY) /* a rank's tokens are its routing group */
-                st = moert_router_capacity(&rc, E,
-                                           c->tokens_per_rank ? c->tokens_per_rank : c->trace->tokens / (size_t)P,
-                                           &capacity);
+
             memset(counts, 0, (size_t)P * E * sizeof *counts);
             moert_status failed = st;
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
@@ -234,7 +242,8 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                 const int u = omp_get_thread_num();
                 double *row = counts + (size_t)r * E;
                 if (c->trace) {
-                    unrouted_of[r] = trace_counts(c, step, r, capacity, s->drop, row, keeps[u], sorts[u]);
+                    unrouted_of[r] = trace_counts(c, step, r, s->balance == SIM_BALANCE_CAPACITY ? s->capacity_factor : 0,
+                                                  s->drop, row, keeps[u], sorts[u]);
                     dropped_of[r] = 0; /* counted below from the entries */
                     continue;
                 }
@@ -282,11 +291,14 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
             memmove(ss->history + E, ss->history, (size_t)(window - 1) * E * sizeof(double));
             memcpy(ss->history, expert_load, E * sizeof(double));
             ss->history_count = ss->history_count < window ? ss->history_count + 1 : window;
+            /* This step runs on the placement planned from the steps before it; then, when due,
+             * the next plan (after the first step, and every replan_every steps). The moved
+             * bytes are the next step's, recorded with the step that decided them. */
+            sim_step_model(&ss->placement, &c->cost, counts, rank_load, scratch, &rec.cost);
             const int adaptive = s->place == SIM_PLACE_BALANCED || s->place == SIM_PLACE_EPLB;
-            if (adaptive && (step == 0 || (s->replan_every > 0 && step % s->replan_every == 0)))
+            if (adaptive && (step == 0 || (s->replan_every > 0 && (step + 1) % s->replan_every == 0)))
                 st = replan(c, s, ss, &rec.moved_bytes);
             if (st != MOERT_OK) break;
-            sim_step_model(&ss->placement, &c->cost, counts, rank_load, scratch, &rec.cost);
             const double tokens_all = (double)(c->tokens_per_rank ? (size_t)P * c->tokens_per_rank : c->trace->tokens);
             rec.experts_per_token = total / tokens_all;
             if (s->balance == SIM_BALANCE_RELU) { /* the threshold follows the ranks' mean sparsity */

@@ -64,6 +64,27 @@ START_TEST(test_placements) {
     ck_assert_int_eq(sim_place(SIM_PLACE_EPLB, 4, 2, 1, 6, hot, &p), MOERT_EINVAL); /* more than E (P - 1) */
     ck_assert(strstr(moert_last_error(), "more than the slots") != NULL);
     ck_assert_int_eq(sim_place(SIM_PLACE_BALANCED, 4, 2, 1, 0, NULL, &p), MOERT_EINVAL);
+    /* Any valid EPLB configuration packs: every rank its slots, no expert twice on a rank
+     * (random shapes, loads up to 50x apart). */
+    test_rng rng = {3};
+    for (int run = 0; run < 3000; run++) {
+        const int N = 1 + (int)(test_rng_next(&rng) % 4), P = N * (1 + (int)(test_rng_next(&rng) % 4));
+        const size_t Es = 1 + test_rng_next(&rng) % 24;
+        const int per_rank = 1 + (int)(test_rng_next(&rng) % 4), R = P * per_rank - (int)Es;
+        if (R < 0 || (size_t)R > Es * (size_t)(P - 1)) continue;
+        double w[24];
+        for (size_t e = 0; e < Es; e++) w[e] = 1 + (double)(test_rng_next(&rng) % 1000) * (test_rng_next(&rng) % 3 ? 1 : 50);
+        ck_assert_msg(sim_place(SIM_PLACE_EPLB, Es, P, N, R, w, &p) == MOERT_OK, "P=%d N=%d E=%zu R=%d: %s", P, N, Es, R,
+                      moert_last_error());
+        int used[16] = {0};
+        for (size_t e = 0; e < Es; e++)
+            for (int32_t j = p.offsets[e]; j < p.offsets[e + 1]; j++) {
+                used[p.rank_of[j]]++;
+                for (int32_t m = p.offsets[e]; m < j; m++) ck_assert_int_ne(p.rank_of[m], p.rank_of[j]);
+            }
+        for (int q = 0; q < P; q++) ck_assert_int_eq(used[q], per_rank);
+        sim_placement_free(&p);
+    }
 }
 END_TEST
 
@@ -153,6 +174,12 @@ START_TEST(test_profiles) {
                           MOERT_EBADDATA,
                       "malformed CSV %zu accepted", i);
     }
+    /* Counts near double's range: the shares still follow them. */
+    const char *huge = "expert,count\n0,1e308\n1,1e308\n2,5\n";
+    E = 0;
+    ck_assert_int_eq(sim_profile_parse_counts(huge, strlen(huge), "t.csv", NULL, &E, &means), MOERT_OK);
+    ck_assert(fabs(exp(means[0]) - 0.5) < 1e-12 && isfinite(means[2]));
+    free(means);
     E = 4; /* the counts name 3 experts */
     ck_assert_int_eq(sim_profile_parse_counts(csv, strlen(csv), "t.csv", NULL, &E, &means), MOERT_EINVAL);
 }
@@ -255,6 +282,13 @@ START_TEST(test_simulations) {
 }
 END_TEST
 
+/* The last step's straggler ratio. */
+static double straggler_of_last;
+static void collect_straggler(void *context, int i, const sim_step_record *r, const double *load, const double *ranks) {
+    (void)context, (void)i, (void)load, (void)ranks;
+    straggler_of_last = r->cost.straggler;
+}
+
 /* The hottest expert of each step. */
 typedef struct hottest {
     int at[64];
@@ -289,6 +323,19 @@ START_TEST(test_correlation_and_drift) {
     hottest h;
     ck_assert_int_eq(sim_run(&c, &none, 1, record_hottest, &h), MOERT_OK);
     for (int step = 0; step < 40; step++) ck_assert_int_eq(h.at[step], (step / 3) % 16);
+    /* A placement planned from past loads lags a hot expert that moves every step: EPLB
+     * re-planned every step then balances worse than when the expert stays put. */
+    collected moving = {{0}, {0}, {0}, {0}}, still = {{0}, {0}, {0}, {0}};
+    straggler_of_last = 0;
+    c = base(16, 1, 2048, means);
+    c.ranks = 8, c.steps = 6, c.rotate_every = 1;
+    sim_strategy eplb = {.name = "eplb:8", .place = SIM_PLACE_EPLB, .replicas = 8, .replan_every = 1, .window = 1};
+    ck_assert_int_eq(sim_run(&c, &eplb, 1, collect_straggler, &moving), MOERT_OK);
+    const double lagging = straggler_of_last;
+    c.rotate_every = 0;
+    ck_assert_int_eq(sim_run(&c, &eplb, 1, collect_straggler, &still), MOERT_OK);
+    ck_assert_msg(lagging > straggler_of_last + 0.5, "eplb straggler %g with the hot expert moving, %g still", lagging,
+                  straggler_of_last);
 }
 END_TEST
 
@@ -301,7 +348,7 @@ typedef struct esft_run {
 static void esft_step(void *context, int i, const sim_step_record *r, const double *load, const double *ranks) {
     (void)ranks;
     esft_run *run = context;
-    run->straggler[i] = r->cost.straggler;
+    run->straggler[i] = r->cost.straggler; /* the last step's */
     if (i == 0)
         for (int e = 0; e < 64; e++) run->shares[e] = load[e];
 }
@@ -330,7 +377,8 @@ START_TEST(test_esft_trace) {
         ck_assert_msg(sim_trace_read_esft(path, 6, 64, &t) == MOERT_OK, "%s", moert_last_error());
         ck_assert_uint_eq(t.tokens, 8222);
         sim_config c = {0};
-        c.ranks = 8, c.nodes = 1, c.steps = 1, c.k = 6, c.threads = 2, c.experts = 64, c.trace = &t;
+        /* Two steps: the first on contiguous measures the loads, the second runs on the plan. */
+        c.ranks = 8, c.nodes = 1, c.steps = 2, c.k = 6, c.threads = 2, c.experts = 64, c.trace = &t;
         c.cost = sim_cost_default(), c.expert_bytes = 1;
         sim_strategy s[2] = {{.name = "contiguous", .place = SIM_PLACE_CONTIGUOUS},
                              {.name = "eplb:8", .place = SIM_PLACE_EPLB, .replicas = 8, .window = 1}};

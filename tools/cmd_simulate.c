@@ -50,13 +50,14 @@ static const char help[] =
     "  --trace FILE          replay recorded routing: DeepSeek ESFT's text format (ids, an\n"
     "                        empty field, weights: one line per sequence), or ids.npy [N, k]\n"
     "                        int32; repeat for several layers (each its own layer). By\n"
-    "                        default one step replays the whole trace, rank r holding its\n"
+    "                        default each of 2 steps replays the whole trace (the first\n"
+    "                        measures the loads balanced and eplb plan from), rank r its\n"
     "                        share [r N / P, (r+1) N / P); with --tokens T each step takes\n"
     "                        the next P x T tokens, wrapping\n"
     "Strategies (--compare A,B,...; each one balancing and one placement joined by +):\n"
     "  none | capacity:F | aux-free:GAMMA | expert-choice:F | relu:S | node-limited:M\n"
-    "                        balancing: top-k softmax; with capacity factor F dropping by\n"
-    "                        position (capacity:F:probs: the lowest weights); sigmoid\n"
+    "                        balancing: top-k softmax; with capacity factor F dropping the\n"
+    "                        lowest weights (capacity:F:position: the latest tokens); sigmoid\n"
     "                        with the aux-free bias; expert choice at\n"
     "                        capacity factor F; ReLU routing, its threshold steered to\n"
     "                        sparsity S; top-k within the best M nodes (experts in equal\n"
@@ -108,11 +109,12 @@ static int parse_strategy(const char *text, int replan, int window, sim_strategy
         if (colon) *colon = '\0';
         /* capacity:F:probs|position */
         char *policy = arg && !strcmp(part, "capacity") ? strchr(colon + 1, ':') : NULL;
-        s->drop = MOERT_DROP_POSITION;
+        s->drop = MOERT_DROP_PROBS; /* as moert route */
         if (policy) {
             *policy++ = '\0';
             if (!strcmp(policy, "probs")) s->drop = MOERT_DROP_PROBS;
-            else if (strcmp(policy, "position")) return cli_fail(CLI_USAGE, "--compare: '%s': the drop policy is probs or position", text);
+            else if (!strcmp(policy, "position")) s->drop = MOERT_DROP_POSITION;
+            else return cli_fail(CLI_USAGE, "--compare: '%s': the drop policy is probs or position", text);
         }
         char *end = NULL;
         const double v = arg ? strtod(arg, &end) : 0;
@@ -143,6 +145,10 @@ static int parse_strategy(const char *text, int replan, int window, sim_strategy
         if (is_balance ? have_balance++ : have_place++)
             return cli_fail(CLI_USAGE, "--compare: '%s' gives two %s", text, is_balance ? "balancings" : "placements");
     }
+    if (s->balance == SIM_BALANCE_NODE_LIMITED && s->place != SIM_PLACE_CONTIGUOUS)
+        return cli_fail(CLI_USAGE, "--compare: '%s': node-limited routing takes the nodes' experts as contiguous blocks: "
+                                   "contiguous placement only",
+                        text);
     return CLI_OK;
 }
 
@@ -156,6 +162,7 @@ typedef struct sim_output {
     double sum_mom[SIM_MAX_STRATEGIES], sum_straggler[SIM_MAX_STRATEGIES], sum_time[SIM_MAX_STRATEGIES];
     double sum_dropped[SIM_MAX_STRATEGIES], sum_unrouted[SIM_MAX_STRATEGIES], sum_inter[SIM_MAX_STRATEGIES];
     double sum_moved[SIM_MAX_STRATEGIES];
+    double last_mom[SIM_MAX_STRATEGIES], last_straggler[SIM_MAX_STRATEGIES], last_time[SIM_MAX_STRATEGIES];
     long records[SIM_MAX_STRATEGIES];
     double *shares; /* [layers][experts], the first strategy's loads summed over steps */
     double *heat;       /* [steps][experts] */
@@ -182,7 +189,7 @@ static void show_progress(sim_output *o, int final) {
     const int filled = o->total ? (int)(30 * o->done / o->total) : 30;
     for (int i = 0; i < 30; i++) bar[i] = i < filled ? '#' : '.';
     bar[30] = '\0';
-    fprintf(stderr, "\rstep %ld/%ld [%s] %.1f steps/s, ETA %.0f s   ", o->done, o->total, bar, rate,
+    fprintf(stderr, "\rstep %ld/%ld (steps x strategies x layers) [%s] %.1f/s, ETA %.0f s   ", o->done, o->total, bar, rate,
             rate > 0 ? (double)(o->total - o->done) / rate : 0.0);
     if (final) fputc('\n', stderr);
     fflush(stderr);
@@ -197,6 +204,9 @@ static void on_step(void *context, int i, const sim_step_record *r, const double
     o->sum_mom[i] += r->expert_max_over_mean, o->sum_straggler[i] += r->cost.straggler, o->sum_time[i] += r->cost.total;
     o->sum_dropped[i] += r->dropped, o->sum_unrouted[i] += r->unrouted, o->sum_inter[i] += r->cost.inter_bytes;
     o->sum_moved[i] += r->moved_bytes, o->records[i]++;
+    if (r->step == o->steps - 1) /* the last step, summed over layers */
+        o->last_mom[i] += r->expert_max_over_mean, o->last_straggler[i] += r->cost.straggler,
+            o->last_time[i] += r->cost.total;
     if (i == 0 && o->shares)
         for (size_t e = 0; e < o->experts; e++) o->shares[(size_t)o->layer * o->experts + e] += expert_load[e];
     if (o->layer == 0 && i == 0 && o->heat) /* the heatmap: the first strategy's loads, layer 0 */
@@ -450,6 +460,7 @@ int cmd_simulate(int argc, char **argv) {
         case OPT_CORRELATION: code = cli_parse_double("--correlation", optarg, 0, 0.999999, &c.correlation); break;
         case OPT_SEQ_LEN: code = cli_parse_size("--seq-len", optarg, 1, (size_t)1 << 30, &c.seq_len); break;
         case OPT_DRIFT: {
+            if (drift) return cli_fail(CLI_USAGE, "--drift given twice (%s, %s): one drift", drift, optarg);
             drift = optarg;
             char *end = NULL;
             if (!strncmp(optarg, "walk:", 5)) {
@@ -502,7 +513,7 @@ int cmd_simulate(int argc, char **argv) {
         return cli_fail(CLI_USAGE, "--trace replays recorded choices: routing options do not apply");
     if (n_traces && !k_given) c.k = 6;
     if (n_traces && !tokens_given) c.tokens_per_rank = 0; /* the whole trace each step, split over the ranks */
-    if (n_traces && !steps_given) c.steps = 1;
+    if (n_traces && !steps_given) c.steps = 2; /* the first measures, the second runs on the plan */
     if ((size_t)c.k > c.experts) return cli_fail(CLI_USAGE, "--k %d exceeds --experts %zu", c.k, c.experts);
 
     sim_strategy strategies[SIM_MAX_STRATEGIES];
@@ -645,6 +656,10 @@ int cmd_simulate(int argc, char **argv) {
             cJSON_AddNumberToObject(s, "unrouted", out.sum_unrouted[i]);
             cJSON_AddNumberToObject(s, "inter_node_bytes", out.sum_inter[i]);
             cJSON_AddNumberToObject(s, "moved_bytes", out.sum_moved[i]);
+            const double layers = n_traces ? n_traces : 1;
+            cJSON_AddNumberToObject(s, "last_step_max_over_mean", out.last_mom[i] / layers);
+            cJSON_AddNumberToObject(s, "last_step_straggler", out.last_straggler[i] / layers);
+            cJSON_AddNumberToObject(s, "last_step_time_s", out.last_time[i] / layers);
             cJSON_AddItemToArray(list, s);
         }
         /* Each layer's expert shares (the first strategy's: without capacity, the workload's own). */
@@ -679,9 +694,11 @@ int cmd_simulate(int argc, char **argv) {
         printf(", %d strateg%s in %.2f s -> %s\n", count, count == 1 ? "y" : "ies", seconds, out_dir);
         for (int i = 0; i < count; i++) {
             const double n = out.records[i] ? (double)out.records[i] : 1;
-            printf("  %-28s max/mean %.3f  straggler %.3f  step %.3g ms  dropped %.4g  inter-node %.4g GB  moved %.4g GB\n",
-                   strategies[i].name, out.sum_mom[i] / n, out.sum_straggler[i] / n, 1e3 * out.sum_time[i] / n,
-                   out.sum_dropped[i], out.sum_inter[i] / 1e9, out.sum_moved[i] / 1e9);
+            const double layers = n_traces ? n_traces : 1;
+            printf("  %-28s max/mean %.3f  straggler %.3f (last step %.3f)  step %.3g ms  dropped %.4g  inter-node "
+                   "%.4g GB  moved %.4g GB\n",
+                   strategies[i].name, out.sum_mom[i] / n, out.sum_straggler[i] / n, out.last_straggler[i] / layers,
+                   1e3 * out.sum_time[i] / n, out.sum_dropped[i], out.sum_inter[i] / 1e9, out.sum_moved[i] / 1e9);
         }
     }
     free(means), free(out.shares), free(out.heat), free(out.ranks_last);
