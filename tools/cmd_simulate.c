@@ -49,7 +49,8 @@ static const char help[] =
     "  --seed S              default 0\n"
     "  --trace FILE          replay recorded routing: DeepSeek ESFT's text format (ids, an\n"
     "                        empty field, weights: one line per sequence), or ids.npy [N, k]\n"
-    "                        int32; repeat for several layers (each its own layer). By\n"
+    "                        int32 (--trace-weights F.npy [N, k] float32 after it, else 1/k);\n"
+    "                        repeat for several layers (each its own layer). By\n"
     "                        default each of 2 steps replays the whole trace (the first\n"
     "                        measures the loads balanced and eplb plan from), rank r its\n"
     "                        share [r N / P, (r+1) N / P); with --tokens T each step takes\n"
@@ -88,7 +89,7 @@ enum {
     OPT_RANKS = 256, OPT_NODES, OPT_EXPERTS, OPT_K, OPT_TOKENS, OPT_SAMPLE, OPT_STEPS, OPT_PROFILE, OPT_COUNTS,
     OPT_COUNTS_SELECT, OPT_TEMPERATURE, OPT_SEED, OPT_TRACE, OPT_COMPARE, OPT_REPLAN, OPT_WINDOW, OPT_ALPHA_INTRA,
     OPT_BETA_INTRA, OPT_ALPHA_INTER, OPT_BETA_INTER, OPT_ROW_BYTES, OPT_EXPERT_SECONDS, OPT_EXPERT_BYTES, OPT_THREADS,
-    OPT_QUIET, OPT_OUT, OPT_CORRELATION, OPT_SEQ_LEN, OPT_DRIFT, OPT_REPLAY,
+    OPT_QUIET, OPT_OUT, OPT_CORRELATION, OPT_SEQ_LEN, OPT_DRIFT, OPT_REPLAY, OPT_TRACE_WEIGHTS,
 };
 
 #define SIM_MAX_STRATEGIES 16
@@ -326,10 +327,16 @@ static int replay_summary(const char *path, const char *out_dir, int quiet, int 
         if (!cJSON_IsString(v)) code = cli_fail(CLI_FAIL, "--replay: config.%s is not a string", strings[i][0]);
         else ARG_(strings[i][1]), ARG_(v->valuestring);
     }
-    const cJSON *traces = cJSON_GetObjectItem(cfg, "trace"), *t;
+    const cJSON *traces = cJSON_GetObjectItem(cfg, "trace"), *weights = cJSON_GetObjectItem(cfg, "trace_weights"), *t;
+    int layer = 0;
     cJSON_ArrayForEach(t, traces) {
-        if (!cJSON_IsString(t) || argc > 100) code = cli_fail(CLI_FAIL, "--replay: config.trace is not a list of paths");
-        else ARG_("--trace"), ARG_(t->valuestring);
+        const cJSON *w = cJSON_GetArrayItem(weights, layer++);
+        if (!cJSON_IsString(t) || argc > 100) {
+            code = cli_fail(CLI_FAIL, "--replay: config.trace is not a list of paths");
+            break;
+        }
+        ARG_("--trace"), ARG_(t->valuestring);
+        if (cJSON_IsString(w)) ARG_("--trace-weights"), ARG_(w->valuestring);
     }
     static const char *const costs[][2] = {
         {"alpha_intra", "--alpha-intra"}, {"beta_intra", "--beta-intra"}, {"alpha_inter", "--alpha-inter"},
@@ -406,6 +413,7 @@ int cmd_simulate(int argc, char **argv) {
         {"quiet", no_argument, NULL, OPT_QUIET}, {"out", required_argument, NULL, OPT_OUT},
         {"correlation", required_argument, NULL, OPT_CORRELATION}, {"seq-len", required_argument, NULL, OPT_SEQ_LEN},
         {"drift", required_argument, NULL, OPT_DRIFT}, {"replay", required_argument, NULL, OPT_REPLAY},
+        {"trace-weights", required_argument, NULL, OPT_TRACE_WEIGHTS},
         {"help", no_argument, NULL, 'h'},
         /* the router's own options (after these: --k and --seed are the simulation's) */
         ROUTER_CLI_OPTIONS,
@@ -417,7 +425,7 @@ int cmd_simulate(int argc, char **argv) {
     c.ranks = 8, c.nodes = 1, c.steps = 100, c.k = 8, c.experts = 64, c.tokens_per_rank = 4096, c.sample = 256;
     c.temperature = 1.0f, c.cost = sim_cost_default(), c.expert_bytes = 3.0 * 4096 * 1408 * 2;
     const char *replay = NULL, *drift = NULL, *profile = NULL, *counts_path = NULL, *counts_select = NULL, *compare = NULL, *out_dir = NULL;
-    const char *traces[SIM_MAX_LAYERS];
+    const char *traces[SIM_MAX_LAYERS], *trace_weights[SIM_MAX_LAYERS];
     int n_traces = 0, replan = 10, window = 10, quiet = 0, k_given = 0, experts_given = 0, tokens_given = 0;
     int steps_given = 0, router_given = 0, opt, code;
     size_t seed = 0;
@@ -441,7 +449,13 @@ int cmd_simulate(int argc, char **argv) {
         case OPT_SEED: code = cli_parse_size("--seed", optarg, 0, SIZE_MAX, &seed); break;
         case OPT_TRACE:
             if (n_traces == SIM_MAX_LAYERS) return cli_fail(CLI_USAGE, "--trace: more than %d layers", SIM_MAX_LAYERS);
+            trace_weights[n_traces] = NULL;
             traces[n_traces++] = optarg;
+            break;
+        case OPT_TRACE_WEIGHTS:
+            if (n_traces == 0 || trace_weights[n_traces - 1] != NULL)
+                return cli_fail(CLI_USAGE, "--trace-weights F.npy follows the --trace ids.npy it belongs to, once");
+            trace_weights[n_traces - 1] = optarg;
             break;
         case OPT_COMPARE: compare = optarg; break;
         case OPT_REPLAN: code = cli_parse_int("--replan", optarg, 0, 1 << 24, &replan); break;
@@ -511,10 +525,13 @@ int cmd_simulate(int argc, char **argv) {
     if (counts_select && !counts_path) return cli_fail(CLI_USAGE, "--counts-select needs --counts");
     if (n_traces && router_given)
         return cli_fail(CLI_USAGE, "--trace replays recorded choices: routing options do not apply");
-    if (n_traces && !k_given) c.k = 6;
+    const size_t first_len = n_traces ? strlen(traces[0]) : 0;
+    if (n_traces && !k_given && !(first_len > 4 && !strcmp(traces[0] + first_len - 4, ".npy")))
+        c.k = 6; /* ESFT-vanilla-lite's; a .npy trace's is its own */
     if (n_traces && !tokens_given) c.tokens_per_rank = 0; /* the whole trace each step, split over the ranks */
     if (n_traces && !steps_given) c.steps = 2; /* the first measures, the second runs on the plan */
-    if ((size_t)c.k > c.experts) return cli_fail(CLI_USAGE, "--k %d exceeds --experts %zu", c.k, c.experts);
+    if (!n_traces && !counts_path && (size_t)c.k > c.experts)
+        return cli_fail(CLI_USAGE, "--k %d exceeds --experts %zu", c.k, c.experts);
 
     sim_strategy strategies[SIM_MAX_STRATEGIES];
     int count = 0;
@@ -554,12 +571,16 @@ int cmd_simulate(int argc, char **argv) {
     } else {
         for (int l = 0; code == CLI_OK && l < n_traces; l++) {
             const size_t len = strlen(traces[l]);
-            const moert_status st =
-                len > 4 && !strcmp(traces[l] + len - 4, ".npy")
-                    ? sim_trace_read_npy(traces[l], NULL, c.experts, &layers[l])
-                    : sim_trace_read_esft(traces[l], (size_t)c.k, c.experts, &layers[l]);
+            const int npy = len > 4 && !strcmp(traces[l] + len - 4, ".npy");
+            if (!npy && trace_weights[l])
+                code = cli_fail(CLI_USAGE, "--trace-weights goes with an ids.npy trace, not %s", traces[l]);
+            const moert_status st = code != CLI_OK ? MOERT_EINVAL
+                                    : npy          ? sim_trace_read_npy(traces[l], trace_weights[l], c.experts, &layers[l])
+                                                   : sim_trace_read_esft(traces[l], (size_t)c.k, c.experts, &layers[l]);
+            if (code != CLI_OK) break;
             if (st != MOERT_OK) code = cli_fail_status(st, "--trace");
-            else if (layers[l].k != (size_t)c.k)
+            else if (npy && !k_given && l == 0) c.k = (int)layers[l].k; /* .npy: k is the file's */
+            if (code == CLI_OK && layers[l].k != (size_t)c.k)
                 code = cli_fail(CLI_USAGE, "--trace %s has %zu experts a token, --k is %d", traces[l], layers[l].k, c.k);
         }
     }
@@ -619,9 +640,20 @@ int cmd_simulate(int argc, char **argv) {
         cJSON_AddStringToObject(cfg, "seed", seed_text);
         if (n_traces) {
             cJSON *tr = cJSON_AddArrayToObject(cfg, "trace");
-            for (int l = 0; l < n_traces; l++) cJSON_AddItemToArray(tr, cJSON_CreateString(traces[l]));
+            cJSON *tw = cJSON_AddArrayToObject(cfg, "trace_weights");
+            for (int l = 0; l < n_traces; l++) { /* absolute: a replay may run elsewhere */
+                char *full = realpath(traces[l], NULL);
+                cJSON_AddItemToArray(tr, cJSON_CreateString(full ? full : traces[l]));
+                free(full);
+                full = trace_weights[l] ? realpath(trace_weights[l], NULL) : NULL;
+                cJSON_AddItemToArray(tw, trace_weights[l] ? cJSON_CreateString(full ? full : trace_weights[l])
+                                                          : cJSON_CreateNull());
+                free(full);
+            }
         } else if (counts_path) {
-            cJSON_AddStringToObject(cfg, "counts", counts_path);
+            char *full = realpath(counts_path, NULL);
+            cJSON_AddStringToObject(cfg, "counts", full ? full : counts_path);
+            free(full);
             if (counts_select) cJSON_AddStringToObject(cfg, "counts_select", counts_select);
         } else {
             cJSON_AddStringToObject(cfg, "profile", profile ? profile : "uniform");
