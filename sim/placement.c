@@ -47,6 +47,53 @@ static int least_loaded(const double *bin_load, const int *free_slots, const uin
     return best;
 }
 
+/* EPLB on several nodes, as DeepSeek's hierarchical balancing: the experts in N groups of
+ * E / N (the groups of node-limited routing), the groups onto the nodes by load (the
+ * heaviest first, each node one group), then within each node its R / N replicas and its
+ * ranks as on one node. */
+static moert_status eplb_hierarchical(size_t E, int P, int N, int spare, const double *load, sim_placement *out) {
+    const size_t per_group = E / (size_t)N, replicas = (size_t)spare / (size_t)N;
+    const int ranks_per_node = P / N;
+    MOERT_RETURN_ERROR_IF(E % (size_t)N != 0 || (size_t)spare % (size_t)N != 0, MOERT_EINVAL,
+                          "eplb placement on %d nodes: %zu experts and %d replicas must divide into the nodes (an expert "
+                          "group and its replicas on each)",
+                          N, E, spare);
+    MOERT_RETURN_ERROR_IF((per_group + replicas) % (size_t)ranks_per_node != 0, MOERT_EINVAL,
+                          "eplb placement: a node's %zu experts and %zu replicas make %zu slots, not a multiple of its %d "
+                          "ranks",
+                          per_group, replicas, per_group + replicas, ranks_per_node);
+    double *group_load = calloc((size_t)N, sizeof *group_load);
+    int32_t *group_order = malloc((size_t)N * sizeof *group_order), *count = calloc(E, sizeof *count);
+    int32_t **ranks_of = calloc(E, sizeof *ranks_of); /* each expert's replicas' ranks */
+    moert_status st = group_load && group_order && count && ranks_of ? MOERT_OK
+                                                                      : moert_set_error(MOERT_ENOMEM, "placement: out of memory");
+    for (size_t e = 0; st == MOERT_OK && e < E; e++) group_load[e / per_group] += load[e];
+    if (st == MOERT_OK) order_by_weight(group_load, (size_t)N, group_order);
+    for (int v = 0; st == MOERT_OK && v < N; v++) { /* node v hosts the v-th heaviest group */
+        const size_t first = (size_t)group_order[v] * per_group;
+        sim_placement node;
+        st = sim_place(SIM_PLACE_EPLB, per_group, ranks_per_node, 1, (int)replicas, load + first, &node);
+        for (size_t i = 0; st == MOERT_OK && i < per_group; i++) {
+            const int32_t n = node.offsets[i + 1] - node.offsets[i];
+            count[first + i] = n;
+            ranks_of[first + i] = malloc((size_t)n * sizeof(int32_t));
+            if (ranks_of[first + i] == NULL) st = moert_set_error(MOERT_ENOMEM, "placement: out of memory");
+            for (int32_t j = 0; st == MOERT_OK && j < n; j++)
+                ranks_of[first + i][j] = v * ranks_per_node + node.rank_of[node.offsets[i] + j];
+        }
+        sim_placement_free(&node);
+    }
+    if (st == MOERT_OK) st = alloc_placement(out, E, P, N, E + (size_t)spare);
+    if (st == MOERT_OK)
+        for (size_t e = 0; e < E; e++) {
+            out->offsets[e + 1] = out->offsets[e] + count[e];
+            memcpy(out->rank_of + out->offsets[e], ranks_of[e], (size_t)count[e] * sizeof(int32_t));
+        }
+    for (size_t e = 0; ranks_of && e < E; e++) free(ranks_of[e]);
+    free(group_load), free(group_order), free(count), free(ranks_of);
+    return st;
+}
+
 moert_status sim_place(sim_place_kind kind, size_t E, int P, int N, int spare, const double *load, sim_placement *out) {
     MOERT_RETURN_ERROR_IF(out == NULL, MOERT_EINVAL, "placement: NULL output");
     memset(out, 0, sizeof *out);
@@ -66,6 +113,7 @@ moert_status sim_place(sim_place_kind kind, size_t E, int P, int N, int spare, c
         return MOERT_OK;
     }
     const size_t R = (size_t)spare, total = E + R;
+    if (kind == SIM_PLACE_EPLB && N > 1) return eplb_hierarchical(E, P, N, spare, load, out);
     if (kind == SIM_PLACE_EPLB) {
         MOERT_RETURN_ERROR_IF(total % (size_t)P != 0, MOERT_EINVAL,
                               "eplb placement: %zu experts and %d replicas make %zu slots, not a multiple of %d ranks", E,

@@ -64,6 +64,18 @@ START_TEST(test_placements) {
     ck_assert_int_eq(sim_place(SIM_PLACE_EPLB, 4, 2, 1, 6, hot, &p), MOERT_EINVAL); /* more than E (P - 1) */
     ck_assert(strstr(moert_last_error(), "more than the slots") != NULL);
     ck_assert_int_eq(sim_place(SIM_PLACE_BALANCED, 4, 2, 1, 0, NULL, &p), MOERT_EINVAL);
+    /* Hierarchical EPLB on 2 nodes of 3 ranks: groups {0, 1} (load 11) and {2, 3} (9), one
+     * per node, the heavier on node 0; each node replicates its hottest expert (0 and 3)
+     * onto two of its own ranks. */
+    const double two_groups[4] = {10, 1, 1, 8};
+    ck_assert_int_eq(sim_place(SIM_PLACE_EPLB, 4, 6, 2, 2, two_groups, &p), MOERT_OK);
+    ck_assert_int_eq(p.offsets[1] - p.offsets[0], 2);
+    ck_assert_int_eq(p.offsets[4] - p.offsets[3], 2);
+    for (int32_t j = p.offsets[0]; j < p.offsets[2]; j++) ck_assert_int_lt(p.rank_of[j], 3);  /* group 0: node 0 */
+    for (int32_t j = p.offsets[2]; j < p.offsets[4]; j++) ck_assert_int_ge(p.rank_of[j], 3); /* group 1: node 1 */
+    ck_assert_int_ne(p.rank_of[p.offsets[0]], p.rank_of[p.offsets[0] + 1]);
+    sim_placement_free(&p);
+    ck_assert_int_eq(sim_place(SIM_PLACE_EPLB, 5, 6, 2, 1, hot, &p), MOERT_EINVAL); /* 5 experts on 2 nodes */
     /* Any valid EPLB configuration packs: every rank its slots, no expert twice on a rank
      * (random shapes, loads up to 50x apart). */
     test_rng rng = {3};
@@ -72,6 +84,10 @@ START_TEST(test_placements) {
         const size_t Es = 1 + test_rng_next(&rng) % 24;
         const int per_rank = 1 + (int)(test_rng_next(&rng) % 4), R = P * per_rank - (int)Es;
         if (R < 0 || (size_t)R > Es * (size_t)(P - 1)) continue;
+        /* several nodes: an expert group and its replicas on each, in equal slots per rank */
+        if (N > 1 && (Es % (size_t)N || R % N || (Es / (size_t)N + (size_t)(R / N)) % (size_t)(P / N) ||
+                      (size_t)(R / N) > Es / (size_t)N * (size_t)(P / N - 1)))
+            continue;
         double w[24];
         for (size_t e = 0; e < Es; e++) w[e] = 1 + (double)(test_rng_next(&rng) % 1000) * (test_rng_next(&rng) % 3 ? 1 : 50);
         ck_assert_msg(sim_place(SIM_PLACE_EPLB, Es, P, N, R, w, &p) == MOERT_OK, "P=%d N=%d E=%zu R=%d: %s", P, N, Es, R,
