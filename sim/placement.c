@@ -47,39 +47,58 @@ static int least_loaded(const double *bin_load, const int *free_slots, const uin
     return best;
 }
 
-/* EPLB on several nodes, as DeepSeek's hierarchical balancing: the experts in N groups of
- * E / N (the groups of node-limited routing), the groups onto the nodes by load (the
- * heaviest first, each node one group), then within each node its R / N replicas and its
- * ranks as on one node. */
-static moert_status eplb_hierarchical(size_t E, int P, int N, int spare, const double *load, sim_placement *out) {
-    const size_t per_group = E / (size_t)N, replicas = (size_t)spare / (size_t)N;
+/* EPLB on several nodes, as DeepSeek's hierarchical balancing: the experts in `groups`
+ * groups of E / groups contiguous experts, the groups packed onto the nodes by load (the
+ * heaviest first, each to the least-loaded node with room, groups / N each), then within
+ * each node its R / N replicas and its ranks as on one node. */
+static moert_status eplb_hierarchical(size_t E, int P, int N, int spare, int groups, const double *load,
+                                      sim_placement *out) {
+    const size_t G = groups > 0 ? (size_t)groups : E;
+    MOERT_RETURN_ERROR_IF(E % G != 0 || G % (size_t)N != 0, MOERT_EINVAL,
+                          "eplb placement: %zu experts in %zu groups on %d nodes: the groups must divide the experts, and "
+                          "the nodes the groups",
+                          E, G, N);
+    const size_t per_group = E / G, per_node = E / (size_t)N, replicas = (size_t)spare / (size_t)N;
     const int ranks_per_node = P / N;
-    MOERT_RETURN_ERROR_IF(E % (size_t)N != 0 || (size_t)spare % (size_t)N != 0, MOERT_EINVAL,
-                          "eplb placement on %d nodes: %zu experts and %d replicas must divide into the nodes (an expert "
-                          "group and its replicas on each)",
-                          N, E, spare);
-    MOERT_RETURN_ERROR_IF((per_group + replicas) % (size_t)ranks_per_node != 0, MOERT_EINVAL,
+    MOERT_RETURN_ERROR_IF((size_t)spare % (size_t)N != 0, MOERT_EINVAL,
+                          "eplb placement: %d replicas do not divide into the %d nodes", spare, N);
+    MOERT_RETURN_ERROR_IF((per_node + replicas) % (size_t)ranks_per_node != 0, MOERT_EINVAL,
                           "eplb placement: a node's %zu experts and %zu replicas make %zu slots, not a multiple of its %d "
                           "ranks",
-                          per_group, replicas, per_group + replicas, ranks_per_node);
-    double *group_load = calloc((size_t)N, sizeof *group_load);
-    int32_t *group_order = malloc((size_t)N * sizeof *group_order), *count = calloc(E, sizeof *count);
+                          per_node, replicas, per_node + replicas, ranks_per_node);
+    double *group_load = calloc(G, sizeof *group_load), *node_load = calloc((size_t)N, sizeof *node_load);
+    double *sub_load = malloc(per_node * sizeof *sub_load);
+    int32_t *group_order = malloc(G * sizeof *group_order), *count = calloc(E, sizeof *count);
+    int32_t *node_of = malloc(G * sizeof *node_of), *members = malloc(per_node * sizeof *members);
+    int *room = malloc((size_t)N * sizeof *room);
     int32_t **ranks_of = calloc(E, sizeof *ranks_of); /* each expert's replicas' ranks */
-    moert_status st = group_load && group_order && count && ranks_of ? MOERT_OK
-                                                                      : moert_set_error(MOERT_ENOMEM, "placement: out of memory");
+    moert_status st = group_load && node_load && sub_load && group_order && count && node_of && members && room && ranks_of
+                          ? MOERT_OK
+                          : moert_set_error(MOERT_ENOMEM, "placement: out of memory");
     for (size_t e = 0; st == MOERT_OK && e < E; e++) group_load[e / per_group] += load[e];
-    if (st == MOERT_OK) order_by_weight(group_load, (size_t)N, group_order);
-    for (int v = 0; st == MOERT_OK && v < N; v++) { /* node v hosts the v-th heaviest group */
-        const size_t first = (size_t)group_order[v] * per_group;
+    if (st == MOERT_OK) {
+        order_by_weight(group_load, G, group_order);
+        for (int v = 0; v < N; v++) room[v] = (int)(G / (size_t)N);
+        for (size_t i = 0; i < G; i++) { /* LPT onto the nodes, G / N groups each */
+            int best = -1;
+            for (int v = 0; v < N; v++)
+                if (room[v] > 0 && (best < 0 || node_load[v] < node_load[best])) best = v;
+            node_of[group_order[i]] = best, node_load[best] += group_load[group_order[i]], room[best]--;
+        }
+    }
+    for (int v = 0; st == MOERT_OK && v < N; v++) { /* node v: its experts as one node */
+        size_t n = 0;
+        for (size_t g = 0; g < G; g++)
+            if (node_of[g] == v)
+                for (size_t i = 0; i < per_group; i++) members[n] = (int32_t)(g * per_group + i), sub_load[n++] = load[g * per_group + i];
         sim_placement node;
-        st = sim_place(SIM_PLACE_EPLB, per_group, ranks_per_node, 1, (int)replicas, load + first, &node);
-        for (size_t i = 0; st == MOERT_OK && i < per_group; i++) {
-            const int32_t n = node.offsets[i + 1] - node.offsets[i];
-            count[first + i] = n;
-            ranks_of[first + i] = malloc((size_t)n * sizeof(int32_t));
-            if (ranks_of[first + i] == NULL) st = moert_set_error(MOERT_ENOMEM, "placement: out of memory");
-            for (int32_t j = 0; st == MOERT_OK && j < n; j++)
-                ranks_of[first + i][j] = v * ranks_per_node + node.rank_of[node.offsets[i] + j];
+        st = sim_place(SIM_PLACE_EPLB, per_node, ranks_per_node, 1, (int)replicas, sub_load, &node);
+        for (size_t i = 0; st == MOERT_OK && i < per_node; i++) {
+            const int32_t e = members[i], c = node.offsets[i + 1] - node.offsets[i];
+            count[e] = c;
+            ranks_of[e] = malloc((size_t)c * sizeof(int32_t));
+            if (ranks_of[e] == NULL) st = moert_set_error(MOERT_ENOMEM, "placement: out of memory");
+            for (int32_t j = 0; st == MOERT_OK && j < c; j++) ranks_of[e][j] = v * ranks_per_node + node.rank_of[node.offsets[i] + j];
         }
         sim_placement_free(&node);
     }
@@ -90,11 +109,17 @@ static moert_status eplb_hierarchical(size_t E, int P, int N, int spare, const d
             memcpy(out->rank_of + out->offsets[e], ranks_of[e], (size_t)count[e] * sizeof(int32_t));
         }
     for (size_t e = 0; ranks_of && e < E; e++) free(ranks_of[e]);
-    free(group_load), free(group_order), free(count), free(ranks_of);
+    free(group_load), free(node_load), free(sub_load), free(group_order), free(count), free(node_of), free(members);
+    free(room), free(ranks_of);
     return st;
 }
 
 moert_status sim_place(sim_place_kind kind, size_t E, int P, int N, int spare, const double *load, sim_placement *out) {
+    return sim_place_groups(kind, E, P, N, spare, 0, load, out);
+}
+
+moert_status sim_place_groups(sim_place_kind kind, size_t E, int P, int N, int spare, int groups, const double *load,
+                              sim_placement *out) {
     MOERT_RETURN_ERROR_IF(out == NULL, MOERT_EINVAL, "placement: NULL output");
     memset(out, 0, sizeof *out);
     MOERT_RETURN_ERROR_IF(E == 0 || E > (size_t)INT32_MAX, MOERT_EINVAL, "placement: experts=%zu", E);
@@ -113,7 +138,7 @@ moert_status sim_place(sim_place_kind kind, size_t E, int P, int N, int spare, c
         return MOERT_OK;
     }
     const size_t R = (size_t)spare, total = E + R;
-    if (kind == SIM_PLACE_EPLB && N > 1) return eplb_hierarchical(E, P, N, spare, load, out);
+    if (kind == SIM_PLACE_EPLB && N > 1) return eplb_hierarchical(E, P, N, spare, groups, load, out);
     if (kind == SIM_PLACE_EPLB) {
         MOERT_RETURN_ERROR_IF(total % (size_t)P != 0, MOERT_EINVAL,
                               "eplb placement: %zu experts and %d replicas make %zu slots, not a multiple of %d ranks", E,

@@ -40,6 +40,11 @@ moert_status sim_place(sim_place_kind kind, size_t experts, int ranks, int nodes
                        sim_placement *out);
 void sim_placement_free(sim_placement *p);
 
+/* The same with eplb's expert groups: `groups` groups of contiguous experts packed whole
+ * onto nodes (0: one expert each). */
+moert_status sim_place_groups(sim_place_kind kind, size_t experts, int ranks, int nodes, int spare, int groups,
+                              const double *load, sim_placement *out);
+
 /* Each rank's load under the placement: load[e] spread over its replicas equally. */
 void sim_rank_loads(const sim_placement *p, const double *expert_load, double *rank_load);
 

@@ -138,7 +138,7 @@ static moert_status replan(const sim_config *c, const sim_strategy *s, strategy_
     for (int h = 0; h < st->history_count; h++)
         for (size_t e = 0; e < E; e++) mean[e] += st->history[(size_t)h * E + e] / st->history_count;
     sim_placement next;
-    moert_status status = sim_place(s->place, E, c->ranks, c->nodes, s->replicas, mean, &next);
+    moert_status status = sim_place_groups(s->place, E, c->ranks, c->nodes, s->replicas, s->groups, mean, &next);
     free(mean);
     MOERT_FORWARD_IF_ERROR(status);
     *moved = st->placement.offsets ? (double)sim_placement_moves(&st->placement, &next) * c->expert_bytes : 0.0;

@@ -37,6 +37,7 @@ typedef struct sim_strategy {
     int max_nodes;          /* node-limited */
     sim_place_kind place;
     int replicas;           /* eplb */
+    int groups;             /* eplb: expert groups packed whole onto nodes (0: one expert each) */
     int replan_every;       /* balanced, eplb: steps between re-plans (0: plan once, from step 0) */
     int window;             /* steps of loads a re-plan averages */
 } sim_strategy;

@@ -64,16 +64,20 @@ START_TEST(test_placements) {
     ck_assert_int_eq(sim_place(SIM_PLACE_EPLB, 4, 2, 1, 6, hot, &p), MOERT_EINVAL); /* more than E (P - 1) */
     ck_assert(strstr(moert_last_error(), "more than the slots") != NULL);
     ck_assert_int_eq(sim_place(SIM_PLACE_BALANCED, 4, 2, 1, 0, NULL, &p), MOERT_EINVAL);
-    /* Hierarchical EPLB on 2 nodes of 3 ranks: groups {0, 1} (load 11) and {2, 3} (9), one
-     * per node, the heavier on node 0; each node replicates its hottest expert (0 and 3)
+    /* Hierarchical EPLB on 2 nodes of 3 ranks with 2 groups: {0, 1} (load 11) and {2, 3} (9),
+     * one per node, the heavier on node 0; each node replicates its hottest expert (0 and 3)
      * onto two of its own ranks. */
     const double two_groups[4] = {10, 1, 1, 8};
-    ck_assert_int_eq(sim_place(SIM_PLACE_EPLB, 4, 6, 2, 2, two_groups, &p), MOERT_OK);
+    ck_assert_int_eq(sim_place_groups(SIM_PLACE_EPLB, 4, 6, 2, 2, 2, two_groups, &p), MOERT_OK);
     ck_assert_int_eq(p.offsets[1] - p.offsets[0], 2);
     ck_assert_int_eq(p.offsets[4] - p.offsets[3], 2);
     for (int32_t j = p.offsets[0]; j < p.offsets[2]; j++) ck_assert_int_lt(p.rank_of[j], 3);  /* group 0: node 0 */
     for (int32_t j = p.offsets[2]; j < p.offsets[4]; j++) ck_assert_int_ge(p.rank_of[j], 3); /* group 1: node 1 */
     ck_assert_int_ne(p.rank_of[p.offsets[0]], p.rank_of[p.offsets[0] + 1]);
+    sim_placement_free(&p);
+    /* By default one expert a group: experts 0 (10) and 3 (8) onto different nodes. */
+    ck_assert_int_eq(sim_place(SIM_PLACE_EPLB, 4, 6, 2, 2, two_groups, &p), MOERT_OK);
+    ck_assert_int_ne(p.rank_of[p.offsets[0]] / 3, p.rank_of[p.offsets[3]] / 3);
     sim_placement_free(&p);
     ck_assert_int_eq(sim_place(SIM_PLACE_EPLB, 5, 6, 2, 1, hot, &p), MOERT_EINVAL); /* 5 experts on 2 nodes */
     /* Any valid EPLB configuration packs: every rank its slots, no expert twice on a rank

@@ -89,6 +89,7 @@ bad 2 '--counts-select needs --counts' --counts-select domain=c4
 bad 2 'is not none, capacity:F' --compare nothing
 bad 2 'gives two placements' --compare balanced+eplb:2
 bad 2 'the drop policy is probs or position' --compare capacity:1:latest
+bad 2 'the groups must divide the experts' --ranks 4 --nodes 2 --experts 16 --k 2 --compare eplb:4:3
 bad 2 'contiguous placement only' --ranks 4 --nodes 2 --experts 16 --k 2 --compare node-limited:1+balanced
 bad 2 '--drift given twice' --drift rotate:2 --drift walk:0.5
 bad 2 'is not walk:SIGMA or rotate:N' --drift sideways

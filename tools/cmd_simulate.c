@@ -63,11 +63,13 @@ static const char help[] =
     "                        capacity factor F; ReLU routing, its threshold steered to\n"
     "                        sparsity S; top-k within the best M nodes (experts in equal\n"
     "                        contiguous blocks per node)\n"
-    "  contiguous | round-robin | balanced | eplb:R\n"
+    "  contiguous | round-robin | balanced | eplb:R[:G]\n"
     "                        placement; balanced and eplb re-plan every --replan steps\n"
     "                        (default 10) from the mean of the last --window (10) steps'\n"
-    "                        loads; eplb adds R replicas of the hottest experts and packs\n"
-    "                        nodes, then ranks; default compare: none,capacity:1.25,aux-free:0.001\n"
+    "                        loads; eplb (DeepSeek's, hierarchical) packs G groups of\n"
+    "                        contiguous experts (default: one expert each) onto the nodes,\n"
+    "                        then in each node adds R/N replicas of its hottest experts\n"
+    "                        and packs its ranks; default compare: none,capacity:1.25,aux-free:0.001\n"
     "                        (a trace: contiguous,round-robin,balanced)\n"
     "The cost model (per step: dispatch + compute + combine):\n"
     "  --alpha-intra S --beta-intra B    latency (s) and bandwidth (bytes/s) within a\n"
@@ -108,6 +110,16 @@ static int parse_strategy(const char *text, int replan, int window, sim_strategy
         char *colon = strchr(part, ':');
         const char *arg = colon ? colon + 1 : NULL;
         if (colon) *colon = '\0';
+        /* eplb:R:G, the expert groups */
+        char *groups = arg && !strcmp(part, "eplb") ? strchr(colon + 1, ':') : NULL;
+        if (groups) {
+            *groups++ = '\0';
+            char *gend = NULL;
+            const long g = strtol(groups, &gend, 10);
+            if (gend == groups || *gend || g < 1 || g > (1L << 20))
+                return cli_fail(CLI_USAGE, "--compare: '%s': eplb:R:G needs G >= 1 expert groups", text);
+            s->groups = (int)g;
+        }
         /* capacity:F:probs|position */
         char *policy = arg && !strcmp(part, "capacity") ? strchr(colon + 1, ':') : NULL;
         s->drop = MOERT_DROP_PROBS; /* as moert route */
