@@ -97,6 +97,7 @@ bad 2 '--seq-len goes with --correlation' --seq-len 8
 bad 2 'node-limited:3: 16 experts in 2 nodes' --ranks 4 --nodes 2 --experts 16 --k 2 --compare node-limited:3
 bad 2 're-routes' --trace "$tmp/t.txt" --k 2 --experts 3 --compare aux-free:0.1
 bad 2 'routing options do not apply' --trace "$tmp/t.txt" --k 2 --experts 3 --score sigmoid
+bad 2 '--sample, --temperature and --seed do not apply' --trace "$tmp/t.txt" --k 2 --experts 3 --sample 2
 bad 2 'does not apply to --policy relu' --policy relu --relu-threshold 0.1 --capacity-factor 2
 printf '0\t5\t\t0.5\t0.5\n' > "$tmp/ids.txt"
 bad 1 'expert id 5 is outside 0..3' --trace "$tmp/ids.txt" --k 2 --experts 4

@@ -23,7 +23,8 @@ static const char help[] =
     "(a row per step and strategy) and DIR/summary.json (the configuration, the seed, the\n"
     "version and each strategy's means), and draws with gnuplot DIR/imbalance.png (expert\n"
     "max/mean per step and strategy), DIR/heatmap.png (the first strategy's expert loads\n"
-    "over steps) and DIR/ranks.png (the rank loads of each placement), from heatmap.dat,\n"
+    "over steps) and DIR/ranks.png (each strategy's rank loads at the last step, under its\n"
+    "placement and, before, under contiguous placement), from heatmap.dat,\n"
     "ranks.csv and plots.gp there (kept: without gnuplot they are written all the same).\n"
     "\n"
     "The distributed machine:\n"
@@ -179,7 +180,8 @@ typedef struct sim_output {
     long records[SIM_MAX_STRATEGIES];
     double *shares; /* [layers][experts], the first strategy's loads summed over steps */
     double *heat;       /* [steps][experts] */
-    double *ranks_last; /* [strategies][ranks] */
+    double *ranks_last;   /* [strategies][ranks] */
+    double *ranks_before; /* [strategies][ranks]: the same loads under contiguous placement */
     int ranks, steps;
     /* the progress bar: stderr is a terminal and not --quiet */
     int progress;
@@ -224,8 +226,14 @@ static void on_step(void *context, int i, const sim_step_record *r, const double
         for (size_t e = 0; e < o->experts; e++) o->shares[(size_t)o->layer * o->experts + e] += expert_load[e];
     if (o->layer == 0 && i == 0 && o->heat) /* the heatmap: the first strategy's loads, layer 0 */
         memcpy(o->heat + (size_t)r->step * o->experts, expert_load, o->experts * sizeof(double));
-    if (o->layer == 0 && o->ranks_last) /* each strategy's rank loads, the last step of layer 0 */
+    if (o->layer == 0 && o->ranks_last) { /* each strategy's rank loads, the last step of layer 0 */
         memcpy(o->ranks_last + (size_t)i * (size_t)o->ranks, rank_load, (size_t)o->ranks * sizeof(double));
+        /* and the same step's under contiguous placement (one replica each: a rank's load is
+         * its experts'), the "before" of the plot */
+        double *before = o->ranks_before + (size_t)i * (size_t)o->ranks;
+        memset(before, 0, (size_t)o->ranks * sizeof(double));
+        for (size_t e = 0; e < o->experts; e++) before[e * (size_t)o->ranks / o->experts] += expert_load[e];
+    }
     o->done++;
     if (o->progress) show_progress(o, 0);
 }
@@ -247,29 +255,33 @@ static int write_plots(const sim_output *o, const char *dir, int quiet) {
     if (fclose(f) != 0) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
     snprintf(path, sizeof path, "%s/ranks.csv", dir);
     if ((f = fopen(path, "w")) == NULL) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
-    fputs("rank", f);
-    for (int i = 0; i < o->count; i++) fprintf(f, ",%s", o->strategies[i].name);
+    fputs("rank", f); /* each strategy's placement, then the same loads placed contiguously */
+    for (int i = 0; i < o->count; i++) fprintf(f, ",%s,%s (contiguous)", o->strategies[i].name, o->strategies[i].name);
     fputc('\n', f);
     for (int r = 0; r < o->ranks; r++) {
         fprintf(f, "%d", r);
-        for (int i = 0; i < o->count; i++) fprintf(f, ",%.6g", o->ranks_last[(size_t)i * (size_t)o->ranks + r]);
+        for (int i = 0; i < o->count; i++)
+            fprintf(f, ",%.6g,%.6g", o->ranks_last[(size_t)i * (size_t)o->ranks + r],
+                    o->ranks_before[(size_t)i * (size_t)o->ranks + r]);
         fputc('\n', f);
     }
     if (fclose(f) != 0) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
     snprintf(path, sizeof path, "%s/plots.gp", dir);
     if ((f = fopen(path, "w")) == NULL) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
     fputs("# moert simulate's plots: gnuplot plots.gp, in this directory\n"
-          "set datafile separator ','\nset terminal png size 1000,600\nset key outside right\nset grid\n"
+          "set datafile separator ','\nset terminal pngcairo size 1000,600\nset key outside right\nset grid\n"
           "set output 'imbalance.png'\nset title 'expert load max/mean per step (layer 0)'\n"
           "set xlabel 'step'\nset ylabel 'max/mean'\n", f);
     fputs("plot ", f);
     for (int i = 0; i < o->count; i++)
         fprintf(f, "%s'steps.csv' using 3:((strcol(1) eq '%s' && $2 == 0) ? $4 : 1/0) with lines title '%s'",
                 i ? ", " : "", o->strategies[i].name, o->strategies[i].name);
-    fprintf(f, "\nset output 'ranks.png'\nset title 'rank load at the last step, per placement (layer 0)'\n"
-               "set xlabel 'rank'\nset ylabel 'entries'\nplot ");
+    fprintf(f, "\nset output 'ranks.png'\nset title 'rank load at the last step: each placement (solid) and "
+               "contiguous (dashed), layer 0'\nset xlabel 'rank'\nset ylabel 'entries'\nplot ");
     for (int i = 0; i < o->count; i++)
-        fprintf(f, "%s'ranks.csv' using 1:%d with steps title '%s'", i ? ", " : "", i + 2, o->strategies[i].name);
+        fprintf(f, "%s'ranks.csv' using 1:%d with steps lc %d title '%s', 'ranks.csv' using 1:%d with steps lc %d dt 2 "
+                   "title '%s before (contiguous)'",
+                i ? ", " : "", 2 * i + 2, i + 1, o->strategies[i].name, 2 * i + 3, i + 1, o->strategies[i].name);
     fprintf(f, "\nset datafile separator whitespace\nset output 'heatmap.png'\n"
                "set title 'expert load over steps: %s (layer 0)'\nset xlabel 'step'\nset ylabel 'expert'\n"
                "set key noautotitle\nset grid noxtics noytics\nplot 'heatmap.dat' matrix with image\n",
@@ -323,9 +335,11 @@ static int replay_summary(const char *path, const char *out_dir, int quiet, int 
         {"tokens_per_rank", "--tokens"}, {"sample", "--sample"}, {"steps", "--steps"}, {"temperature", "--temperature"},
         {"correlation", "--correlation"}, {"seq_len", "--seq-len"}, {"replan", "--replan"}, {"window", "--window"},
     };
+    const int trace_run = cJSON_GetObjectItem(cfg, "trace") != NULL;
     for (size_t i = 0; i < sizeof numbers / sizeof numbers[0]; i++) {
         const cJSON *v = cJSON_GetObjectItem(cfg, numbers[i][0]);
         if (v == NULL) continue;
+        if (trace_run && (!strcmp(numbers[i][0], "sample") || !strcmp(numbers[i][0], "temperature"))) continue;
         if (!cJSON_IsNumber(v)) code = cli_fail(CLI_FAIL, "--replay: config.%s is not a number", numbers[i][0]);
         else if (!strcmp(numbers[i][0], "tokens_per_rank") && v->valuedouble == 0) continue; /* a trace's default */
         else ARG_(numbers[i][1]), VALUE_("%.17g", v->valuedouble);
@@ -335,7 +349,7 @@ static int replay_summary(const char *path, const char *out_dir, int quiet, int 
                                              {"compare", "--compare"}};
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
         const cJSON *v = cJSON_GetObjectItem(cfg, strings[i][0]);
-        if (v == NULL) continue;
+        if (v == NULL || (trace_run && !strcmp(strings[i][0], "seed"))) continue;
         if (!cJSON_IsString(v)) code = cli_fail(CLI_FAIL, "--replay: config.%s is not a string", strings[i][0]);
         else ARG_(strings[i][1]), ARG_(v->valuestring);
     }
@@ -359,7 +373,12 @@ static int replay_summary(const char *path, const char *out_dir, int quiet, int 
     for (size_t i = 0; cost && i < sizeof costs / sizeof costs[0]; i++) {
         const cJSON *v = cJSON_GetObjectItem(cost, costs[i][0]);
         if (cJSON_IsNumber(v)) ARG_(costs[i][1]), VALUE_("%.17g", v->valuedouble);
+        else code = cli_fail(CLI_FAIL, "--replay: config.cost.%s is missing or not a number", costs[i][0]);
     }
+    const cJSON *version = cJSON_GetObjectItem(root, "version");
+    if (code == CLI_OK && (!cJSON_IsString(version) || strcmp(version->valuestring, moert_version())))
+        fprintf(stderr, "moert: --replay: %s was written by moert %s, this is %s: the numbers may differ\n", path,
+                cJSON_IsString(version) ? version->valuestring : "(unknown)", moert_version());
     /* The routing options, back from the fields router_cli_to_json wrote (defaults that
      * cannot be given, like 0 groups, are left out). */
     const cJSON *router = cJSON_GetObjectItem(cfg, "router");
@@ -439,7 +458,7 @@ int cmd_simulate(int argc, char **argv) {
     const char *replay = NULL, *drift = NULL, *profile = NULL, *counts_path = NULL, *counts_select = NULL, *compare = NULL, *out_dir = NULL;
     const char *traces[SIM_MAX_LAYERS], *trace_weights[SIM_MAX_LAYERS];
     int n_traces = 0, replan = 10, window = 10, quiet = 0, k_given = 0, experts_given = 0, tokens_given = 0;
-    int steps_given = 0, router_given = 0, opt, code;
+    int steps_given = 0, router_given = 0, sample_given = 0, temperature_given = 0, seed_given = 0, opt, code;
     size_t seed = 0;
     optind = 1;
     opterr = 0;
@@ -452,13 +471,15 @@ int cmd_simulate(int argc, char **argv) {
         case OPT_EXPERTS: code = cli_parse_size("--experts", optarg, 1, MOERT_MAX_EXPERTS, &c.experts), experts_given = 1; break;
         case OPT_K: code = cli_parse_int("--k", optarg, 1, MOERT_MAX_EXPERTS, &c.k), k_given = 1; break;
         case OPT_TOKENS: code = cli_parse_size("--tokens", optarg, 1, (size_t)1 << 30, &c.tokens_per_rank), tokens_given = 1; break;
-        case OPT_SAMPLE: code = cli_parse_size("--sample", optarg, 1, (size_t)1 << 30, &c.sample); break;
+        case OPT_SAMPLE: code = cli_parse_size("--sample", optarg, 1, (size_t)1 << 30, &c.sample), sample_given = 1; break;
         case OPT_STEPS: code = cli_parse_int("--steps", optarg, 1, 1 << 24, &c.steps), steps_given = 1; break;
         case OPT_PROFILE: profile = optarg; break;
         case OPT_COUNTS: counts_path = optarg; break;
         case OPT_COUNTS_SELECT: counts_select = optarg; break;
-        case OPT_TEMPERATURE: code = cli_parse_float("--temperature", optarg, 1e-6, 1e6, &c.temperature); break;
-        case OPT_SEED: code = cli_parse_size("--seed", optarg, 0, SIZE_MAX, &seed); break;
+        case OPT_TEMPERATURE:
+            code = cli_parse_float("--temperature", optarg, 1e-6, 1e6, &c.temperature), temperature_given = 1;
+            break;
+        case OPT_SEED: code = cli_parse_size("--seed", optarg, 0, SIZE_MAX, &seed), seed_given = 1; break;
         case OPT_TRACE:
             if (n_traces == SIM_MAX_LAYERS) return cli_fail(CLI_USAGE, "--trace: more than %d layers", SIM_MAX_LAYERS);
             trace_weights[n_traces] = NULL;
@@ -537,6 +558,8 @@ int cmd_simulate(int argc, char **argv) {
     if (counts_select && !counts_path) return cli_fail(CLI_USAGE, "--counts-select needs --counts");
     if (n_traces && router_given)
         return cli_fail(CLI_USAGE, "--trace replays recorded choices: routing options do not apply");
+    if (n_traces && (sample_given || temperature_given || seed_given))
+        return cli_fail(CLI_USAGE, "--trace replays recorded choices: --sample, --temperature and --seed do not apply");
     const size_t first_len = n_traces ? strlen(traces[0]) : 0;
     if (n_traces && !k_given && !(first_len > 4 && !strcmp(traces[0] + first_len - 4, ".npy")))
         c.k = 6; /* ESFT-vanilla-lite's; a .npy trace's is its own */
@@ -618,7 +641,9 @@ int cmd_simulate(int argc, char **argv) {
         out.ranks = c.ranks, out.steps = c.steps;
         out.heat = calloc((size_t)c.steps * c.experts, sizeof(double));
         out.ranks_last = calloc((size_t)count * (size_t)c.ranks, sizeof(double));
-        if (!out.shares || !out.heat || !out.ranks_last) code = cli_fail(CLI_FAIL, "simulate: out of memory");
+        out.ranks_before = calloc((size_t)count * (size_t)c.ranks, sizeof(double));
+        if (!out.shares || !out.heat || !out.ranks_last || !out.ranks_before)
+            code = cli_fail(CLI_FAIL, "simulate: out of memory");
     }
     const int sampled = n_traces == 0 && c.sample < c.tokens_per_rank;
     const struct timespec t0 = {0};
@@ -745,7 +770,7 @@ int cmd_simulate(int argc, char **argv) {
                    1e3 * out.sum_time[i] / n, out.sum_dropped[i], out.sum_inter[i] / 1e9, out.sum_moved[i] / 1e9);
         }
     }
-    free(means), free(out.shares), free(out.heat), free(out.ranks_last);
+    free(means), free(out.shares), free(out.heat), free(out.ranks_last), free(out.ranks_before);
     router_cli_free(&rc);
     for (int l = 0; l < n_traces; l++) sim_trace_free(&layers[l]);
     free(layers);
