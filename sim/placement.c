@@ -138,6 +138,12 @@ moert_status sim_place_groups(sim_place_kind kind, size_t E, int P, int N, int s
         return MOERT_OK;
     }
     const size_t R = (size_t)spare, total = E + R;
+    MOERT_RETURN_ERROR_IF(groups < 0 || (groups > 0 && (kind != SIM_PLACE_EPLB || E % (size_t)groups != 0 ||
+                                                       (size_t)groups % (size_t)N != 0)),
+                          MOERT_EINVAL,
+                          "placement: %d expert groups: eplb only, and they must divide the %zu experts and be divided by "
+                          "the %d nodes",
+                          groups, E, N);
     if (kind == SIM_PLACE_EPLB && N > 1) return eplb_hierarchical(E, P, N, spare, groups, load, out);
     if (kind == SIM_PLACE_EPLB) {
         MOERT_RETURN_ERROR_IF(total % (size_t)P != 0, MOERT_EINVAL,

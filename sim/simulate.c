@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +26,7 @@ typedef struct strategy_state {
 static void synthetic_logits(const sim_config *c, const double *means, int step, int rank, size_t count, float *logits,
                              float *tmp, float *latent) {
     moert_router_config noise = moert_router_config_default();
-    noise.noise = MOERT_NOISE_NORMAL, noise.seed = c->seed;
+    noise.noise = MOERT_NOISE_NORMAL, noise.seed = c->seed ^ 0x10C175E3D10C175Eull; /* not the router's --noise */
     moert_router_config seq_noise = noise;
     seq_noise.seed = c->seed ^ 0x5EC0E5C0E5C0E5C0ull;
     const size_t E = c->experts, L = c->seq_len > 0 ? c->seq_len : 1;
@@ -147,6 +148,30 @@ static moert_status replan(const sim_config *c, const sim_strategy *s, strategy_
     return MOERT_OK;
 }
 
+moert_router_config sim_router_config(const sim_config *c, const sim_strategy *s, const float *bias,
+                                      double relu_threshold) {
+    moert_router_config rc = c->router.scaling != 0.0f ? c->router : moert_router_config_default();
+    rc.k = c->k, rc.threads = 1, rc.route_groups = 1;
+    switch (s->balance) {
+    case SIM_BALANCE_NONE: break;
+    case SIM_BALANCE_CAPACITY: rc.capacity_factor = s->capacity_factor, rc.drop_policy = s->drop; break;
+    case SIM_BALANCE_AUX_FREE: rc.score = MOERT_SCORE_SIGMOID, rc.bias = bias; break;
+    case SIM_BALANCE_EXPERT_CHOICE:
+        rc = moert_router_config_default(), rc.threads = 1; /* its own policy, no token choice options */
+        rc.policy = MOERT_POLICY_EXPERT_CHOICE, rc.capacity_factor = s->capacity_factor;
+        break;
+    case SIM_BALANCE_RELU:
+        rc = moert_router_config_default(), rc.threads = 1;
+        rc.policy = MOERT_POLICY_RELU, rc.relu_threshold = (float)relu_threshold;
+        break;
+    case SIM_BALANCE_NODE_LIMITED:
+        rc.groups = c->nodes, rc.topk_groups = s->max_nodes;
+        rc.group_score = c->k % s->max_nodes == 0 ? MOERT_GROUP_SCORE_TOPK_SUM : MOERT_GROUP_SCORE_MAX;
+        break;
+    }
+    return rc;
+}
+
 moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int count, sim_step_fn on_step,
                      void *context) {
     const size_t E = c->experts;
@@ -209,25 +234,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
         for (int i = 0; st == MOERT_OK && i < count; i++) {
             const sim_strategy *s = &strategies[i];
             strategy_state *ss = &state[i];
-            moert_router_config rc = c->router.scaling != 0.0f ? c->router : moert_router_config_default();
-            rc.k = c->k, rc.threads = 1, rc.route_groups = 1;
-            switch (s->balance) {
-            case SIM_BALANCE_NONE: break;
-            case SIM_BALANCE_CAPACITY: rc.capacity_factor = s->capacity_factor, rc.drop_policy = s->drop; break;
-            case SIM_BALANCE_AUX_FREE: rc.score = MOERT_SCORE_SIGMOID, rc.bias = moert_bias_balancer_bias(ss->balancer); break;
-            case SIM_BALANCE_EXPERT_CHOICE:
-                rc = moert_router_config_default(), rc.threads = 1; /* its own policy, no token choice options */
-                rc.policy = MOERT_POLICY_EXPERT_CHOICE, rc.capacity_factor = s->capacity_factor;
-                break;
-            case SIM_BALANCE_RELU:
-                rc = moert_router_config_default(), rc.threads = 1;
-                rc.policy = MOERT_POLICY_RELU, rc.relu_threshold = (float)ss->relu.threshold;
-                break;
-            case SIM_BALANCE_NODE_LIMITED:
-                rc.groups = c->nodes, rc.topk_groups = s->max_nodes;
-                rc.group_score = c->k % s->max_nodes == 0 ? MOERT_GROUP_SCORE_TOPK_SUM : MOERT_GROUP_SCORE_MAX;
-                break;
-            }
+            moert_router_config rc = sim_router_config(c, s, moert_bias_balancer_bias(ss->balancer), ss->relu.threshold);
             if (s->balance == SIM_BALANCE_RELU) /* the threshold moves each step: routers made anew */
                 for (int u = 0; u < threads; u++) {
                     moert_router_destroy(routers[(size_t)u * (size_t)count + (size_t)i]);
@@ -236,9 +243,13 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
 
             memset(counts, 0, (size_t)P * E * sizeof *counts);
             moert_status failed = st;
+            char detail[256] = ""; /* a worker's error detail (thread-local), for this thread */
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads)
             for (int r = 0; r < P; r++) {
-                if (failed != MOERT_OK) continue;
+                moert_status seen;
+#pragma omp atomic read
+                seen = failed;
+                if (seen != MOERT_OK) continue;
                 const int u = omp_get_thread_num();
                 double *row = counts + (size_t)r * E;
                 if (c->trace) {
@@ -254,8 +265,10 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                 moert_router *router = *router_of;
                 if (rs == MOERT_OK) {
                     synthetic_logits(c, means, step, r, S, logits[u], tmp[u], tmp[u] + E + 2);
-                    rs = moert_router_route(router, logits[u], S, plans[u]);
+                    /* the router's own noise (--noise): keyed by rank and step too */
+                    rs = moert_router_set_token_offset(router, ((uint64_t)step * (uint64_t)P + (uint64_t)r) * (uint64_t)S);
                 }
+                if (rs == MOERT_OK) rs = moert_router_route(router, logits[u], S, plans[u]);
                 if (rs == MOERT_OK) {
                     moert_plan_stats ps;
                     moert_plan_get_stats(plans[u], &ps);
@@ -265,11 +278,18 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                 }
                 if (rs != MOERT_OK) {
 #pragma omp critical(moert_sim_error)
-                    failed = rs;
+                    if (failed == MOERT_OK) {
+                        snprintf(detail, sizeof detail, "%s", moert_last_error());
+#pragma omp atomic write
+                        failed = rs;
+                    }
                 }
             }
             st = failed;
-            if (st != MOERT_OK) break;
+            if (st != MOERT_OK) {
+                st = moert_set_error(st, "%s: %s", s->name, detail);
+                break;
+            }
             /* The step's loads; for a trace, the drops are the entries capacity refused. */
             sim_step_record rec = {.step = step};
             memset(expert_load, 0, E * sizeof *expert_load);
@@ -296,7 +316,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
              * bytes are the next step's, recorded with the step that decided them. */
             sim_step_model(&ss->placement, &c->cost, counts, rank_load, scratch, &rec.cost);
             const int adaptive = s->place == SIM_PLACE_BALANCED || s->place == SIM_PLACE_EPLB;
-            if (adaptive && (step == 0 || (s->replan_every > 0 && (step + 1) % s->replan_every == 0)))
+            if (adaptive && step + 1 < c->steps && (step == 0 || (s->replan_every > 0 && (step + 1) % s->replan_every == 0)))
                 st = replan(c, s, ss, &rec.moved_bytes);
             if (st != MOERT_OK) break;
             const double tokens_all = (double)(c->tokens_per_rank ? (size_t)P * c->tokens_per_rank : c->trace->tokens);

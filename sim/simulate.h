@@ -80,6 +80,12 @@ typedef struct sim_step_record {
 typedef void (*sim_step_fn)(void *context, int strategy, const sim_step_record *record, const double *expert_load,
                             const double *rank_load);
 
+/* The router configuration a strategy routes with (bias: aux-free's, borrowed; the ReLU
+ * threshold of the step). moert_router_config_check on it tells before a run whether the
+ * strategy and the routing options go together. */
+moert_router_config sim_router_config(const sim_config *config, const sim_strategy *strategy, const float *bias,
+                                      double relu_threshold);
+
 moert_status sim_run(const sim_config *config, const sim_strategy *strategies, int count, sim_step_fn on_step,
                      void *context);
 

@@ -33,6 +33,11 @@ PATH="$tmp/nognuplot" expect 0 "$moert" simulate --out "$tmp/np" --ranks 2 --exp
 grep -q 'gnuplot is not installed' "$tmp/err" || fail "without gnuplot: $(cat "$tmp/err")"
 [ -s "$tmp/np/plots.gp" ] && [ -s "$tmp/np/steps.csv" ] || fail "without gnuplot the data were not written"
 
+# --noise: the router's selection noise differs between ranks and steps.
+expect 0 "$moert" simulate --out "$tmp/n" --ranks 4 --experts 16 --k 2 --tokens 64 --sample 64 --steps 4 \
+  --noise normal:1000 --compare none --quiet
+[ "$(awk -F, 'NR > 1 { print $5 }' "$tmp/n/steps.csv" | sort -u | wc -l)" -gt 1 ] || fail "--noise: every step the same"
+
 # The same seed, the same numbers.
 expect 0 "$moert" simulate --out "$tmp/s2" --ranks 4 --nodes 2 --experts 16 --k 2 --tokens 512 --sample 128 --steps 3 \
   --profile zipf:1 --compare none,capacity:1+balanced,aux-free:0.01+eplb:4 --seed 5
@@ -89,12 +94,20 @@ bad 2 '--counts-select needs --counts' --counts-select domain=c4
 bad 2 'is not none, capacity:F' --compare nothing
 bad 2 'gives two placements' --compare balanced+eplb:2
 bad 2 'the drop policy is probs or position' --compare capacity:1:latest
-bad 2 'the groups must divide the experts' --ranks 4 --nodes 2 --experts 16 --k 2 --compare eplb:4:3
+bad 2 'must divide the 16 experts' --ranks 4 --nodes 2 --experts 16 --k 2 --compare eplb:4:3
 bad 2 'contiguous placement only' --ranks 4 --nodes 2 --experts 16 --k 2 --compare node-limited:1+balanced
 bad 2 '--drift given twice' --drift rotate:2 --drift walk:0.5
+bad 2 'an empty part' --compare none+
+bad 2 'an empty strategy' --compare 'none,,capacity:1'
+bad 2 'no spaces, quotes or control characters' --compare 'capacity: 1.5'
+bad 2 'each rank' --route-groups 4
+bad 2 'more than the slots (2 experts x 0 other ranks)' --ranks 2 --nodes 2 --experts 4 --k 2 --compare eplb:2:4
+bad 2 'must divide the 16 experts' --ranks 4 --experts 16 --k 2 --compare eplb:4:3
+[ ! -e "$tmp/bad/steps.csv" ] || fail "a refused strategy left steps.csv behind"
 bad 2 'is not walk:SIGMA or rotate:N' --drift sideways
 bad 2 '--seq-len goes with --correlation' --seq-len 8
-bad 2 'node-limited:3: 16 experts in 2 nodes' --ranks 4 --nodes 2 --experts 16 --k 2 --compare node-limited:3
+bad 2 'topk_groups=3 is outside 1..groups=2' --ranks 4 --nodes 2 --experts 16 --k 2 --compare node-limited:3
+bad 2 'noisy selection does not combine' --noise normal:1 --compare aux-free:0.01
 bad 2 're-routes' --trace "$tmp/t.txt" --k 2 --experts 3 --compare aux-free:0.1
 bad 2 'routing options do not apply' --trace "$tmp/t.txt" --k 2 --experts 3 --score sigmoid
 bad 2 '--sample, --temperature and --seed do not apply' --trace "$tmp/t.txt" --k 2 --experts 3 --sample 2

@@ -101,6 +101,11 @@ enum {
 /* One strategy from "balance+placement" (either part alone takes the other's default). */
 static int parse_strategy(const char *text, int replan, int window, sim_strategy *s) {
     memset(s, 0, sizeof *s);
+    for (const char *p = text; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == '\'' || *p == '"')
+            return cli_fail(CLI_USAGE, "--compare: a strategy holds no spaces, quotes or control characters");
+    if (*text == '\0' || *text == '+' || text[strlen(text) - 1] == '+' || strstr(text, "++"))
+        return cli_fail(CLI_USAGE, "--compare: '%s' has an empty part", text);
     s->balance = SIM_BALANCE_NONE, s->place = SIM_PLACE_CONTIGUOUS, s->replan_every = replan, s->window = window;
     if (strlen(text) >= sizeof s->name) return cli_fail(CLI_USAGE, "--compare: '%s' is too long", text);
     strcpy(s->name, text);
@@ -282,10 +287,13 @@ static int write_plots(const sim_output *o, const char *dir, int quiet) {
         fprintf(f, "%s'ranks.csv' using 1:%d with steps lc %d title '%s', 'ranks.csv' using 1:%d with steps lc %d dt 2 "
                    "title '%s before (contiguous)'",
                 i ? ", " : "", 2 * i + 2, i + 1, o->strategies[i].name, 2 * i + 3, i + 1, o->strategies[i].name);
-    fprintf(f, "\nset datafile separator whitespace\nset output 'heatmap.png'\n"
-               "set title 'expert load over steps: %s (layer 0)'\nset xlabel 'step'\nset ylabel 'expert'\n"
-               "set key noautotitle\nset grid noxtics noytics\nplot 'heatmap.dat' matrix with image\n",
-            o->strategies[0].name);
+    if (o->steps >= 2) /* an image needs two columns */
+        fprintf(f, "\nset datafile separator whitespace\nset output 'heatmap.png'\n"
+                   "set title 'expert load over steps: %s (layer 0)'\nset xlabel 'step'\nset ylabel 'expert'\n"
+                   "set key noautotitle\nset grid noxtics noytics\nplot 'heatmap.dat' matrix with image\n",
+                o->strategies[0].name);
+    else
+        fputc('\n', f);
     if (fclose(f) != 0) return cli_fail(CLI_FAIL, "--out: cannot write %s", path);
     if (system("command -v gnuplot >/dev/null 2>&1") != 0) {
         fprintf(stderr, "moert: simulate: gnuplot is not installed: no plots were drawn; their data and script are in "
@@ -297,7 +305,9 @@ static int write_plots(const sim_output *o, const char *dir, int quiet) {
     snprintf(command, sizeof command, "cd '%s' && gnuplot plots.gp 2>gnuplot.log", dir);
     if (strchr(dir, '\'') != NULL || system(command) != 0)
         return cli_fail(CLI_FAIL, "simulate: gnuplot failed on %s/plots.gp (see %s/gnuplot.log)", dir, dir);
-    if (!quiet) printf("plots: %s/imbalance.png, %s/heatmap.png, %s/ranks.png\n", dir, dir, dir);
+    if (!quiet)
+        printf("plots: %s/imbalance.png, %s/ranks.png%s%s%s\n", dir, dir, o->steps >= 2 ? ", " : " (one step: no heatmap)",
+               o->steps >= 2 ? dir : "", o->steps >= 2 ? "/heatmap.png" : "");
     return CLI_OK;
 }
 
@@ -324,8 +334,14 @@ static int replay_summary(const char *path, const char *out_dir, int quiet, int 
         cJSON_Delete(root);
         return cli_fail(CLI_FAIL, "--replay: %s is not a summary.json of moert simulate (no config)", path);
     }
-    const char *args[128];
-    char values[64][64];
+    const cJSON *trace_list = cJSON_GetObjectItem(cfg, "trace");
+    const size_t slots = 128 + 4 * (size_t)cJSON_GetArraySize(trace_list);
+    const char **args = malloc(slots * sizeof *args);
+    char(*values)[64] = malloc(64 * sizeof *values);
+    if (args == NULL || values == NULL) {
+        free(args), free(values), cJSON_Delete(root);
+        return cli_fail(CLI_FAIL, "--replay: out of memory");
+    }
     int argc = 0, nv = 0, code = CLI_OK;
     args[argc++] = "simulate";
 #define ARG_(flag) (args[argc++] = (flag))
@@ -357,7 +373,7 @@ static int replay_summary(const char *path, const char *out_dir, int quiet, int 
     int layer = 0;
     cJSON_ArrayForEach(t, traces) {
         const cJSON *w = cJSON_GetArrayItem(weights, layer++);
-        if (!cJSON_IsString(t) || argc > 100) {
+        if (!cJSON_IsString(t)) {
             code = cli_fail(CLI_FAIL, "--replay: config.trace is not a list of paths");
             break;
         }
@@ -422,6 +438,7 @@ static int replay_summary(const char *path, const char *out_dir, int quiet, int 
 #undef VALUE_
     args[argc] = NULL;
     if (code == CLI_OK) code = cmd_simulate(argc, (char **)args); /* getopt_long does not write them */
+    free(args), free(values);
     cJSON_Delete(root);
     return code;
 }
@@ -512,8 +529,8 @@ int cmd_simulate(int argc, char **argv) {
             char *end = NULL;
             if (!strncmp(optarg, "walk:", 5)) {
                 c.walk_sigma = strtod(optarg + 5, &end);
-                if (end == optarg + 5 || *end || !isfinite(c.walk_sigma) || c.walk_sigma <= 0)
-                    code = cli_fail(CLI_USAGE, "--drift: '%s' is not walk:SIGMA with SIGMA > 0", optarg);
+                if (end == optarg + 5 || *end || !isfinite(c.walk_sigma) || c.walk_sigma <= 0 || c.walk_sigma > 100)
+                    code = cli_fail(CLI_USAGE, "--drift: '%s' is not walk:SIGMA with 0 < SIGMA <= 100", optarg);
             } else if (!strncmp(optarg, "rotate:", 7)) {
                 const long n = strtol(optarg + 7, &end, 10);
                 if (end == optarg + 7 || *end || n < 1 || n > (1 << 24))
@@ -558,6 +575,8 @@ int cmd_simulate(int argc, char **argv) {
     if (counts_select && !counts_path) return cli_fail(CLI_USAGE, "--counts-select needs --counts");
     if (n_traces && router_given)
         return cli_fail(CLI_USAGE, "--trace replays recorded choices: routing options do not apply");
+    if (rc.given >> (ROUTER_OPT_ROUTE_GROUPS - ROUTER_OPT_POLICY) & 1)
+        return cli_fail(CLI_USAGE, "--route-groups: each rank's tokens are its routing group in a simulation");
     if (n_traces && (sample_given || temperature_given || seed_given))
         return cli_fail(CLI_USAGE, "--trace replays recorded choices: --sample, --temperature and --seed do not apply");
     const size_t first_len = n_traces ? strlen(traces[0]) : 0;
@@ -575,6 +594,8 @@ int cmd_simulate(int argc, char **argv) {
         if (strlen(compare ? compare : "") >= sizeof list) return cli_fail(CLI_USAGE, "--compare: too long");
         /* a trace's recorded choices cannot be re-routed: compare placements by default */
         strcpy(list, compare ? compare : n_traces ? "contiguous,round-robin,balanced" : "none,capacity:1.25,aux-free:0.001");
+        if (list[0] == ',' || list[strlen(list) - 1] == ',' || strstr(list, ",,"))
+            return cli_fail(CLI_USAGE, "--compare: an empty strategy in '%s'", list);
         char *save = NULL;
         for (char *item = strtok_r(list, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
             if (count == SIM_MAX_STRATEGIES) return cli_fail(CLI_USAGE, "--compare: more than %d strategies", SIM_MAX_STRATEGIES);
@@ -625,6 +646,26 @@ int cmd_simulate(int argc, char **argv) {
         code = router_cli_finish(&rc, c.experts);
         c.router = rc.config;
     }
+    /* Every strategy's placement and routing checked before any output is written. */
+    double *uniform = code == CLI_OK ? malloc(c.experts * sizeof *uniform) : NULL;
+    for (size_t e = 0; uniform && e < c.experts; e++) uniform[e] = 1.0;
+    for (int i = 0; code == CLI_OK && i < count; i++) {
+        sim_placement probe;
+        moert_status st = uniform ? sim_place_groups(strategies[i].place, c.experts, c.ranks, c.nodes, strategies[i].replicas,
+                                                     strategies[i].groups, uniform, &probe)
+                                  : MOERT_ENOMEM;
+        if (st == MOERT_OK) sim_placement_free(&probe);
+        if (st == MOERT_OK && !n_traces) { /* its routing, with a stand-in for aux-free's bias */
+            float *zeros = calloc(c.experts, sizeof *zeros);
+            const moert_router_config rcfg = sim_router_config(&c, &strategies[i], zeros, 0.0);
+            st = zeros ? moert_router_config_check(&rcfg, c.experts) : MOERT_ENOMEM;
+            free(zeros);
+        }
+        if (st != MOERT_OK)
+            code = cli_fail(st == MOERT_EINVAL ? CLI_USAGE : CLI_FAIL, "--compare %s: %s", strategies[i].name,
+                            moert_last_error());
+    }
+    free(uniform);
     if (code == CLI_OK) code = make_dir(out_dir);
     char path[4096];
     sim_output out = {0};
@@ -704,7 +745,17 @@ int cmd_simulate(int argc, char **argv) {
         for (int i = 0, at = 0; i < count; i++)
             at += snprintf(names + at, sizeof names - (size_t)at, "%s%s", i ? "," : "", strategies[i].name);
         cJSON_AddStringToObject(cfg, "compare", names);
-        if (!n_traces) router_cli_to_json(&rc, cJSON_AddObjectToObject(cfg, "router"));
+        if (!n_traces) {
+            cJSON *router = cJSON_AddObjectToObject(cfg, "router");
+            router_cli_to_json(&rc, router);
+            const char *const files[2] = {"bias", "noise_scales"}; /* absolute, as the traces */
+            for (int i = 0; i < 2; i++) {
+                const cJSON *v = cJSON_GetObjectItem(router, files[i]);
+                char *full = cJSON_IsString(v) ? realpath(v->valuestring, NULL) : NULL;
+                if (full) cJSON_ReplaceItemInObject(router, files[i], cJSON_CreateString(full));
+                free(full);
+            }
+        }
         cJSON *cost = cJSON_AddObjectToObject(cfg, "cost");
         cJSON_AddNumberToObject(cost, "alpha_intra", c.cost.alpha_intra);
         cJSON_AddNumberToObject(cost, "beta_intra", c.cost.beta_intra);
