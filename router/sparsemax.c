@@ -5,20 +5,23 @@
  * weight is positive. With k_max, only the k_max largest logits are projected (ties to
  * the lower id), so at most k_max experts are used and the weights still sum to 1.
  *
- * tau without sorting, by Michelot's fixed point ("A finite algorithm for finding the
+ * The candidates are the logits above max - 1 (no weight exceeds 1, so tau >= max - 1):
+ * usually a handful, which are sorted (by rank) and given the paper's threshold in one
+ * pass (a partial sort). Beyond 32 of them (logits bunched near the max), tau comes without
+ * sorting, by Michelot's fixed point ("A finite algorithm for finding the
  * projection of a point onto the canonical simplex of R^n", 1986): start from every
  * candidate, tau = (sum of the active - 1) / their count, drop those at or below tau,
  * repeat until none drops. tau only rises, the largest logit always stays (tau < max), and
- * the fixed point is the projection's threshold. Since every weight is at most 1,
- * tau >= max - 1, so only the logits above max - 1 are candidates: usually a handful, and
- * the passes run over them only. Sums in double, of the logits minus the max (1e30 logits
- * lose nothing). Masked experts (-inf) are never candidates. */
+ * the fixed point is the projection's threshold. Sums in double, of the logits minus the
+ * max (1e30 logits lose nothing). Masked experts (-inf) are never candidates. */
 #include <math.h>
+#include <string.h>
 
 #include "router/internal.h"
 #include "router/scores.h"
 
 #define SPARSEMAX_SCRATCH(E) (6 * (size_t)(E) + 64)
+#define SPARSEMAX_SORT_MAX 32 /* candidates sorted by rank up to here; Michelot beyond */
 
 typedef struct sparsemax_context {
     size_t k_max;
@@ -55,7 +58,31 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
     }
     /* The values relative to the max (exact: the candidates lie within 1 of it, or are far
      * below and drop out), so that tau keeps its precision when the logits are huge. */
-    /* Michelot: the active ones stay packed at the front, in their order. */
+    if (n <= SPARSEMAX_SORT_MAX) {
+        /* Few candidates (the usual case): sorted descending by rank, without a branch on
+         * the data (each one's place is how many go before it; the equal ones keep their
+         * ascending ids), then the paper's threshold in one pass, and the entries come out
+         * in the plan's order. */
+        double sorted[SPARSEMAX_SORT_MAX];
+        int32_t sorted_id[SPARSEMAX_SORT_MAX];
+        for (size_t j = 0; j < n; j++) {
+            size_t rank = 0;
+            for (size_t i = 0; i < n; i++) rank += (value[i] > value[j]) | ((value[i] == value[j]) & (i < j));
+            sorted[rank] = value[j], sorted_id[rank] = id[j];
+        }
+        memcpy(value, sorted, n * sizeof *value);
+        memcpy(id, sorted_id, n * sizeof *id);
+        double cumulative = 0.0, tau = 0.0;
+        size_t support = 0;
+        for (size_t j = 0; j < n; j++) {
+            cumulative += value[j];
+            if (1.0 + (double)(j + 1) * value[j] > cumulative) support = j + 1, tau = (cumulative - 1.0) / (double)(j + 1);
+        }
+        for (size_t j = 0; j < support; j++) ids[j] = id[j], weights[j] = (float)(value[j] - tau);
+        return support;
+    }
+    /* Many (logits bunched within 1 of the max): Michelot, sort-free; the active ones stay
+     * packed at the front, in their order. */
     size_t active = n;
     double tau;
     for (;;) {
