@@ -1,6 +1,7 @@
 /* The alpha-beta step model of `moert simulate` (see model.h). */
 #include "sim/model.h"
 
+#include <stdint.h>
 #include <string.h>
 
 sim_cost sim_cost_default(void) {
@@ -21,34 +22,43 @@ void sim_step_model(const sim_placement *p, const sim_cost *c, const double *cou
     double *to = scratch;                                   /* [P] rows from the current source */
     double *recv_intra = to + P, *recv_inter = recv_intra + P; /* [P] rows received */
     double *peers_intra = recv_inter + P, *peers_inter = peers_intra + P; /* [P] peers received from */
-    double *unused = peers_inter + P;
-    (void)unused;
+    int32_t *touched = (int32_t *)(peers_inter + P); /* [P]: the ranks the current source sends to */
     memset(rank_load, 0, (size_t)P * sizeof *rank_load);
     memset(recv_intra, 0, 4 * (size_t)P * sizeof *recv_intra);
+    memset(to, 0, (size_t)P * sizeof *to);
     double send_worst = 0, intra_total = 0, inter_total = 0;
     for (int r = 0; r < P; r++) {
-        memset(to, 0, (size_t)P * sizeof *to);
+        /* Only the ranks this source sends to are visited: O(E) per source, not O(P). */
         const double *row = counts + (size_t)r * E;
+        int touched_count = 0;
         for (size_t e = 0; e < E; e++) {
-            if (row[e] == 0) continue;
+            if (!(row[e] > 0)) continue;
             const int32_t first = p->offsets[e], n = p->offsets[e + 1] - first;
             int own = -1;
             for (int32_t j = first; j < first + n; j++)
                 if (p->rank_of[j] == r) own = j;
-            if (own >= 0)
+            if (own >= 0) {
+                if (to[r] == 0) touched[touched_count++] = r;
                 to[r] += row[e];
-            else
-                for (int32_t j = first; j < first + n; j++) to[p->rank_of[j]] += row[e] / n;
+            } else {
+                for (int32_t j = first; j < first + n; j++) {
+                    const int32_t q = p->rank_of[j];
+                    if (to[q] == 0) touched[touched_count++] = q;
+                    to[q] += row[e] / n;
+                }
+            }
         }
         double s_intra = 0, s_inter = 0, n_intra = 0, n_inter = 0;
-        for (int q = 0; q < P; q++) {
-            if (to[q] == 0) continue;
-            rank_load[q] += to[q];
+        for (int i = 0; i < touched_count; i++) {
+            const int q = touched[i];
+            const double rows = to[q];
+            to[q] = 0; /* ready for the next source */
+            rank_load[q] += rows;
             if (q == r) continue;
             if (q / per_node == r / per_node)
-                s_intra += to[q], n_intra++, recv_intra[q] += to[q], peers_intra[q]++;
+                s_intra += rows, n_intra++, recv_intra[q] += rows, peers_intra[q]++;
             else
-                s_inter += to[q], n_inter++, recv_inter[q] += to[q], peers_inter[q]++;
+                s_inter += rows, n_inter++, recv_inter[q] += rows, peers_inter[q]++;
         }
         intra_total += s_intra, inter_total += s_inter;
         const double t = n_intra * c->alpha_intra + s_intra * c->bytes_per_row / c->beta_intra +

@@ -34,7 +34,7 @@ typedef struct sim_step_cost {
     double straggler;                         /* max / mean rank load */
 } sim_step_cost;
 
-/* counts [ranks x experts]; scratch: 6 ranks doubles. rank_load [ranks] receives each
+/* counts [ranks x experts]; scratch: 6 ranks doubles. O(ranks x experts) a step. rank_load [ranks] receives each
  * rank's entries. */
 void sim_step_model(const sim_placement *p, const sim_cost *cost, const double *counts, double *rank_load,
                     double *scratch, sim_step_cost *out);
