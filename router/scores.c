@@ -13,7 +13,7 @@ float scores_sqrt_softplus(float x) {
     return sqrtf(fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))));
 }
 
-#define SOFTPICK_EPSILON 1e-6f
+#define SOFTPICK_EPSILON TOPK_SOFTPICK_EPSILON
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 
 /* 16 lanes of x[0, n) from e, the tail padded with `pad` (a macro, as vec16.h says why). */
@@ -125,7 +125,7 @@ static void finish_weights(const moert_router_config *c, float *w, int k) {
 }
 
 void scores_rows(const moert_router_config *c, const float *logits, size_t E, size_t begin, size_t end, int32_t *ids,
-                 float *weights, float *scratch) {
+                 float *weights, const float *softpick_sums, float *scratch) {
     const int k = c->k;
     float *keys = scratch, *top_keys = scratch + E + 32;
     int32_t *top_ids = (int32_t *)(top_keys + k + 16);
@@ -134,7 +134,11 @@ void scores_rows(const moert_router_config *c, const float *logits, size_t E, si
         int32_t *id = ids + t * (size_t)k;
         float *w = weights + t * (size_t)k;
         if (c->score == MOERT_SCORE_SOFTPICK) {
-            scores_softpick_weights(x, E, id, k, w);
+            if (softpick_sums != NULL && softpick_sums[t] >= 0.0f) { /* the kernel wrote them, in order */
+                finish_weights(c, w, k);
+                continue;
+            }
+            softpick_weights_clones(x, E, id, k, w);
             /* By logit, the weights do not increase; equal ones (the zeros) by id. */
             topk_order_equal_weights(id, w, k);
             finish_weights(c, w, k);

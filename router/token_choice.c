@@ -4,7 +4,8 @@
  * Two variations feed the same ending:
  * - the router's own scores (softpick, sqrt-softplus): the kernel selects by logit (both
  *   scores rank experts as their logits do) and, block by block while the rows are in
- *   cache, the weights are replaced by the score's (router/scores.c);
+ *   cache, the weights are replaced by the score's (router/scores.c); softpick's
+ *   denominator comes from the kernel's own pass (topk_extras);
  * - noisy selection: the clean logits' softmax statistics first (which also checks the
  *   logits), then each block's noisy keys (router/noise.c) go through the kernel, and the
  *   weights come from the clean logits or the keys. */
@@ -29,12 +30,13 @@ typedef struct scores_pass {
     size_t experts;
     int32_t *ids;
     float *weights;
-    float *scratch; /* [threads][SCORES_SCRATCH] */
+    const float *softpick_sums; /* [tokens] from the kernel, or NULL */
+    float *scratch;             /* [threads][SCORES_SCRATCH] */
 } scores_pass;
 
 static int scores_block(void *context, int thread, size_t row_begin, size_t row_end) {
     const scores_pass *p = context;
-    scores_rows(p->config, p->logits, p->experts, row_begin, row_end, p->ids, p->weights,
+    scores_rows(p->config, p->logits, p->experts, row_begin, row_end, p->ids, p->weights, p->softpick_sums,
                 p->scratch + (size_t)thread * SCORES_SCRATCH(p->experts, p->config->k));
     return 0;
 }
@@ -158,14 +160,22 @@ moert_status router_token_choice(const moert_router_config *c, const float *logi
     } else {
         const moert_topk_gate_output out = {plan->expert_ids, plan->weights, plan->prob_sums, plan->logsumexp};
         const int own_score = c->score == MOERT_SCORE_SOFTPICK || c->score == MOERT_SCORE_SQRT_SOFTPLUS;
-        scores_pass pass = {c, logits, experts, plan->expert_ids, plan->weights, NULL};
+        scores_pass pass = {c, logits, experts, plan->expert_ids, plan->weights, NULL, NULL};
+        topk_extras extras = {NULL};
         if (own_score) {
-            MOERT_FORWARD_IF_ERROR(
-                router_workspace_reserve(ws, (size_t)threads * SCORES_SCRATCH(experts, c->k) * sizeof(float)));
+            /* Softpick's denominators come from the kernel's pass (topk_extras). */
+            const size_t scratch_floats = (size_t)threads * SCORES_SCRATCH(experts, c->k);
+            const size_t sums = c->score == MOERT_SCORE_SOFTPICK ? tokens : 0;
+            MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, (scratch_floats + sums) * sizeof(float)));
             pass.scratch = ws->bytes;
+            if (sums > 0) {
+                extras.softpick_sums = pass.scratch + scratch_floats;
+                for (size_t t = 0; t < tokens; t++) extras.softpick_sums[t] = TOPK_SOFTPICK_UNSET;
+                pass.softpick_sums = extras.softpick_sums;
+            }
         }
-        MOERT_FORWARD_IF_ERROR(topk_gate_run_with(topk_variant_for(params.isa), &params, logits, tokens, experts, &out,
-                                                  own_score ? scores_block : NULL, &pass, &ws->gate));
+        MOERT_FORWARD_IF_ERROR(topk_gate_run_extra(topk_variant_for(params.isa), &params, logits, tokens, experts, &out,
+                                                   &extras, own_score ? scores_block : NULL, &pass, &ws->gate));
     }
 
     plan->tokens = tokens, plan->experts = experts, plan->entries = entries;

@@ -10,7 +10,9 @@
 #include <string.h>
 
 #include "moert/moert.h"
+#include "kernels/topk_gate/internal.h"
 #include "router/noise.h"
+#include "router/scores.h"
 #include "tests/test_util.h"
 
 /* ---- helpers --------------------------------------------------------------------------------- */
@@ -259,6 +261,75 @@ START_TEST(test_softpick) {
             moert_plan_destroy(p);
         }
         free(xs);
+    }
+}
+END_TEST
+
+/* Softpick's denominators and weights from the kernel's own pass (topk_extras), on every
+ * variant: written where well conditioned, each within 2e-6 of the double reference and
+ * the weights the exact path's (router/scores.c) to 2e-6; ill conditioned near 0; left
+ * alone where the tiles do not settle the row. */
+START_TEST(test_softpick_from_kernel) {
+    const size_t T = 203, shapes[][2] = {{16, 4}, {64, 8}, {100, 8}, {600, 8}, {64, 12}};
+    for (size_t v = 0; v < topk_variant_count; v++) {
+        if (moert_isa_check(topk_variants[v].isa) != MOERT_OK) continue;
+        for (size_t sh = 0; sh < 5; sh++) {
+            const size_t E = shapes[sh][0];
+            const int k = (int)shapes[sh][1];
+            for (int scale = 0; scale < 3; scale++) { /* N(0, 1), N(0, 9), N(0, 1e-6) */
+                float *x = random_logits(T * E, 900 + sh * 3 + (uint64_t)scale, scale == 0 ? 1.0f : scale == 1 ? 3.0f : 1e-3f);
+                for (size_t t = 0; t < T; t += 7) x[t * E + (t % E)] = -INFINITY; /* masked experts */
+                for (size_t e = 0; e < E; e++) x[5 * E + e] = -1.0f - 0.01f * (float)e; /* all negative */
+                int32_t *ids = malloc(T * (size_t)k * sizeof(int32_t));
+                float *w = malloc(T * (size_t)k * sizeof(float)), *sums = malloc(T * sizeof(float));
+                double *prob_sums = malloc(E * sizeof(double));
+                float *lse = malloc(T * sizeof(float));
+                for (size_t t = 0; t < T; t++) sums[t] = TOPK_SOFTPICK_UNSET;
+                moert_topk_gate_params p = moert_topk_gate_params_default();
+                p.k = k, p.threads = 2;
+                const moert_topk_gate_output out = {ids, w, prob_sums, lse};
+                const topk_extras extras = {sums};
+                ck_assert_int_eq(topk_gate_run_extra(&topk_variants[v], &p, x, T, E, &out, &extras, NULL, NULL, NULL),
+                                 MOERT_OK);
+                size_t written = 0, ill = 0;
+                for (size_t t = 0; t < T; t++) {
+                    const float *row = x + t * E;
+                    if (sums[t] == TOPK_SOFTPICK_UNSET) continue;
+                    if (sums[t] == TOPK_SOFTPICK_ILL) {
+                        ill++;
+                        continue;
+                    }
+                    ck_assert_msg(sums[t] >= 0.0f, "%s: sum %g", topk_variants[v].name, (double)sums[t]);
+                    written++;
+                    double m = -INFINITY, den = 0.0;
+                    for (size_t e = 0; e < E; e++) m = row[e] > m ? row[e] : m;
+                    for (size_t e = 0; e < E; e++)
+                        if (row[e] != -INFINITY) den += fabs(exp(-m) * expm1((double)row[e]));
+                    ck_assert_msg(fabs(sums[t] - den) <= 2e-6 * den, "%s E %zu row %zu: sum %.9g, want %.9g",
+                                  topk_variants[v].name, E, t, (double)sums[t], den);
+                    float exact[16];
+                    scores_softpick_weights(row, E, ids + t * (size_t)k, k, exact);
+                    for (int j = 0; j < k; j++) {
+                        const size_t at = t * (size_t)k + (size_t)j;
+                        const double want = softpick_reference(row, E, (size_t)ids[at]);
+                        const float got = w[at];
+                        ck_assert_msg(fabs(got - want) <= 2e-6 * want + 1e-12 && fabs(got - exact[j]) <= 2e-6 * exact[j] + 1e-12,
+                                      "%s E %zu row %zu entry %d: %.9g, reference %.9g, exact path %.9g",
+                                      topk_variants[v].name, E, t, j, (double)got, want, (double)exact[j]);
+                        if (j > 0) /* by logit; equal weights by id */
+                            ck_assert(got < w[at - 1] || (got == w[at - 1] && ids[at] > ids[at - 1]));
+                    }
+                }
+                /* The tile kernels settle nearly every row; near 0 the sums cancel. */
+                const int tiles = strcmp(topk_variants[v].name, "scalar") != 0 && E <= 512 && k <= 8;
+                if (!tiles) ck_assert_msg(written + ill == 0, "%s E %zu k %d: wrote sums", topk_variants[v].name, E, k);
+                else if (scale < 2) ck_assert_msg(written >= T * 9 / 10 - 16, "%s E %zu: %zu of %zu rows written",
+                                                  topk_variants[v].name, E, written, T);
+                else ck_assert_msg(written <= 2 && ill >= T * 9 / 10 - 16, "%s E %zu near 0: %zu written, %zu ill",
+                                   topk_variants[v].name, E, written, ill);
+                free(x), free(ids), free(w), free(sums), free(prob_sums), free(lse);
+            }
+        }
     }
 }
 END_TEST
@@ -640,6 +711,7 @@ int main(void) {
     tcase_add_test(tc, test_sparsemax_hand_worked);
     tcase_add_test(tc, test_sparsemax_against_sorting);
     tcase_add_test(tc, test_softpick);
+    tcase_add_test(tc, test_softpick_from_kernel);
     tcase_add_test(tc, test_sqrt_softplus);
     tcase_add_test(tc, test_batch_topk_hand_worked);
     tcase_add_test(tc, test_batch_topk_against_sorting);

@@ -23,6 +23,7 @@ typedef struct topk_job {
     int want_probs;    /* accumulate softmax probabilities per expert */
     int groups, topk_groups; /* group-limited selection, groups = 0: off */
     moert_group_score group_score;
+    float *softpick_sums; /* [tokens] or NULL: see topk_extras */
 } topk_job;
 
 /* What went wrong in a row; kind TOPK_ROW_OK means nothing did. */
@@ -169,12 +170,40 @@ moert_status topk_gate_run(const topk_variant *variant, const moert_topk_gate_pa
  * caller's context says what failed). */
 typedef int (*topk_block_hook)(void *context, int thread, size_t row_begin, size_t row_end);
 
+/* What a router asks of the kernel beyond moert_topk_gate's outputs, computed in the same
+ * pass over the logits.
+ *
+ * softpick_sums [tokens]: softpick's denominator (Zuhri et al., 2025) against the row's max
+ * m, sum over the unmasked experts of |e^(x_j - m) - e^-m|, for softmax post without groups.
+ * The tile kernels compute it next to the softmax normaliser, lane by lane (a subtraction,
+ * an absolute value and an addition per logit), and write it where it holds its precision:
+ * each term's error is about 2e-7 (e^(x_j - m) + e^-m), so the sum is written when
+ * S + E e^-m <= 8 x sum (S the softmax normaliser), a relative error below about 2e-6;
+ * otherwise (logits near 0, where the difference cancels) TOPK_SOFTPICK_ILL. Where the sum
+ * is written, the row's weights are softpick's, relu(e^(x_i - m) - e^-m) / (sum + 1e-6 e^-m)
+ * (the operations of router/scores.c, the same bits), in the rows' order (by logit, equal
+ * weights by id); elsewhere they are to be replaced. Rows the tiles do not settle (the
+ * scalar variant, rows past the last tile, lanes routed again) are left as they were: the
+ * caller fills the array with TOPK_SOFTPICK_UNSET first. */
+#define TOPK_SOFTPICK_UNSET (-1.0f)
+#define TOPK_SOFTPICK_ILL (-2.0f)
+#define TOPK_SOFTPICK_EPSILON 1e-6f
+typedef struct topk_extras {
+    float *softpick_sums;
+} topk_extras;
+
 /* topk_gate_run, calling `hook` (if non-NULL) after each block, with its scratch in
  * `workspace` (NULL: allocated and freed in the call). */
 moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_gate_params *params,
                                 const float *logits, size_t tokens, size_t experts,
                                 const moert_topk_gate_output *out, topk_block_hook hook, void *context,
                                 topk_workspace *workspace);
+
+/* topk_gate_run_with and the extras (NULL: none). */
+moert_status topk_gate_run_extra(const topk_variant *variant, const moert_topk_gate_params *params,
+                                 const float *logits, size_t tokens, size_t experts,
+                                 const moert_topk_gate_output *out, const topk_extras *extras, topk_block_hook hook,
+                                 void *context, topk_workspace *workspace);
 
 /* Full softmax over experts of logits [tokens, experts], each probability offered to the
  * candidates of the thread that computes it (cand[thread], threads of them; thread i

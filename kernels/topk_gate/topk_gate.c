@@ -243,7 +243,18 @@ moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_ga
                                 const float *logits, size_t tokens, size_t experts,
                                 const moert_topk_gate_output *out, topk_block_hook hook, void *context,
                                 topk_workspace *ws) {
+    return topk_gate_run_extra(variant, p, logits, tokens, experts, out, NULL, hook, context, ws);
+}
+
+moert_status topk_gate_run_extra(const topk_variant *variant, const moert_topk_gate_params *p,
+                                 const float *logits, size_t tokens, size_t experts,
+                                 const moert_topk_gate_output *out, const topk_extras *extras, topk_block_hook hook,
+                                 void *context, topk_workspace *ws) {
     MOERT_FORWARD_IF_ERROR(validate(p, logits, tokens, experts, out));
+    const int softpick = extras != NULL && extras->softpick_sums != NULL;
+    MOERT_RETURN_ERROR_IF(softpick && (p->score != MOERT_SCORE_SOFTMAX || p->softmax_order != MOERT_SOFTMAX_POST ||
+                                       p->groups != 0 || p->bias != NULL),
+                          MOERT_EINVAL, "top-k gate: softpick sums need softmax post without groups");
     MOERT_RETURN_ERROR_IF(variant == NULL, MOERT_EINVAL, "top-k gate: no variant");
     MOERT_FORWARD_IF_ERROR(moert_isa_check(variant->isa));
 
@@ -268,6 +279,7 @@ moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_ga
         .groups = p->groups,
         .topk_groups = p->topk_groups,
         .group_score = p->group_score,
+        .softpick_sums = softpick ? extras->softpick_sums : NULL,
     };
 
     const size_t blocks = (tokens + TOPK_BLOCK_ROWS - 1) / TOPK_BLOCK_ROWS;
@@ -276,7 +288,7 @@ moert_status topk_gate_run_with(const topk_variant *variant, const moert_topk_ga
 
     /* Per-thread scratch, only when the call needs it: no allocation otherwise. */
     const int normalise = (p->score == MOERT_SCORE_SOFTMAX && p->softmax_order == MOERT_SOFTMAX_PRE) ||
-                          want_probs || out->logsumexp != NULL;
+                          want_probs || out->logsumexp != NULL || softpick;
     const size_t key_floats = p->bias != NULL ? experts + 64 : 0;
     const size_t tile_floats = normalise ? 2 * TOPK_TILE_FLOATS(experts) : 0;
     const size_t lane_floats = want_probs ? TOPK_TILE_FLOATS(experts) : 0;

@@ -54,7 +54,7 @@
 
 static inline int vec_needs_normaliser(const topk_job *job) {
     return (job->score == MOERT_SCORE_SOFTMAX && job->order == MOERT_SOFTMAX_PRE) ||
-           job->logsumexp != NULL || job->want_probs;
+           job->logsumexp != NULL || job->want_probs || job->softpick_sums != NULL;
 }
 
 /* The kinds of gate. Each kernel is instantiated once per kind, so its inner loops hold
@@ -494,6 +494,25 @@ VEC_INLINE void vec_tile_groups(const topk_job *job, const float *base, const in
     }
 }
 
+/* Softpick's numerator before the relu, e^(x - m) - e^-m with c = e^-m, lane by lane: the
+ * operations of router/scores.c's SOFTPICK_TERM (which explains them), so the bits agree. */
+VEC_INLINE vf vec_softpick_term(vf v, vf m, vf c) {
+    const vf one = vf_set1(1.0f);
+    const vm below_one = vm_gt(one, v);
+    const vf e = vf_exp2_stat(vf_mul(vf_select(below_one, v, vf_sub(v, m)), vf_set1(MOERT_EXPF_LOG2E)));
+    vf s = vf_set1(1.0f / 362880.0f);
+    s = vf_add(vf_mul(s, v), vf_set1(1.0f / 40320.0f));
+    s = vf_add(vf_mul(s, v), vf_set1(1.0f / 5040.0f));
+    s = vf_add(vf_mul(s, v), vf_set1(1.0f / 720.0f));
+    s = vf_add(vf_mul(s, v), vf_set1(1.0f / 120.0f));
+    s = vf_add(vf_mul(s, v), vf_set1(1.0f / 24.0f));
+    s = vf_add(vf_mul(s, v), vf_set1(1.0f / 6.0f));
+    s = vf_add(vf_mul(s, v), vf_set1(0.5f));
+    const vf abs_v = vf_max(v, vf_sub(vf_set1(0.0f), v));
+    const vf expm1 = vf_select(vm_gt(vf_set1(0.5f), abs_v), vf_add(v, vf_mul(vf_mul(v, v), s)), vf_sub(e, one));
+    return vf_select(below_one, vf_mul(c, expm1), vf_sub(e, c));
+}
+
 /* A tile's selection, handed from vec_tile_select to vec_tile_finish. */
 typedef struct tile_state {
     vi I[8];    /* ids of the chosen, in selection order */
@@ -635,26 +654,55 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
      * exp(logit - max), every exp against the row's final max, with no horizontal work;
      * the probabilities go to per-lane sums. Missing columns are -inf: exp gives 0. */
     vf S = vf_set1(0.0f);
+    const int softpick = kind == GATE_POST && job->softpick_sums != NULL;
+    vf softpick_den = S, softpick_c = S; /* softpick: the denominator (+ epsilon) and e^-M */
     if (tile_x != NULL) {
         const size_t cols = (E + 7) & ~(size_t)7;
         /* (x - max) log2 e, not fma(x, log2 e, -max log2 e): the rounding of max log2 e
          * would shift the whole row, by 2^128 and more once |max| passes 1.5e9. */
         const vf log2e = vf_set1(MOERT_EXPF_LOG2E);
         vf S1 = S;
-        for (size_t c = 0; c < cols; c += 2) {
-            const vf x0 = vf_loadu(tile_x + c * V_W), x1 = vf_loadu(tile_x + (c + 1) * V_W);
-            vf e0, e1;
-            if (kind == GATE_PRE) { /* its weights divide by S: the exact exp */
-                e0 = vf_exp(vf_sub(x0, M));
-                e1 = vf_exp(vf_sub(x1, M));
-            } else {
-                e0 = vf_exp2_stat(vf_mul(vf_sub(x0, M), log2e));
-                e1 = vf_exp2_stat(vf_mul(vf_sub(x1, M), log2e));
+        if (softpick) {
+            /* Softpick's denominator beside it (topk_extras): |e - e^-M|, masked experts
+             * (and missing columns) absent. */
+            const vf zero = vf_set1(0.0f), neg_inf = vf_set1(-INFINITY), c_m = vf_exp(vf_sub(zero, M));
+            vf A = zero, A1 = zero;
+            for (size_t c = 0; c < cols; c += 2) {
+                const vf x0 = vf_loadu(tile_x + c * V_W), x1 = vf_loadu(tile_x + (c + 1) * V_W);
+                const vf e0 = vf_exp2_stat(vf_mul(vf_sub(x0, M), log2e));
+                const vf e1 = vf_exp2_stat(vf_mul(vf_sub(x1, M), log2e));
+                vf_storeu(tile_x + c * V_W, e0);
+                vf_storeu(tile_x + (c + 1) * V_W, e1);
+                S = vf_add(S, e0);
+                S1 = vf_add(S1, e1);
+                const vf d0 = vf_sub(e0, c_m), d1 = vf_sub(e1, c_m);
+                A = vf_add(A, vf_select(vm_eq(x0, neg_inf), zero, vf_max(d0, vf_sub(zero, d0))));
+                A1 = vf_add(A1, vf_select(vm_eq(x1, neg_inf), zero, vf_max(d1, vf_sub(zero, d1))));
             }
-            vf_storeu(tile_x + c * V_W, e0);
-            vf_storeu(tile_x + (c + 1) * V_W, e1);
-            S = vf_add(S, e0);
-            S1 = vf_add(S1, e1);
+            A = vf_add(A, A1);
+            const vf bound = vf_add(vf_add(S, S1), vf_mul(vf_set1((float)E), c_m));
+            const vm fine = vm_and(vm_ge(vf_mul(vf_set1(8.0f), A), bound), vm_not(vm_bad(bound)));
+            const vf unset = vf_set1(TOPK_SOFTPICK_UNSET); /* M may not be the max there */
+            vf_storeu(job->softpick_sums + t,
+                      vf_select(inexact, unset, vf_select(fine, A, vf_set1(TOPK_SOFTPICK_ILL))));
+            softpick_c = c_m;
+            softpick_den = vf_add(A, vf_mul(vf_set1(TOPK_SOFTPICK_EPSILON), c_m));
+        } else {
+            for (size_t c = 0; c < cols; c += 2) {
+                const vf x0 = vf_loadu(tile_x + c * V_W), x1 = vf_loadu(tile_x + (c + 1) * V_W);
+                vf e0, e1;
+                if (kind == GATE_PRE) { /* its weights divide by S: the exact exp */
+                    e0 = vf_exp(vf_sub(x0, M));
+                    e1 = vf_exp(vf_sub(x1, M));
+                } else {
+                    e0 = vf_exp2_stat(vf_mul(vf_sub(x0, M), log2e));
+                    e1 = vf_exp2_stat(vf_mul(vf_sub(x1, M), log2e));
+                }
+                vf_storeu(tile_x + c * V_W, e0);
+                vf_storeu(tile_x + (c + 1) * V_W, e1);
+                S = vf_add(S, e0);
+                S1 = vf_add(S1, e1);
+            }
         }
         S = vf_add(S, S1);
         if (job->want_probs) {
@@ -670,6 +718,14 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
     if (kind == GATE_SIGMOID || kind == GATE_SIGMOID_BIAS) {
         for (int j = 0; j < k; j++) W[j] = vf_sigmoid(W[j]);
         sum_it = job->renormalize;
+    } else if (softpick) {
+        /* Softpick's weights (topk_extras), by the reference's operations; in the lanes
+         * whose sum is not written the caller replaces them. */
+        for (int j = 0; j < k; j++) {
+            const vf a = vec_softpick_term(W[j], M, softpick_c);
+            W[j] = vf_select(vm_gt(a, vf_set1(0.0f)), vf_div(a, softpick_den), vf_set1(0.0f));
+        }
+        sum_it = 0;
     } else if (kind == GATE_POST) {
         /* exp(W[0] - W[0]) is exactly 1, as the reference computes it. */
         for (int j = 1; j < k; j++) W[j] = vf_exp(vf_sub(W[j], W[0]));
