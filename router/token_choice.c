@@ -6,9 +6,11 @@
  *   scores rank experts as their logits do) and, block by block while the rows are in
  *   cache, the weights are replaced by the score's (router/scores.c); softpick's
  *   denominator comes from the kernel's own pass (topk_extras);
- * - noisy selection: the clean logits' softmax statistics first (which also checks the
- *   logits), then each block's noisy keys (router/noise.c) go through the kernel, and the
- *   weights come from the clean logits or the keys. */
+ * - noisy selection: with softmax post and clean weights, in the kernel's own pass
+ *   (topk_extras: the tiles generate the noise beside the selection); otherwise the clean
+ *   logits' softmax statistics first (which also checks the logits), then each block's
+ *   noisy keys (router/noise.h) go through the kernel, and the weights come from the
+ *   clean logits or the keys. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -84,6 +86,16 @@ static void gumbel_temper(const moert_router_config *c, float *keys, size_t E) {
 
 static moert_status noisy_select(const moert_router_config *c, const float *logits, size_t T, size_t E, moert_plan *plan,
                                  router_workspace *ws) {
+    if (c->score == MOERT_SCORE_SOFTMAX && c->softmax_order == MOERT_SOFTMAX_POST && !c->noisy_weights &&
+        c->groups == 0) {
+        /* The common case in the kernel's one pass: the noise beside the selection, the
+         * clean statistics beside it (topk_extras). */
+        const noise_spec spec = noise_spec_of(c);
+        const topk_extras extras = {.noise = &spec};
+        const moert_topk_gate_params p = router_gate_params(c);
+        const moert_topk_gate_output out = {plan->expert_ids, plan->weights, plan->prob_sums, plan->logsumexp};
+        return topk_gate_run_extra(topk_variant_for(c->isa), &p, logits, T, E, &out, &extras, NULL, NULL, &ws->gate);
+    }
     const int threads = router_threads(c->threads);
     const size_t k = (size_t)c->k;
     /* 1. The clean logits' statistics (probability sums, logsumexp), which checks them. */
@@ -161,7 +173,7 @@ moert_status router_token_choice(const moert_router_config *c, const float *logi
         const moert_topk_gate_output out = {plan->expert_ids, plan->weights, plan->prob_sums, plan->logsumexp};
         const int own_score = c->score == MOERT_SCORE_SOFTPICK || c->score == MOERT_SCORE_SQRT_SOFTPLUS;
         scores_pass pass = {c, logits, experts, plan->expert_ids, plan->weights, NULL, NULL};
-        topk_extras extras = {NULL};
+        topk_extras extras = {.softpick_sums = NULL};
         if (own_score) {
             /* Softpick's denominators come from the kernel's pass (topk_extras). */
             const size_t scratch_floats = (size_t)threads * SCORES_SCRATCH(experts, c->k);

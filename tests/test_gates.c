@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "moert/moert.h"
+#include "kernels/expf.h"
 #include "kernels/topk_gate/internal.h"
 #include "router/noise.h"
 #include "router/scores.h"
@@ -288,7 +289,7 @@ START_TEST(test_softpick_from_kernel) {
                 moert_topk_gate_params p = moert_topk_gate_params_default();
                 p.k = k, p.threads = 2;
                 const moert_topk_gate_output out = {ids, w, prob_sums, lse};
-                const topk_extras extras = {sums};
+                const topk_extras extras = {.softpick_sums = sums};
                 ck_assert_int_eq(topk_gate_run_extra(&topk_variants[v], &p, x, T, E, &out, &extras, NULL, NULL, NULL),
                                  MOERT_OK);
                 size_t written = 0, ill = 0;
@@ -596,6 +597,85 @@ START_TEST(test_noisy_top_k) {
 }
 END_TEST
 
+/* Noisy selection in the kernel's own pass (topk_extras), on every variant, against plain C
+ * from the generator itself (kernels/noise.h): keys x + scale n in float, the top k by key
+ * (ties to the lower id), softmax over their clean logits in selection order, then by
+ * weight: the same ids and the same bits, on tiles, their tails and the row path; and the
+ * statistics are the clean logits', as without noise. */
+START_TEST(test_noisy_in_kernel) {
+    const size_t T = 203, widths[] = {8, 24, 64, 100, 600};
+    const int ks[] = {1, 2, 3, 5, 8, 12};
+    float scales[600];
+    for (size_t e = 0; e < 600; e++) scales[e] = 0.05f * (float)(e % 40);
+    for (size_t wi = 0; wi < 5; wi++)
+        for (int kind = 0; kind < 3; kind++) {
+            const size_t E = widths[wi];
+            float *x = random_logits(T * E, 40 + wi, 1.0f);
+            for (size_t t = 0; t < T; t += 5) x[t * E + (t * 7) % E] = -INFINITY; /* masked experts */
+            const noise_spec spec = {kind == 2 ? MOERT_NOISE_GUMBEL : MOERT_NOISE_NORMAL, 99, 1000 + wi,
+                                     kind == 0 ? 0.7f : 1.0f, kind == 1 ? scales : NULL};
+            for (size_t ki = 0; ki < 6; ki++) {
+                const int k = ks[ki];
+                if ((size_t)k > E) continue;
+                /* The reference. */
+                int32_t *want_ids = malloc(T * (size_t)k * sizeof(int32_t));
+                float *want_w = malloc(T * (size_t)k * sizeof(float)), *keys = malloc(E * sizeof(float));
+                float *tmp = malloc((E + 2) * sizeof(float));
+                for (size_t t = 0; t < T; t++) {
+                    noise_row(&spec, spec.token_offset + t, E, keys, tmp);
+                    for (size_t e = 0; e < E; e++) keys[e] = x[t * E + e] + keys[e];
+                    int32_t *id = want_ids + t * (size_t)k;
+                    float *w = want_w + t * (size_t)k;
+                    for (int j = 0; j < k; j++) {
+                        id[j] = -1;
+                        for (size_t e = 0; e < E; e++) {
+                            int taken = 0;
+                            for (int i = 0; i < j; i++) taken |= id[i] == (int32_t)e;
+                            if (!taken && (id[j] < 0 || keys[e] > keys[id[j]])) id[j] = (int32_t)e;
+                        }
+                    }
+                    float top = -INFINITY, sum = 0.0f;
+                    for (int j = 0; j < k; j++) top = fmaxf(top, x[t * E + (size_t)id[j]]);
+                    for (int j = 0; j < k; j++) w[j] = moert_expf(x[t * E + (size_t)id[j]] - top), sum += w[j];
+                    for (int j = 0; j < k; j++) w[j] = w[j] / sum;
+                    for (int i = 1; i < k; i++) /* by weight, ties to the lower id */
+                        for (int j = i; j > 0 && (w[j] > w[j - 1] || (w[j] == w[j - 1] && id[j] < id[j - 1])); j--) {
+                            const float tw = w[j];
+                            const int32_t ti = id[j];
+                            w[j] = w[j - 1], id[j] = id[j - 1], w[j - 1] = tw, id[j - 1] = ti;
+                        }
+                }
+                for (size_t v = 0; v < topk_variant_count; v++) {
+                    if (moert_isa_check(topk_variants[v].isa) != MOERT_OK) continue;
+                    int32_t *ids = malloc(T * (size_t)k * sizeof(int32_t)), *clean_ids = malloc(T * (size_t)k * sizeof(int32_t));
+                    float *w = malloc(T * (size_t)k * sizeof(float)), *clean_w = malloc(T * (size_t)k * sizeof(float));
+                    float *lse = malloc(T * sizeof(float)), *clean_lse = malloc(T * sizeof(float));
+                    double *probs = malloc(E * sizeof(double)), *clean_probs = malloc(E * sizeof(double));
+                    moert_topk_gate_params p = moert_topk_gate_params_default();
+                    p.k = k, p.threads = 2;
+                    const topk_extras extras = {.noise = &spec};
+                    const moert_topk_gate_output out = {ids, w, probs, lse}, clean = {clean_ids, clean_w, clean_probs, clean_lse};
+                    ck_assert_int_eq(topk_gate_run_extra(&topk_variants[v], &p, x, T, E, &out, &extras, NULL, NULL, NULL), MOERT_OK);
+                    ck_assert_int_eq(topk_gate_run(&topk_variants[v], &p, x, T, E, &clean), MOERT_OK);
+                    for (size_t i = 0; i < T * (size_t)k; i++)
+                        ck_assert_msg(ids[i] == want_ids[i] && memcmp(&w[i], &want_w[i], sizeof(float)) == 0,
+                                      "%s E %zu k %d kind %d: row %zu entry %zu: %d %.9g, want %d %.9g", topk_variants[v].name,
+                                      E, k, kind, i / (size_t)k, i % (size_t)k, ids[i], (double)w[i], want_ids[i],
+                                      (double)want_w[i]);
+                    for (size_t t = 0; t < T; t++) /* the row path may add in another order */
+                        ck_assert_msg(fabsf(lse[t] - clean_lse[t]) <= 1e-6f * (1.0f + fabsf(clean_lse[t])),
+                                      "%s E %zu k %d: logsumexp of row %zu %.9g, without noise %.9g", topk_variants[v].name,
+                                      E, k, t, (double)lse[t], (double)clean_lse[t]);
+                    for (size_t e = 0; e < E; e++) ck_assert(fabs(probs[e] - clean_probs[e]) <= 1e-6 * (1 + clean_probs[e]));
+                    free(ids), free(clean_ids), free(w), free(clean_w), free(lse), free(clean_lse), free(probs), free(clean_probs);
+                }
+                free(want_ids), free(want_w), free(keys), free(tmp);
+            }
+            free(x);
+        }
+}
+END_TEST
+
 START_TEST(test_noise_is_keyed_by_token) {
     /* The same plan for any thread count, any routing groups (token choice without
      * capacity does not depend on them), and for a batch routed in two halves with the
@@ -718,6 +798,7 @@ int main(void) {
     tcase_add_test(tc, test_batch_topk_groups_and_threads);
     tcase_add_test(tc, test_noise_distribution);
     tcase_add_test(tc, test_noisy_top_k);
+    tcase_add_test(tc, test_noisy_in_kernel);
     tcase_add_test(tc, test_noise_is_keyed_by_token);
     tcase_add_test(tc, test_bad_input);
     suite_add_tcase(s, tc);

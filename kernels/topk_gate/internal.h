@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/noise.h"
 #include "moert/topk_gate.h"
 
 /* One call's worth of validated arguments, shared read-only by all threads. */
@@ -24,6 +25,7 @@ typedef struct topk_job {
     int groups, topk_groups; /* group-limited selection, groups = 0: off */
     moert_group_score group_score;
     float *softpick_sums; /* [tokens] or NULL: see topk_extras */
+    const noise_spec *noise; /* or NULL: see topk_extras */
 } topk_job;
 
 /* What went wrong in a row; kind TOPK_ROW_OK means nothing did. */
@@ -74,6 +76,11 @@ void topk_order_equal_weights(int32_t *ids, const float *w, int k);
  * with the logits as their weights, then the statistics the job asks for. */
 void topk_finish_row(const topk_job *job, size_t t, const float *keys, const int32_t *key_ids, size_t n, float m,
                      float s, const topk_scratch *scratch);
+
+/* Noisy rows (topk_extras), the same in every variant (plain C): the keys by noise_row,
+ * then topk_finish_row. scratch->keys holds TOPK_NOISY_KEY_FLOATS(experts). */
+#define TOPK_NOISY_KEY_FLOATS(experts) (2 * (size_t)(experts) + 66)
+topk_row_error topk_rows_noisy(const topk_job *job, size_t row_begin, size_t row_end, const topk_scratch *scratch);
 
 /* One group-limited row, the same in every variant (plain C). */
 topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratch *scratch);
@@ -188,8 +195,15 @@ typedef int (*topk_block_hook)(void *context, int thread, size_t row_begin, size
 #define TOPK_SOFTPICK_UNSET (-1.0f)
 #define TOPK_SOFTPICK_ILL (-2.0f)
 #define TOPK_SOFTPICK_EPSILON 1e-6f
+/*
+ * noise: noisy or Gumbel top-k selection (softmax post without groups or bias): the k
+ * largest keys x + noise (kernels/noise.h; row t is token noise->token_offset + t) are
+ * chosen, weighed by softmax over their clean logits, by descending weight (ties to the
+ * lower id); the statistics are the clean logits'. The tiles generate the noise lane by
+ * lane next to their selection (the same bits as noise_row), so the logits are read once. */
 typedef struct topk_extras {
     float *softpick_sums;
+    const noise_spec *noise;
 } topk_extras;
 
 /* topk_gate_run, calling `hook` (if non-NULL) after each block, with its scratch in

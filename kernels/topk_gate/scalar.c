@@ -17,6 +17,7 @@ topk_row_error topk_rows_scalar(const topk_job *job, size_t row_begin, size_t ro
                                 const topk_scratch *scratch) {
     const size_t E = job->experts;
     const int normalise = needs_normaliser(job);
+    if (job->noise != NULL) return topk_rows_noisy(job, row_begin, row_end, scratch);
 
     for (size_t t = row_begin; t < row_end; t++) {
         if (job->groups > 0) {

@@ -148,8 +148,10 @@ void topk_weights_inplace(const topk_job *job, float *w, float row_max, float ro
             for (int j = 0; j < k; j++) w[j] = w[j] / sum;
         }
     } else if (job->order == MOERT_SOFTMAX_POST) {
-        /* Softmax over the k selected; the first is the largest. */
-        const float first = w[0];
+        /* Softmax over the k selected, against the largest (the first, unless noisy keys
+         * chose them). */
+        float first = w[0];
+        for (int j = 1; j < k; j++) first = w[j] > first ? w[j] : first;
         float sum = 0.0f;
         for (int j = 0; j < k; j++) {
             w[j] = moert_expf(w[j] - first);
@@ -209,6 +211,30 @@ void topk_finish_row(const topk_job *job, size_t t, const float *keys, const int
     if (job->logsumexp != NULL) job->logsumexp[t] = m + logf(s);
     if (job->want_probs)
         for (size_t e = 0; e < E; e++) scratch->prob_block[e] += moert_expf(x[e] - m) / s;
+}
+
+topk_row_error topk_rows_noisy(const topk_job *job, size_t row_begin, size_t row_end, const topk_scratch *scratch) {
+    const size_t E = job->experts;
+    const int normalise = job->logsumexp != NULL || job->want_probs;
+    float *keys = scratch->keys, *tmp = keys + E + 32;
+    for (size_t t = row_begin; t < row_end; t++) {
+        const float *x = job->logits + t * E;
+        float m, s;
+        const topk_row_error err = topk_row_max_and_sum(x, E, t, normalise, &m, &s);
+        if (err.kind != TOPK_ROW_OK) return err;
+        noise_row(job->noise, job->noise->token_offset + t, E, keys, tmp);
+        for (size_t e = 0; e < E; e++) keys[e] = x[e] + keys[e];
+        topk_finish_row(job, t, keys, NULL, E, m, s, scratch);
+        /* Chosen in the keys' order: by weight, ties to the lower id (from a copy: beyond
+         * TOPK_RANK_SORT_MAX the sort cannot work in place). */
+        const size_t k = (size_t)job->k;
+        int32_t *ids = job->ids + t * k, *copy_ids = (int32_t *)(keys + k);
+        float *w = job->weights + t * k;
+        memcpy(keys, w, k * sizeof(float));
+        memcpy(copy_ids, ids, k * sizeof(int32_t));
+        topk_sort_entries(copy_ids, keys, k, ids, w);
+    }
+    return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }
 
 topk_row_error topk_row_grouped(const topk_job *job, size_t t, const topk_scratch *scratch) {

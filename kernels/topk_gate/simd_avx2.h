@@ -61,6 +61,9 @@ static inline __attribute__((always_inline)) vi vi_or(vi a, vi b) { return _mm25
 static inline __attribute__((always_inline)) vi vi_xor(vi a, vi b) { return _mm256_xor_si256(a, b); }
 static inline __attribute__((always_inline)) vi vi_sub(vi a, vi b) { return _mm256_sub_epi32(a, b); }
 static inline __attribute__((always_inline)) vi vi_sra(vi a, int n) { return _mm256_srai_epi32(a, n); }
+static inline __attribute__((always_inline)) vi vi_srl(vi a, int n) { return _mm256_srli_epi32(a, n); }
+static inline __attribute__((always_inline)) vf vf_cvt_vi(vi a) { return _mm256_cvtepi32_ps(a); } /* converted, not reinterpreted */
+static inline __attribute__((always_inline)) vf vf_sqrt(vf a) { return _mm256_sqrt_ps(a); }
 static inline __attribute__((always_inline)) vm vi_gt(vi a, vi b) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(a, b)); }
 static inline __attribute__((always_inline)) vi vi_from_vf(vf a) { return _mm256_castps_si256(a); }
 static inline __attribute__((always_inline)) vi vi_mul(vi a, vi b) { return _mm256_mullo_epi32(a, b); }

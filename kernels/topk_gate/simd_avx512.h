@@ -52,6 +52,9 @@ static inline __attribute__((always_inline)) vi vi_or(vi a, vi b) { return _mm51
 static inline __attribute__((always_inline)) vi vi_xor(vi a, vi b) { return _mm512_xor_si512(a, b); }
 static inline __attribute__((always_inline)) vi vi_sub(vi a, vi b) { return _mm512_sub_epi32(a, b); }
 static inline __attribute__((always_inline)) vi vi_sra(vi a, int n) { return _mm512_srai_epi32(a, (unsigned)n); }
+static inline __attribute__((always_inline)) vi vi_srl(vi a, int n) { return _mm512_srli_epi32(a, (unsigned)n); }
+static inline __attribute__((always_inline)) vf vf_cvt_vi(vi a) { return _mm512_cvtepi32_ps(a); } /* converted, not reinterpreted */
+static inline __attribute__((always_inline)) vf vf_sqrt(vf a) { return _mm512_sqrt_ps(a); }
 static inline __attribute__((always_inline)) vm vi_gt(vi a, vi b) { return _mm512_cmpgt_epi32_mask(a, b); }
 static inline __attribute__((always_inline)) vi vi_from_vf(vf a) { return _mm512_castps_si512(a); }
 static inline __attribute__((always_inline)) vi vi_mul(vi a, vi b) { return _mm512_mullo_epi32(a, b); }

@@ -82,6 +82,9 @@ static inline vi vi_xor(vi a, vi b) { EMU_IMAP_(a.i[l_] ^ b.i[l_]); }
 static inline vi vi_sub(vi a, vi b) { EMU_IMAP_((int32_t)((uint32_t)a.i[l_] - (uint32_t)b.i[l_])); }
 /* Arithmetic shift right, as the hardware (>> of a negative int is implementation-defined). */
 static inline vi vi_sra(vi a, int n) { EMU_IMAP_(a.i[l_] < 0 ? ~(~a.i[l_] >> n) : a.i[l_] >> n); }
+static inline vi vi_srl(vi a, int n) { EMU_IMAP_((int32_t)((uint32_t)a.i[l_] >> n)); }
+static inline vf vf_cvt_vi(vi a) { EMU_MAP_((float)a.i[l_]); } /* converted, not reinterpreted */
+static inline vf vf_sqrt(vf a) { EMU_MAP_(sqrtf(a.f[l_])); }
 static inline vm vi_gt(vi a, vi b) { EMU_CMP_(a.i[l_] > b.i[l_]); }
 static inline vi vi_from_vf(vf a) {
     vi r;

@@ -255,6 +255,10 @@ moert_status topk_gate_run_extra(const topk_variant *variant, const moert_topk_g
     MOERT_RETURN_ERROR_IF(softpick && (p->score != MOERT_SCORE_SOFTMAX || p->softmax_order != MOERT_SOFTMAX_POST ||
                                        p->groups != 0 || p->bias != NULL),
                           MOERT_EINVAL, "top-k gate: softpick sums need softmax post without groups");
+    const noise_spec *noise = extras != NULL ? extras->noise : NULL;
+    MOERT_RETURN_ERROR_IF(noise != NULL && (p->score != MOERT_SCORE_SOFTMAX || p->softmax_order != MOERT_SOFTMAX_POST ||
+                                            p->groups != 0 || p->bias != NULL || softpick),
+                          MOERT_EINVAL, "top-k gate: noisy selection needs softmax post without groups");
     MOERT_RETURN_ERROR_IF(variant == NULL, MOERT_EINVAL, "top-k gate: no variant");
     MOERT_FORWARD_IF_ERROR(moert_isa_check(variant->isa));
 
@@ -280,6 +284,7 @@ moert_status topk_gate_run_extra(const topk_variant *variant, const moert_topk_g
         .topk_groups = p->topk_groups,
         .group_score = p->group_score,
         .softpick_sums = softpick ? extras->softpick_sums : NULL,
+        .noise = noise,
     };
 
     const size_t blocks = (tokens + TOPK_BLOCK_ROWS - 1) / TOPK_BLOCK_ROWS;
@@ -289,7 +294,7 @@ moert_status topk_gate_run_extra(const topk_variant *variant, const moert_topk_g
     /* Per-thread scratch, only when the call needs it: no allocation otherwise. */
     const int normalise = (p->score == MOERT_SCORE_SOFTMAX && p->softmax_order == MOERT_SOFTMAX_PRE) ||
                           want_probs || out->logsumexp != NULL || softpick;
-    const size_t key_floats = p->bias != NULL ? experts + 64 : 0;
+    const size_t key_floats = noise != NULL ? TOPK_NOISY_KEY_FLOATS(experts) : p->bias != NULL ? experts + 64 : 0;
     const size_t tile_floats = normalise ? 2 * TOPK_TILE_FLOATS(experts) : 0;
     const size_t lane_floats = want_probs ? TOPK_TILE_FLOATS(experts) : 0;
     const size_t block_floats = want_probs ? experts + 64 : 0; /* slack for vector tails */
@@ -331,7 +336,7 @@ moert_status topk_gate_run_extra(const topk_variant *variant, const moert_topk_g
             const size_t end = begin + TOPK_BLOCK_ROWS < tokens ? begin + TOPK_BLOCK_ROWS : tokens;
             if (want_probs) memset(scratch.prob_block, 0, experts * sizeof(float));
             my_bad = variant->rows(&job, begin, end, &scratch);
-            /* Without a bias the rows kernels order equal weights themselves. */
+            /* Without a bias the rows kernels order their entries themselves. */
             if (my_bad.kind == TOPK_ROW_OK && job.bias != NULL) sort_by_weight(&job, begin, end);
             if (my_bad.kind == TOPK_ROW_OK && want_probs) topk_add_fixed_point(acc, scratch.prob_block, experts);
             if (my_bad.kind == TOPK_ROW_OK && hook != NULL) hook_stopped = hook(context, tid, begin, end);

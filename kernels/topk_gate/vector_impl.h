@@ -513,6 +513,105 @@ VEC_INLINE vf vec_softpick_term(vf v, vf m, vf c) {
     return vf_select(below_one, vf_mul(c, expm1), vf_sub(e, c));
 }
 
+/* ---- the noise of noisy and Gumbel top-k, lane by lane (kernels/noise.c's operations, in
+ * its order, fused where it fuses: the same bits) ---- */
+
+VEC_INLINE vi vec_lowbias32(vi x) {
+    x = vi_mul(vi_xor(x, vi_srl(x, 16)), vi_set1((int32_t)0x7FEB352Du));
+    x = vi_mul(vi_xor(x, vi_srl(x, 15)), vi_set1((int32_t)0x846CA68Bu));
+    return vi_xor(x, vi_srl(x, 16));
+}
+
+/* The uniform of counter c under each lane's token key (lo, hi). */
+VEC_INLINE vf vec_noise_uniform(vi lo, vi hi, uint32_t c) {
+    const vi h = vec_lowbias32(vi_add(vi_xor(lo, vi_set1((int32_t)(c * 0x9E3779B9u))), hi));
+    return vf_mul(vf_add(vf_cvt_vi(vi_srl(h, 9)), vf_set1(0.5f)), vf_set1(0x1.0p-23f));
+}
+
+VEC_INLINE vf vec_negate(vf x) { return vf_from_vi(vi_xor(vi_from_vf(x), vi_set1(INT32_MIN))); }
+
+/* log of positive normal floats (kernels/noise.c's log_positive). */
+VEC_INLINE vf vec_noise_log(vf x) {
+    const vi bits = vi_from_vf(x);
+    vi e = vi_sub(vi_srl(bits, 23), vi_set1(127));
+    vf m = vf_from_vi(vi_or(vi_and(bits, vi_set1(0x007FFFFF)), vi_set1(0x3F800000)));
+    const vm big = vm_gt(m, vf_set1(1.41421356f));
+    m = vf_select(big, vf_mul(m, vf_set1(0.5f)), m);
+    e = vi_add_mask(e, big);
+    const vf s = vf_div(vf_sub(m, vf_set1(1.0f)), vf_add(m, vf_set1(1.0f))), s2 = vf_mul(s, s);
+    vf p = vf_set1(1.0f / 7.0f);
+    p = vf_fmadd(p, s2, vf_set1(1.0f / 5.0f));
+    p = vf_fmadd(p, s2, vf_set1(1.0f / 3.0f));
+    p = vf_fmadd(p, s2, vf_set1(1.0f));
+    return vf_fmadd(vf_mul(vf_set1(2.0f), s), p, vf_mul(vf_cvt_vi(e), vf_set1(0.693147181f)));
+}
+
+/* Box-Muller's pair from uniforms u1, u2 (kernels/noise.c's normal_pair). */
+VEC_INLINE void vec_normal_pair(vf u1, vf u2, vf *n0, vf *n1) {
+    const vf neg_r = vec_negate(vf_sqrt(vf_mul(vf_set1(-2.0f), vec_noise_log(u1))));
+    const vf b = vf_mul(vf_set1(3.14159265f), vf_sub(u2, vf_set1(0.5f))), b2 = vf_mul(b, b);
+    vf s = vf_set1(-1.0f / 39916800.0f);
+    s = vf_fmadd(s, b2, vf_set1(1.0f / 362880.0f));
+    s = vf_fmadd(s, b2, vf_set1(-1.0f / 5040.0f));
+    s = vf_fmadd(s, b2, vf_set1(1.0f / 120.0f));
+    s = vf_fmadd(s, b2, vf_set1(-1.0f / 6.0f));
+    vf c = vf_set1(-1.0f / 3628800.0f);
+    c = vf_fmadd(c, b2, vf_set1(1.0f / 40320.0f));
+    c = vf_fmadd(c, b2, vf_set1(-1.0f / 720.0f));
+    c = vf_fmadd(c, b2, vf_set1(1.0f / 24.0f));
+    c = vf_fmadd(c, b2, vf_set1(-0.5f));
+    const vf sin_b = vf_fmadd(vf_mul(b, b2), s, b), cos_b = vf_fmadd(b2, c, vf_set1(1.0f));
+    *n0 = vf_mul(neg_r, vf_fmadd(vf_mul(vf_set1(-2.0f), sin_b), sin_b, vf_set1(1.0f)));
+    *n1 = vf_mul(neg_r, vf_mul(vf_mul(vf_set1(2.0f), sin_b), cos_b));
+}
+
+/* The noisy keys of columns [c0, c0 + 8) (c0 a multiple of 8, of E), each lane's token keyed
+ * by (lo, hi): X + scale x noise, a pair of columns at a time (fewer live registers). A
+ * missing or masked column stays -inf. scale: every column's, when noise->scales is NULL. */
+VEC_INLINE void vec_noisy_keys8(const noise_spec *noise, vi lo, vi hi, size_t c0, size_t E, vf scale, const vf *X,
+                                vf *K) {
+    if (noise->kind == MOERT_NOISE_GUMBEL) {
+        for (int c = 0; c < 8; c++)
+            K[c] = vf_add(X[c], vec_negate(vec_noise_log(vec_negate(vec_noise_log(vec_noise_uniform(lo, hi, (uint32_t)(c0 + (size_t)c)))))));
+        return;
+    }
+    for (int c = 0; c < 8; c += 2) {
+        vf n0, n1, s0 = scale, s1 = scale;
+        vec_normal_pair(vec_noise_uniform(lo, hi, (uint32_t)(c0 + (size_t)c)),
+                        vec_noise_uniform(lo, hi, (uint32_t)(c0 + (size_t)c + 1)), &n0, &n1);
+        if (noise->scales != NULL) { /* a missing column's scale is 0: its key is -inf all the same */
+            s0 = vf_set1(c0 + (size_t)c < E ? noise->scales[c0 + (size_t)c] : 0.0f);
+            s1 = vf_set1(c0 + (size_t)c + 1 < E ? noise->scales[c0 + (size_t)c + 1] : 0.0f);
+        }
+        K[c] = vf_add(X[c], vf_mul(s0, n0));
+        K[c + 1] = vf_add(X[c + 1], vf_mul(s1, n1));
+    }
+}
+
+/* Entries a and b (a < b) of each lane in order: descending weight, ties to the lower id. */
+VEC_INLINE void vec_order_entries(vf *W, vi *I, int a, int b) {
+    const vm swap = vm_or(vm_gt(W[b], W[a]), vm_and(vm_eq(W[b], W[a]), vi_gt(I[a], I[b])));
+    const vf wa = W[a];
+    const vi ia = I[a];
+    W[a] = vf_select(swap, W[b], wa), W[b] = vf_select(swap, wa, W[b]);
+    I[a] = vi_select(swap, I[b], ia), I[b] = vi_select(swap, ia, I[b]);
+}
+
+/* Sorts k <= 8 entries per lane by descending weight, ties to the lower id: the ones
+ * noisy keys chose come in the keys' order. Batcher's network (vec_sort8's), the entries
+ * past k padded below every real one. */
+VEC_INLINE void vec_sort_entries(vf *W, vi *I, const int k) {
+    if (k == 2) vec_order_entries(W, I, 0, 1);
+    if (k == 3) vec_order_entries(W, I, 0, 1), vec_order_entries(W, I, 1, 2), vec_order_entries(W, I, 0, 1);
+    if (k <= 3) return;
+    for (int j = k; j < 8; j++) W[j] = vf_set1(-INFINITY), I[j] = vi_set1(INT32_MAX);
+    static const unsigned char net[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6},
+                                             {3, 7}, {0, 1}, {2, 3}, {4, 5}, {6, 7}, {2, 4}, {3, 5},
+                                             {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+    VEC_UNROLL(19)
+    for (int i = 0; i < 19; i++) vec_order_entries(W, I, net[i][0], net[i][1]);
+}
+
 /* A tile's selection, handed from vec_tile_select to vec_tile_finish. */
 typedef struct tile_state {
     vi I[8];    /* ids of the chosen, in selection order */
@@ -523,7 +622,7 @@ typedef struct tile_state {
 } tile_state;
 
 VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed, const int kind,
-                                const size_t fixed_experts, float *tile_x, int32_t *group_lists,
+                                const size_t fixed_experts, const int noisy, float *tile_x, int32_t *group_lists,
                                 tile_state *st) {
     /* k_fixed: k as a compile-time constant (the exact network), or 0: job->k, packed.
      * group_lists: NULL, or room for the group-limited selection (packed, k_fixed = 0). */
@@ -547,6 +646,18 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
                             ? base + TILE_PREFETCH_TILES * V_W * E
                             : NULL;
 
+    /* Noisy selection: each lane's token key (kernels/noise.c). */
+    vi noise_lo = vi_zero(), noise_hi = vi_zero();
+    const vf noise_scale = vf_set1(noisy ? job->noise->scale : 0.0f);
+    if (noisy) {
+        int32_t lo[V_W], hi[V_W];
+        for (int lane = 0; lane < V_W; lane++) {
+            const uint64_t key = noise_token_key(job->noise->seed, job->noise->token_offset + t + (size_t)lane);
+            lo[lane] = (int32_t)(uint32_t)key, hi[lane] = (int32_t)(uint32_t)(key >> 32);
+        }
+        noise_lo = vi_loadu(lo), noise_hi = vi_loadu(hi);
+    }
+
     vi R[8], dropped = vi_set1(TILE_NONE); /* packed path */
     vf B[EXACT_MAX_K], BX[EXACT_MAX_K];     /* exact path: keys, logits */
     vi BI[EXACT_MAX_K];
@@ -567,20 +678,22 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
         const vf sum8 = vf_add(vf_add(vf_add(X[0], X[1]), vf_add(X[2], X[3])),
                                vf_add(vf_add(X[4], X[5]), vf_add(X[6], X[7])));
         bad = vm_or(bad, vm_bad(sum8));
-        if (biased || grouped) /* else the top logit is the row max */
+        if (biased || grouped || noisy) /* else the top logit is the row max */
             for (int c = 0; c < 8; c++) M = vf_max(M, X[c]);
+        vf noisy_key[8];
+        if (noisy) vec_noisy_keys8(job->noise, noise_lo, noise_hi, c0, E, noise_scale, X, noisy_key);
         if (exact) {
             vi next_id = vi_set1((int32_t)c0);
             for (int c = 0; c < 8; c++) {
-                vf key = biased && c < n ? vf_add(vf_sigmoid(X[c]), vf_set1(job->bias[c0 + c])) : X[c];
+                vf key = biased && c < n ? vf_add(vf_sigmoid(X[c]), vf_set1(job->bias[c0 + c])) : noisy ? noisy_key[c] : X[c];
                 vf logit = X[c];
                 vi id = next_id;
                 next_id = vi_add(next_id, vi_set1(1));
                 if (c0 == 0 && c < k) { /* the first k fill the levels */
-                    vec_insert_exact(B, BI, BX, &key, &id, &logit, c, 0, biased);
+                    vec_insert_exact(B, BI, BX, &key, &id, &logit, c, 0, biased || noisy);
                     B[c] = key, BI[c] = id, BX[c] = logit;
                 } else {
-                    vec_insert_exact(B, BI, BX, &key, &id, &logit, k, 1, biased);
+                    vec_insert_exact(B, BI, BX, &key, &id, &logit, k, 1, biased || noisy);
                 }
             }
             continue;
@@ -588,7 +701,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
         vi P[8];
         vi code = vi_set1(index_mask - (int32_t)c0);
         for (int c = 0; c < 8; c++) {
-            const vf key = biased && c < n ? vf_add(vf_sigmoid(X[c]), vf_set1(job->bias[c0 + c])) : X[c];
+            const vf key = biased && c < n ? vf_add(vf_sigmoid(X[c]), vf_set1(job->bias[c0 + c])) : noisy ? noisy_key[c] : X[c];
             P[c] = vec_pack(key, code, keep);
             code = vi_sub(code, vi_set1(1));
         }
@@ -613,7 +726,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
     vi I[8];
     vf W[8];
     if (exact) {
-        for (int j = 0; j < k; j++) I[j] = BI[j], W[j] = biased ? BX[j] : B[j];
+        for (int j = 0; j < k; j++) I[j] = BI[j], W[j] = biased || noisy ? BX[j] : B[j];
     } else {
         /* The check, lane by lane: high parts strictly decreasing, above all the rest. */
         if (k < 8) dropped = vi_max(dropped, R[k]);
@@ -630,7 +743,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
         }
     }
 
-    if (!biased && !grouped) M = W[0]; /* the top logit */
+    if (!biased && !grouped && !noisy) M = W[0]; /* the top logit */
     st->bad = vm_bits(vm_or(bad, vm_eq(M, neg_inf))) != 0;
     for (int j = 0; j < k; j++) st->I[j] = I[j], st->W[j] = W[j];
     st->M = M, st->inexact = inexact;
@@ -639,7 +752,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
 /* The second half of a tile: weights, outputs and statistics from the selection. Returns
  * the lanes to route again, or TILE_BAD without writing anything. */
 VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch *scratch, const int k_fixed,
-                               const int kind, const size_t fixed_experts, float *tile_x,
+                               const int kind, const size_t fixed_experts, const int noisy, float *tile_x,
                                const tile_state *st) {
     const int k = k_fixed ? k_fixed : job->k;
     if (st->bad) return TILE_BAD;
@@ -726,6 +839,13 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
             W[j] = vf_select(vm_gt(a, vf_set1(0.0f)), vf_div(a, softpick_den), vf_set1(0.0f));
         }
         sum_it = 0;
+    } else if (kind == GATE_POST && noisy) {
+        /* Chosen by the noisy keys, weighed by the clean logits: the largest of those need
+         * not come first (topk_weights_inplace's operations, in selection order). */
+        vf top = W[0];
+        for (int j = 1; j < k; j++) top = vf_max(top, W[j]);
+        for (int j = 0; j < k; j++) W[j] = vf_exp(vf_sub(W[j], top));
+        sum_it = 1;
     } else if (kind == GATE_POST) {
         /* exp(W[0] - W[0]) is exactly 1, as the reference computes it. */
         for (int j = 1; j < k; j++) W[j] = vf_exp(vf_sub(W[j], W[0]));
@@ -743,6 +863,7 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
     }
     if (job->scaling != 1.0f)
         for (int j = 0; j < k; j++) W[j] = vf_mul(W[j], vf_set1(job->scaling));
+    if (noisy) vec_sort_entries(W, I, k);
 
     /* Lanes back to rows: out[(t + lane) * k + j]. */
     float *wo = job->weights + t * (size_t)k;
@@ -804,7 +925,7 @@ VEC_ROW_FOR_KIND_(GATE_SIGMOID_BIAS)
  * the last whole tile go to the row kernel. */
 VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t end,
                                     const topk_scratch *scratch, const int k, const int kind,
-                                    const size_t fixed_experts, const int grouped, vec_rows_fn rows) {
+                                    const size_t fixed_experts, const int grouped, const int noisy, vec_rows_fn rows) {
     topk_job again = *job;
     again.want_probs = 0;
     const size_t E = fixed_experts ? fixed_experts : job->experts;
@@ -818,10 +939,10 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
          * dependent operations) overlap the other's selection. */
         const int pair = t + 2 * V_W <= end;
         tile_state st[2];
-        vec_tile_select(job, t, k, kind, fixed_experts, tile_x[0], group_lists, &st[0]);
-        if (pair) vec_tile_select(job, t + V_W, k, kind, fixed_experts, tile_x[1], group_lists, &st[1]);
-        redo[0] = vec_tile_finish(job, t, scratch, k, kind, fixed_experts, tile_x[0], &st[0]);
-        if (pair) redo[1] = vec_tile_finish(job, t + V_W, scratch, k, kind, fixed_experts, tile_x[1], &st[1]);
+        vec_tile_select(job, t, k, kind, fixed_experts, noisy, tile_x[0], group_lists, &st[0]);
+        if (pair) vec_tile_select(job, t + V_W, k, kind, fixed_experts, noisy, tile_x[1], group_lists, &st[1]);
+        redo[0] = vec_tile_finish(job, t, scratch, k, kind, fixed_experts, noisy, tile_x[0], &st[0]);
+        if (pair) redo[1] = vec_tile_finish(job, t + V_W, scratch, k, kind, fixed_experts, noisy, tile_x[1], &st[1]);
         for (int p = 0; p <= pair; p++, t += V_W) {
             if (redo[p] == 0) continue;
             if (redo[p] == TILE_BAD) {
@@ -850,7 +971,7 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
 #define VEC_TILES_FOR_(KIND, K, NAME)                                                       \
     static topk_row_error vec_tiles_##KIND##_##NAME(const topk_job *job, size_t begin, size_t end, \
                                                     const topk_scratch *s) {                \
-        return vec_tiles(job, begin, end, s, K, KIND, 0, 0, vec_rows_##KIND);                \
+        return vec_tiles(job, begin, end, s, K, KIND, 0, 0, 0, vec_rows_##KIND);             \
     }
 /* k = 1..3 by the exact network, each k its own instance; k = 4..8 by packed keys, one
  * instance with k at run time (the sorting network does not depend on it). */
@@ -874,7 +995,7 @@ static const vec_rows_fn vec_tile_kernels[GATE_KINDS][TILE_MAX_K] = {
 #define VEC_TILES_E8_(KIND, K)                                                              \
     static topk_row_error vec_tiles_##KIND##_##K##_e8(const topk_job *job, size_t begin,     \
                                                       size_t end, const topk_scratch *s) {  \
-        return vec_tiles(job, begin, end, s, K, KIND, 8, 0, vec_rows_##KIND);                \
+        return vec_tiles(job, begin, end, s, K, KIND, 8, 0, 0, vec_rows_##KIND);             \
     }
 #define VEC_TILES_E8_FOR_KIND_(KIND) VEC_TILES_E8_(KIND, 1) VEC_TILES_E8_(KIND, 2) VEC_TILES_E8_(KIND, 3)
 VEC_TILES_E8_FOR_KIND_(GATE_POST)
@@ -898,7 +1019,7 @@ static topk_row_error vec_rows_grouped(const topk_job *job, size_t begin, size_t
 #define VEC_TILES_GROUPED_(KIND)                                                            \
     static topk_row_error vec_tiles_grouped_##KIND(const topk_job *job, size_t begin, size_t end, \
                                                    const topk_scratch *s) {                 \
-        return vec_tiles(job, begin, end, s, 0, KIND, 0, 1, vec_rows_grouped);              \
+        return vec_tiles(job, begin, end, s, 0, KIND, 0, 1, 0, vec_rows_grouped);           \
     }
 VEC_TILES_GROUPED_(GATE_POST)
 VEC_TILES_GROUPED_(GATE_SIGMOID)
@@ -910,12 +1031,30 @@ static inline int vec_groups_use_tiles(const topk_job *job) {
            per_group % 8 == 0;
 }
 
+/* Noisy selection (softmax post, clean weights) by tiles: k = 1..3 exact, 4..8 packed;
+ * rows the tiles do not settle go to the plain-C noisy row. */
+#define VEC_TILES_NOISY_(K, NAME)                                                           \
+    static topk_row_error vec_tiles_noisy_##NAME(const topk_job *job, size_t begin, size_t end, \
+                                                 const topk_scratch *s) {                  \
+        return vec_tiles(job, begin, end, s, K, GATE_POST, 0, 0, 1, topk_rows_noisy);       \
+    }
+VEC_TILES_NOISY_(1, 1)
+VEC_TILES_NOISY_(2, 2)
+VEC_TILES_NOISY_(3, 3)
+VEC_TILES_NOISY_(0, packed)
+static const vec_rows_fn vec_tile_kernels_noisy[TILE_MAX_K] = {
+    vec_tiles_noisy_1, vec_tiles_noisy_2, vec_tiles_noisy_3, vec_tiles_noisy_packed,
+    vec_tiles_noisy_packed, vec_tiles_noisy_packed, vec_tiles_noisy_packed, vec_tiles_noisy_packed};
+
 static const vec_rows_fn vec_row_kernels[GATE_KINDS] = {
     vec_rows_GATE_POST, vec_rows_GATE_PRE, vec_rows_GATE_SIGMOID, vec_rows_GATE_SIGMOID_BIAS};
 
 static topk_row_error vec_rows(const topk_job *job, size_t row_begin, size_t row_end,
                                const topk_scratch *scratch) {
     const int kind = vec_gate_kind(job);
+    if (job->noise != NULL)
+        return vec_uses_tiles(job) ? vec_tile_kernels_noisy[job->k - 1](job, row_begin, row_end, scratch)
+                                   : topk_rows_noisy(job, row_begin, row_end, scratch);
     if (job->groups > 0) {
         if (!vec_groups_use_tiles(job)) return vec_rows_grouped(job, row_begin, row_end, scratch);
         if (kind == GATE_POST) return vec_tiles_grouped_GATE_POST(job, row_begin, row_end, scratch);
