@@ -78,8 +78,9 @@ void topk_finish_row(const topk_job *job, size_t t, const float *keys, const int
                      float s, const topk_scratch *scratch);
 
 /* Noisy rows (topk_extras), the same in every variant (plain C): the keys by noise_row,
- * then topk_finish_row. scratch->keys holds TOPK_NOISY_KEY_FLOATS(experts). */
-#define TOPK_NOISY_KEY_FLOATS(experts) (2 * (size_t)(experts) + 66)
+ * then topk_finish_row. scratch->keys holds TOPK_NOISY_KEY_FLOATS(experts) (the tiles keep
+ * their noise there too). */
+#define TOPK_NOISY_KEY_FLOATS(experts) (TOPK_TILE_FLOATS(experts) + 2 * (size_t)(experts) + 66) /* or a tile's noise */
 topk_row_error topk_rows_noisy(const topk_job *job, size_t row_begin, size_t row_end, const topk_scratch *scratch);
 
 /* One group-limited row, the same in every variant (plain C). */

@@ -565,26 +565,27 @@ VEC_INLINE void vec_normal_pair(vf u1, vf u2, vf *n0, vf *n1) {
     *n1 = vf_mul(neg_r, vf_mul(vf_mul(vf_set1(2.0f), sin_b), cos_b));
 }
 
-/* The noisy keys of columns [c0, c0 + 8) (c0 a multiple of 8, of E), each lane's token keyed
- * by (lo, hi): X + scale x noise, a pair of columns at a time (fewer live registers). A
- * missing or masked column stays -inf. scale: every column's, when noise->scales is NULL. */
-VEC_INLINE void vec_noisy_keys8(const noise_spec *noise, vi lo, vi hi, size_t c0, size_t E, vf scale, const vf *X,
-                                vf *K) {
+/* The scaled noise of a tile, columns [0, cols) (cols a multiple of 8), each lane's token
+ * keyed by (lo, hi), into buf[c * V_W + lane]: generated before the selection, in a loop of
+ * its own that keeps few registers live (inside the selection's it ran at half the speed).
+ * A missing column's noise is 0 (its key is -inf all the same). */
+VEC_INLINE void vec_noise_fill(const noise_spec *noise, vi lo, vi hi, size_t cols, size_t E, float *buf) {
     if (noise->kind == MOERT_NOISE_GUMBEL) {
-        for (int c = 0; c < 8; c++)
-            K[c] = vf_add(X[c], vec_negate(vec_noise_log(vec_negate(vec_noise_log(vec_noise_uniform(lo, hi, (uint32_t)(c0 + (size_t)c)))))));
+        for (size_t c = 0; c < cols; c++)
+            vf_storeu(buf + c * V_W, vec_negate(vec_noise_log(vec_negate(vec_noise_log(vec_noise_uniform(lo, hi, (uint32_t)c))))));
         return;
     }
-    for (int c = 0; c < 8; c += 2) {
-        vf n0, n1, s0 = scale, s1 = scale;
-        vec_normal_pair(vec_noise_uniform(lo, hi, (uint32_t)(c0 + (size_t)c)),
-                        vec_noise_uniform(lo, hi, (uint32_t)(c0 + (size_t)c + 1)), &n0, &n1);
-        if (noise->scales != NULL) { /* a missing column's scale is 0: its key is -inf all the same */
-            s0 = vf_set1(c0 + (size_t)c < E ? noise->scales[c0 + (size_t)c] : 0.0f);
-            s1 = vf_set1(c0 + (size_t)c + 1 < E ? noise->scales[c0 + (size_t)c + 1] : 0.0f);
+    const vf scale = vf_set1(noise->scale);
+    for (size_t c0 = 0; c0 < cols; c0 += 4) {
+        /* Two pairs side by side: each is a long chain (hash, log, sqrt), which two hide
+         * better than the out-of-order window alone. */
+        vf n[4];
+        vec_normal_pair(vec_noise_uniform(lo, hi, (uint32_t)c0), vec_noise_uniform(lo, hi, (uint32_t)c0 + 1), &n[0], &n[1]);
+        vec_normal_pair(vec_noise_uniform(lo, hi, (uint32_t)c0 + 2), vec_noise_uniform(lo, hi, (uint32_t)c0 + 3), &n[2], &n[3]);
+        for (size_t c = c0; c < c0 + 4; c++) {
+            const vf sc = noise->scales == NULL ? scale : vf_set1(c < E ? noise->scales[c] : 0.0f);
+            vf_storeu(buf + c * V_W, vf_mul(sc, n[c - c0]));
         }
-        K[c] = vf_add(X[c], vf_mul(s0, n0));
-        K[c + 1] = vf_add(X[c + 1], vf_mul(s1, n1));
     }
 }
 
@@ -623,7 +624,7 @@ typedef struct tile_state {
 
 VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed, const int kind,
                                 const size_t fixed_experts, const int noisy, float *tile_x, int32_t *group_lists,
-                                tile_state *st) {
+                                float *noise_buf, tile_state *st) {
     /* k_fixed: k as a compile-time constant (the exact network), or 0: job->k, packed.
      * group_lists: NULL, or room for the group-limited selection (packed, k_fixed = 0). */
     const int k = k_fixed ? k_fixed : job->k;
@@ -647,15 +648,13 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
                             : NULL;
 
     /* Noisy selection: each lane's token key (kernels/noise.c). */
-    vi noise_lo = vi_zero(), noise_hi = vi_zero();
-    const vf noise_scale = vf_set1(noisy ? job->noise->scale : 0.0f);
     if (noisy) {
         int32_t lo[V_W], hi[V_W];
         for (int lane = 0; lane < V_W; lane++) {
             const uint64_t key = noise_token_key(job->noise->seed, job->noise->token_offset + t + (size_t)lane);
             lo[lane] = (int32_t)(uint32_t)key, hi[lane] = (int32_t)(uint32_t)(key >> 32);
         }
-        noise_lo = vi_loadu(lo), noise_hi = vi_loadu(hi);
+        vec_noise_fill(job->noise, vi_loadu(lo), vi_loadu(hi), (E + 7) & ~(size_t)7, E, noise_buf);
     }
 
     vi R[8], dropped = vi_set1(TILE_NONE); /* packed path */
@@ -681,7 +680,8 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
         if (biased || grouped || noisy) /* else the top logit is the row max */
             for (int c = 0; c < 8; c++) M = vf_max(M, X[c]);
         vf noisy_key[8];
-        if (noisy) vec_noisy_keys8(job->noise, noise_lo, noise_hi, c0, E, noise_scale, X, noisy_key);
+        if (noisy) /* x + scale n, as kernels/noise.c's callers add them */
+            for (int c = 0; c < 8; c++) noisy_key[c] = vf_add(X[c], vf_loadu(noise_buf + (c0 + (size_t)c) * V_W));
         if (exact) {
             vi next_id = vi_set1((int32_t)c0);
             for (int c = 0; c < 8; c++) {
@@ -932,6 +932,7 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
     float *tile_x[2] = {NULL, NULL};
     if (vec_needs_normaliser(job)) tile_x[0] = scratch->tiles, tile_x[1] = scratch->tiles + TOPK_TILE_FLOATS(E);
     int32_t *group_lists = grouped ? scratch->group_lists : NULL;
+    float *noise_buf = noisy ? scratch->keys : NULL; /* TOPK_NOISY_KEY_FLOATS: a tile's noise */
     size_t t = begin;
     int redo[2];
     while (t + V_W <= end) {
@@ -939,8 +940,8 @@ VEC_INLINE topk_row_error vec_tiles(const topk_job *job, size_t begin, size_t en
          * dependent operations) overlap the other's selection. */
         const int pair = t + 2 * V_W <= end;
         tile_state st[2];
-        vec_tile_select(job, t, k, kind, fixed_experts, noisy, tile_x[0], group_lists, &st[0]);
-        if (pair) vec_tile_select(job, t + V_W, k, kind, fixed_experts, noisy, tile_x[1], group_lists, &st[1]);
+        vec_tile_select(job, t, k, kind, fixed_experts, noisy, tile_x[0], group_lists, noise_buf, &st[0]);
+        if (pair) vec_tile_select(job, t + V_W, k, kind, fixed_experts, noisy, tile_x[1], group_lists, noise_buf, &st[1]);
         redo[0] = vec_tile_finish(job, t, scratch, k, kind, fixed_experts, noisy, tile_x[0], &st[0]);
         if (pair) redo[1] = vec_tile_finish(job, t + V_W, scratch, k, kind, fixed_experts, noisy, tile_x[1], &st[1]);
         for (int p = 0; p <= pair; p++, t += V_W) {
