@@ -180,12 +180,11 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
 
     /* 4. The plan: the kept (token, expert) in row-major order, masked ones left out. */
     plan->token_offsets[0] = 0;
-    size_t kept = 0, t_at = 0, row_start = 0; /* indices ascend: the row by walking, not dividing */
+    size_t kept = 0, t_at = 0, row_start = 0, t = 0; /* indices ascend: the row by walking, not dividing */
     float threshold = INFINITY;
     for (size_t j = 0; j < m; j++) {
         if (!marks[j]) continue;
         const size_t index = sampled ? (size_t)indices[j] : j;
-        size_t t = row_start / E;
         while (index >= row_start + E) row_start += E, t++;
         const size_t e = index - row_start;
         if (logits[index] == -INFINITY) continue;
