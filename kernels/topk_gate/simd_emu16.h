@@ -65,7 +65,7 @@ static inline vi vi_iota(void) {
 }
 static inline vi vi_add(vi a, vi b) {
     vi r;
-    for (int l = 0; l < 16; l++) r.i[l] = a.i[l] + b.i[l];
+    for (int l = 0; l < 16; l++) r.i[l] = (int32_t)((uint32_t)a.i[l] + (uint32_t)b.i[l]); /* wraps, as the ISA's */
     return r;
 }
 static inline void vi_storeu(int32_t *p, vi a) { memcpy(p, a.i, sizeof a.i); }
