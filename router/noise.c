@@ -11,6 +11,6 @@ void noise_values_row(const moert_router_config *c, uint64_t token, size_t E, fl
 }
 
 void noise_keys_row(const moert_router_config *c, uint64_t token, const float *x, size_t E, float *keys, float *tmp) {
-    noise_values_row(c, token, E, keys, tmp);
-    for (size_t e = 0; e < E; e++) keys[e] = x[e] + keys[e];
+    const noise_spec spec = noise_spec_of(c);
+    noise_keys(&spec, token, x, E, keys, tmp);
 }

@@ -598,7 +598,7 @@ START_TEST(test_noisy_top_k) {
 END_TEST
 
 /* Noisy selection in the kernel's own pass (topk_extras), on every variant, against plain C
- * from the generator itself (kernels/noise.h): keys x + scale n in float, the top k by key
+ * from the generator itself (kernels/noise.h): keys fma(scale, n, x) (or x + G), the top k by key
  * (ties to the lower id), softmax over their clean logits in selection order, then by
  * weight: the same ids and the same bits, on tiles, their tails and the row path; and the
  * statistics are the clean logits', as without noise. */
@@ -620,10 +620,12 @@ START_TEST(test_noisy_in_kernel) {
                 /* The reference. */
                 int32_t *want_ids = malloc(T * (size_t)k * sizeof(int32_t));
                 float *want_w = malloc(T * (size_t)k * sizeof(float)), *keys = malloc(E * sizeof(float));
-                float *tmp = malloc((E + 2) * sizeof(float));
+                float *tmp = malloc((E + 2) * sizeof(float)); /* noise_raw writes E + 1 */
                 for (size_t t = 0; t < T; t++) {
-                    noise_row(&spec, spec.token_offset + t, E, keys, tmp);
-                    for (size_t e = 0; e < E; e++) keys[e] = x[t * E + e] + keys[e];
+                    noise_raw(&spec, spec.token_offset + t, E, tmp); /* N(0, 1) or G */
+                    for (size_t e = 0; e < E; e++)
+                        keys[e] = kind == 2 ? x[t * E + e] + tmp[e]
+                                            : fmaf(kind == 1 ? scales[e] : spec.scale, tmp[e], x[t * E + e]);
                     int32_t *id = want_ids + t * (size_t)k;
                     float *w = want_w + t * (size_t)k;
                     for (int j = 0; j < k; j++) {

@@ -222,8 +222,7 @@ topk_row_error topk_rows_noisy(const topk_job *job, size_t row_begin, size_t row
         float m, s;
         const topk_row_error err = topk_row_max_and_sum(x, E, t, normalise, &m, &s);
         if (err.kind != TOPK_ROW_OK) return err;
-        noise_row(job->noise, job->noise->token_offset + t, E, keys, tmp);
-        for (size_t e = 0; e < E; e++) keys[e] = x[e] + keys[e];
+        noise_keys(job->noise, job->noise->token_offset + t, x, E, keys, tmp);
         topk_finish_row(job, t, keys, NULL, E, m, s, scratch);
         /* Chosen in the keys' order: by weight, ties to the lower id (from a copy: beyond
          * TOPK_RANK_SORT_MAX the sort cannot work in place). */

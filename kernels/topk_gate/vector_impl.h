@@ -522,70 +522,69 @@ VEC_INLINE vi vec_lowbias32(vi x) {
     return vi_xor(x, vi_srl(x, 16));
 }
 
-/* The uniform of counter c under each lane's token key (lo, hi). */
-VEC_INLINE vf vec_noise_uniform(vi lo, vi hi, uint32_t c) {
-    const vi h = vec_lowbias32(vi_add(vi_xor(lo, vi_set1((int32_t)(c * 0x9E3779B9u))), hi));
-    return vf_mul(vf_add(vf_cvt_vi(vi_srl(h, 9)), vf_set1(0.5f)), vf_set1(0x1.0p-23f));
+/* Counter c's 23 random bits under each lane's token key (lo, hi). */
+VEC_INLINE vi vec_noise_bits(vi lo, vi hi, uint32_t c) {
+    return vi_srl(vec_lowbias32(vi_add(vi_xor(lo, vi_set1((int32_t)(c * 0x9E3779B9u))), hi)), 9);
 }
+
+VEC_INLINE vf vec_noise_uniform(vi n) { return vf_fmadd(vf_cvt_vi(n), vf_set1(0x1.0p-23f), vf_set1(0x1.0p-24f)); }
 
 VEC_INLINE vf vec_negate(vf x) { return vf_from_vi(vi_xor(vi_from_vf(x), vi_set1(INT32_MIN))); }
 
-/* log of positive normal floats (kernels/noise.c's log_positive). */
-VEC_INLINE vf vec_noise_log(vf x) {
+/* k ln x of positive normal floats, k = 1 or -2 (kernels/noise.c's scaled_log); m / 2 by
+ * its exponent field, which is exact as the product is. */
+VEC_INLINE vf vec_scaled_log(vf x, const float k) {
     const vi bits = vi_from_vf(x);
     vi e = vi_sub(vi_srl(bits, 23), vi_set1(127));
-    vf m = vf_from_vi(vi_or(vi_and(bits, vi_set1(0x007FFFFF)), vi_set1(0x3F800000)));
-    const vm big = vm_gt(m, vf_set1(1.41421356f));
-    m = vf_select(big, vf_mul(m, vf_set1(0.5f)), m);
+    const vi mbits = vi_or(vi_and(bits, vi_set1(0x007FFFFF)), vi_set1(0x3F800000));
+    const vm big = vm_gt(vf_from_vi(mbits), vf_set1(1.41421356f));
+    const vf m = vf_from_vi(vi_select(big, vi_sub(mbits, vi_set1(1 << 23)), mbits));
     e = vi_add_mask(e, big);
     const vf s = vf_div(vf_sub(m, vf_set1(1.0f)), vf_add(m, vf_set1(1.0f))), s2 = vf_mul(s, s);
-    vf p = vf_set1(1.0f / 7.0f);
-    p = vf_fmadd(p, s2, vf_set1(1.0f / 5.0f));
-    p = vf_fmadd(p, s2, vf_set1(1.0f / 3.0f));
-    p = vf_fmadd(p, s2, vf_set1(1.0f));
-    return vf_fmadd(vf_mul(vf_set1(2.0f), s), p, vf_mul(vf_cvt_vi(e), vf_set1(0.693147181f)));
+    vf p = vf_set1(2.0f * k / 7.0f);
+    p = vf_fmadd(p, s2, vf_set1(2.0f * k / 5.0f));
+    p = vf_fmadd(p, s2, vf_set1(2.0f * k / 3.0f));
+    p = vf_fmadd(p, s2, vf_set1(2.0f * k));
+    return vf_fmadd(s, p, vf_mul(vf_cvt_vi(e), vf_set1(k * 0.693147181f)));
 }
 
-/* Box-Muller's pair from uniforms u1, u2 (kernels/noise.c's normal_pair). */
-VEC_INLINE void vec_normal_pair(vf u1, vf u2, vf *n0, vf *n1) {
-    const vf neg_r = vec_negate(vf_sqrt(vf_mul(vf_set1(-2.0f), vec_noise_log(u1))));
-    const vf b = vf_mul(vf_set1(3.14159265f), vf_sub(u2, vf_set1(0.5f))), b2 = vf_mul(b, b);
-    vf s = vf_set1(-1.0f / 39916800.0f);
-    s = vf_fmadd(s, b2, vf_set1(1.0f / 362880.0f));
-    s = vf_fmadd(s, b2, vf_set1(-1.0f / 5040.0f));
-    s = vf_fmadd(s, b2, vf_set1(1.0f / 120.0f));
-    s = vf_fmadd(s, b2, vf_set1(-1.0f / 6.0f));
-    vf c = vf_set1(-1.0f / 3628800.0f);
-    c = vf_fmadd(c, b2, vf_set1(1.0f / 40320.0f));
-    c = vf_fmadd(c, b2, vf_set1(-1.0f / 720.0f));
-    c = vf_fmadd(c, b2, vf_set1(1.0f / 24.0f));
-    c = vf_fmadd(c, b2, vf_set1(-0.5f));
+/* Box-Muller's pair from counters' bits n1, n2 (kernels/noise.c's normal_pair). */
+VEC_INLINE void vec_normal_pair(vi n1, vi n2, vf *z0, vf *z1) {
+    const vf r = vf_sqrt(vec_scaled_log(vec_noise_uniform(n1), -2.0f));
+    const vf b = vf_fmadd(vf_cvt_vi(n2), vf_set1(NOISE_ANGLE_SCALE), vf_set1(NOISE_ANGLE_OFFSET)), b2 = vf_mul(b, b);
+    vf s = vf_set1(NOISE_SIN_S3);
+    s = vf_fmadd(s, b2, vf_set1(NOISE_SIN_S2));
+    s = vf_fmadd(s, b2, vf_set1(NOISE_SIN_S1));
+    s = vf_fmadd(s, b2, vf_set1(NOISE_SIN_S0));
+    vf c = vf_set1(NOISE_COS_C3);
+    c = vf_fmadd(c, b2, vf_set1(NOISE_COS_C2));
+    c = vf_fmadd(c, b2, vf_set1(NOISE_COS_C1));
+    c = vf_fmadd(c, b2, vf_set1(NOISE_COS_C0));
     const vf sin_b = vf_fmadd(vf_mul(b, b2), s, b), cos_b = vf_fmadd(b2, c, vf_set1(1.0f));
-    *n0 = vf_mul(neg_r, vf_fmadd(vf_mul(vf_set1(-2.0f), sin_b), sin_b, vf_set1(1.0f)));
-    *n1 = vf_mul(neg_r, vf_mul(vf_mul(vf_set1(2.0f), sin_b), cos_b));
+    const vf two_r_sin = vf_mul(vf_add(r, r), sin_b);
+    *z0 = vf_fmadd(two_r_sin, sin_b, vec_negate(r));
+    *z1 = vec_negate(vf_mul(two_r_sin, cos_b));
 }
 
-/* The scaled noise of a tile, columns [0, cols) (cols a multiple of 8), each lane's token
- * keyed by (lo, hi), into buf[c * V_W + lane]: generated before the selection, in a loop of
- * its own that keeps few registers live (inside the selection's it ran at half the speed).
- * A missing column's noise is 0 (its key is -inf all the same). */
-VEC_INLINE void vec_noise_fill(const noise_spec *noise, vi lo, vi hi, size_t cols, size_t E, float *buf) {
+/* The noise of a tile before its scale, columns [0, cols) (cols a multiple of 8), each
+ * lane's token keyed by (lo, hi), into buf[c * V_W + lane]: generated before the selection,
+ * in a loop of its own that keeps few registers live (inside the selection's it ran at half
+ * the speed). */
+VEC_INLINE void vec_noise_fill(const noise_spec *noise, vi lo, vi hi, size_t cols, float *buf) {
     if (noise->kind == MOERT_NOISE_GUMBEL) {
-        for (size_t c = 0; c < cols; c++)
-            vf_storeu(buf + c * V_W, vec_negate(vec_noise_log(vec_negate(vec_noise_log(vec_noise_uniform(lo, hi, (uint32_t)c))))));
+        for (size_t c = 0; c < cols; c++) {
+            const vf u = vec_noise_uniform(vec_noise_bits(lo, hi, (uint32_t)c));
+            vf_storeu(buf + c * V_W, vec_negate(vec_scaled_log(vec_negate(vec_scaled_log(u, 1.0f)), 1.0f)));
+        }
         return;
     }
-    const vf scale = vf_set1(noise->scale);
     for (size_t c0 = 0; c0 < cols; c0 += 4) {
         /* Two pairs side by side: each is a long chain (hash, log, sqrt), which two hide
          * better than the out-of-order window alone. */
-        vf n[4];
-        vec_normal_pair(vec_noise_uniform(lo, hi, (uint32_t)c0), vec_noise_uniform(lo, hi, (uint32_t)c0 + 1), &n[0], &n[1]);
-        vec_normal_pair(vec_noise_uniform(lo, hi, (uint32_t)c0 + 2), vec_noise_uniform(lo, hi, (uint32_t)c0 + 3), &n[2], &n[3]);
-        for (size_t c = c0; c < c0 + 4; c++) {
-            const vf sc = noise->scales == NULL ? scale : vf_set1(c < E ? noise->scales[c] : 0.0f);
-            vf_storeu(buf + c * V_W, vf_mul(sc, n[c - c0]));
-        }
+        vf z[4];
+        vec_normal_pair(vec_noise_bits(lo, hi, (uint32_t)c0), vec_noise_bits(lo, hi, (uint32_t)c0 + 1), &z[0], &z[1]);
+        vec_normal_pair(vec_noise_bits(lo, hi, (uint32_t)c0 + 2), vec_noise_bits(lo, hi, (uint32_t)c0 + 3), &z[2], &z[3]);
+        for (int j = 0; j < 4; j++) vf_storeu(buf + (c0 + (size_t)j) * V_W, z[j]);
     }
 }
 
@@ -650,11 +649,12 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
     /* Noisy selection: each lane's token key (kernels/noise.c). */
     if (noisy) {
         int32_t lo[V_W], hi[V_W];
+        const uint64_t seed_state = noise_seed_state(job->noise->seed);
         for (int lane = 0; lane < V_W; lane++) {
-            const uint64_t key = noise_token_key(job->noise->seed, job->noise->token_offset + t + (size_t)lane);
+            const uint64_t key = noise_token_key_of(seed_state, job->noise->token_offset + t + (size_t)lane);
             lo[lane] = (int32_t)(uint32_t)key, hi[lane] = (int32_t)(uint32_t)(key >> 32);
         }
-        vec_noise_fill(job->noise, vi_loadu(lo), vi_loadu(hi), (E + 7) & ~(size_t)7, E, noise_buf);
+        vec_noise_fill(job->noise, vi_loadu(lo), vi_loadu(hi), (E + 7) & ~(size_t)7, noise_buf);
     }
 
     vi R[8], dropped = vi_set1(TILE_NONE); /* packed path */
@@ -680,8 +680,18 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
         if (biased || grouped || noisy) /* else the top logit is the row max */
             for (int c = 0; c < 8; c++) M = vf_max(M, X[c]);
         vf noisy_key[8];
-        if (noisy) /* x + scale n, as kernels/noise.c's callers add them */
-            for (int c = 0; c < 8; c++) noisy_key[c] = vf_add(X[c], vf_loadu(noise_buf + (c0 + (size_t)c) * V_W));
+        if (noisy) { /* kernels/noise.c's noise_keys: fma(scale, N, x), or x + G */
+            const noise_spec *noise = job->noise;
+            for (int c = 0; c < 8; c++) {
+                const vf z = vf_loadu(noise_buf + (c0 + (size_t)c) * V_W);
+                if (noise->kind == MOERT_NOISE_GUMBEL) {
+                    noisy_key[c] = vf_add(X[c], z);
+                } else { /* a missing column's scale: 0, its key -inf all the same */
+                    const float scale = noise->scales == NULL ? noise->scale : c < n ? noise->scales[c0 + (size_t)c] : 0.0f;
+                    noisy_key[c] = vf_fmadd(vf_set1(scale), z, X[c]);
+                }
+            }
+        }
         if (exact) {
             vi next_id = vi_set1((int32_t)c0);
             for (int c = 0; c < 8; c++) {
