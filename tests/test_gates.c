@@ -611,6 +611,8 @@ START_TEST(test_noisy_in_kernel) {
         for (int kind = 0; kind < 3; kind++) {
             const size_t E = widths[wi];
             float *x = random_logits(T * E, 40 + wi, 1.0f);
+            for (size_t t = 0; t < T; t += 3) /* equal logits, so equal weights: by id */
+                for (size_t e = 1; e < E; e += 2) x[t * E + e] = x[t * E + e - 1];
             for (size_t t = 0; t < T; t += 5) x[t * E + (t * 7) % E] = -INFINITY; /* masked experts */
             const noise_spec spec = {kind == 2 ? MOERT_NOISE_GUMBEL : MOERT_NOISE_NORMAL, 99, 1000 + wi,
                                      kind == 0 ? 0.7f : 1.0f, kind == 1 ? scales : NULL};

@@ -588,18 +588,19 @@ VEC_INLINE void vec_noise_fill(const noise_spec *noise, vi lo, vi hi, size_t col
     }
 }
 
-/* Entries a and b (a < b) of each lane in order: descending weight, ties to the lower id. */
+/* Entries a and b (a < b) of each lane by descending weight; equal weights (rare) are put
+ * in id order after the sort, with the kernel's other rows (vec_tile_finish). */
 VEC_INLINE void vec_order_entries(vf *W, vi *I, int a, int b) {
-    const vm swap = vm_or(vm_gt(W[b], W[a]), vm_and(vm_eq(W[b], W[a]), vi_gt(I[a], I[b])));
+    const vm swap = vm_gt(W[b], W[a]);
     const vf wa = W[a];
     const vi ia = I[a];
     W[a] = vf_select(swap, W[b], wa), W[b] = vf_select(swap, wa, W[b]);
     I[a] = vi_select(swap, I[b], ia), I[b] = vi_select(swap, ia, I[b]);
 }
 
-/* Sorts k <= 8 entries per lane by descending weight, ties to the lower id: the ones
- * noisy keys chose come in the keys' order. Batcher's network (vec_sort8's), the entries
- * past k padded below every real one. */
+/* Sorts k <= 8 entries per lane by descending weight: the ones noisy keys chose come in
+ * the keys' order. Batcher's network (vec_sort8's), the entries past k padded below every
+ * real one. */
 VEC_INLINE void vec_sort_entries(vf *W, vi *I, const int k) {
     if (k == 2) vec_order_entries(W, I, 0, 1);
     if (k == 3) vec_order_entries(W, I, 0, 1), vec_order_entries(W, I, 1, 2), vec_order_entries(W, I, 0, 1);
