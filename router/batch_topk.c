@@ -41,8 +41,9 @@ typedef struct threshold_context {
 
 static void renormalize_token(float *w, size_t n);
 
-static size_t threshold_row(const void *context, const float *x, size_t E, size_t t, int32_t *ids, float *weights,
-                            float *scratch) {
+static size_t threshold_row(const void *context, const float *x, size_t E, size_t t, float max, int32_t *ids,
+                            float *weights, float *scratch) {
+    (void)max;
     const threshold_context *c = context;
     float m = 0.0f, s = 1.0f;
     if (c->probs) (void)topk_row_max_and_sum(x, E, t, 1, &m, &s); /* the gate checked the row */

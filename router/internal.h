@@ -135,11 +135,11 @@ moert_status router_batch_topk(const moert_router_config *config, const float *l
 moert_status router_sparsemax(const moert_router_config *config, const float *logits, size_t tokens,
                               size_t experts, moert_plan *plan, router_workspace *ws);
 
-/* A policy's row: token t's entries (logits x[0, E)) by descending weight, ties to the
- * lower id, into ids and weights (room for E each); returns how many. scratch: the
- * floats the policy asked router_route_rows for. */
-typedef size_t (*router_row_fn)(const void *context, const float *x, size_t E, size_t t, int32_t *ids, float *weights,
-                                float *scratch);
+/* A policy's row: token t's entries (logits x[0, E), their largest `max`) by descending
+ * weight, ties to the lower id, into ids and weights (room for E each); returns how many.
+ * scratch: the floats the policy asked router_route_rows for. */
+typedef size_t (*router_row_fn)(const void *context, const float *x, size_t E, size_t t, float max, int32_t *ids,
+                                float *weights, float *scratch);
 
 /* The plan of a policy whose tokens get any number of experts, each token's from its own
  * row (router/rows.c): one pass over the logits, the statistics included. */

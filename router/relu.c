@@ -15,9 +15,9 @@ typedef struct relu_row_context {
     topk_relu_row_fn relu_row;
 } relu_row_context;
 
-static size_t relu_row(const void *context, const float *x, size_t E, size_t t, int32_t *ids, float *weights,
-                       float *scratch) {
-    (void)t;
+static size_t relu_row(const void *context, const float *x, size_t E, size_t t, float max, int32_t *ids,
+                       float *weights, float *scratch) {
+    (void)t, (void)max;
     const relu_row_context *c = context;
     size_t n = c->relu_row(x, E, c->threshold, ids, weights, scratch);
     if (c->softpick && n > 0) {

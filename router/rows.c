@@ -17,6 +17,7 @@ typedef struct rows_pass {
     size_t experts;
     router_row_fn row;
     const void *row_context;
+    const int32_t *top; /* [tokens]: the gate's top-1, each row's largest logit */
     float *scratch; /* [threads][scratch_floats] */
     size_t scratch_floats;
     router_stage *stages;
@@ -36,7 +37,8 @@ static int rows_block(void *context, int thread, size_t row_begin, size_t row_en
     }
     float *scratch = pass->scratch + (size_t)thread * pass->scratch_floats;
     for (size_t t = row_begin; t < row_end; t++) {
-        const size_t n = pass->row(pass->row_context, pass->logits + t * E, E, t, stage->ids + stage->used,
+        const float *x = pass->logits + t * E;
+        const size_t n = pass->row(pass->row_context, x, E, t, x[pass->top[t]], stage->ids + stage->used,
                                    stage->weights + stage->used, scratch);
         pass->counts[t + 1] = (int64_t)n;
         stage->used += n;
@@ -64,6 +66,7 @@ moert_status router_route_rows(const moert_router_config *c, const float *logits
         .experts = E,
         .row = row,
         .row_context = row_context,
+        .top = ws->bytes,
         .scratch = (float *)((unsigned char *)ws->bytes + gate_bytes),
         .scratch_floats = scratch_floats,
         .stages = ws->stages,

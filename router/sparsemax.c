@@ -18,18 +18,36 @@
 #include <string.h>
 
 #include "router/internal.h"
-#include "router/scores.h"
+#include "router/vec16.h"
 
 #define SPARSEMAX_SCRATCH(E) (6 * (size_t)(E) + 64)
 #define SPARSEMAX_SORT_MAX 32 /* candidates sorted by rank up to here; Michelot beyond */
+
+/* Each of v[0, n)'s place in descending order, n <= 16, when no two are equal: rank[i] =
+ * how many exceed v[i], one vector comparison per value. Returns 0 when two are equal
+ * (equal values share a rank, so the ranks no longer sum to n (n - 1) / 2): the caller
+ * then ranks them with their ids. */
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static int
+rank_distinct16(const float *v, size_t n, int32_t *rank) {
+    float padded[16];
+    for (size_t j = 0; j < 16; j++) padded[j] = j < n ? v[j] : -INFINITY;
+    const v16f mine = V16_LOAD(padded);
+    v16i above = {0};
+    for (size_t j = 0; j < n; j++) above -= (v16i)(V16_SET1(v[j]) > mine);
+    int32_t lanes[16];
+    memcpy(lanes, &above, sizeof lanes);
+    size_t sum = 0;
+    for (size_t i = 0; i < n; i++) rank[i] = lanes[i], sum += (size_t)lanes[i];
+    return sum == n * (n - 1) / 2;
+}
 
 typedef struct sparsemax_context {
     size_t k_max;
     topk_compact_fn compact;
 } sparsemax_context;
 
-static size_t sparsemax_row(const void *context, const float *x, size_t E, size_t t, int32_t *ids, float *weights,
-                            float *scratch) {
+static size_t sparsemax_row(const void *context, const float *x, size_t E, size_t t, float row_max, int32_t *ids,
+                            float *weights, float *scratch) {
     (void)t;
     const sparsemax_context *c = context;
     const size_t k_max = c->k_max;
@@ -48,11 +66,12 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
             if (top_keys[j] != -INFINITY && (double)top_keys[j] >= max - 1.0) /* the max itself always */
                 value[n] = (double)top_keys[j] - max, id[n++] = top_ids[j];
     } else {
-        /* The variant's vector filter, with a bound a little below max - 1: a superset of
-         * the candidates, which the first pass below trims. */
-        const float m = scores_row_max(x, E);
+        /* The variant's vector filter, with a bound a little below max - 1 (which rounding
+         * may not give exactly): a superset of the candidates, which the first pass below
+         * trims. */
+        const float m = row_max, bound = m - 1.0f;
         max = m;
-        const size_t found = c->compact(x, E, nextafterf(m - 1.0f, -INFINITY), id);
+        const size_t found = c->compact(x, E, bound - fabsf(bound) * 0x1.0p-20f - 0x1.0p-126f, id);
         for (size_t j = 0; j < found; j++) value[j] = (double)x[id[j]] - max;
         n = found;
     }
@@ -64,20 +83,24 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
          * ascending ids), then the paper's threshold in one pass, and the entries come out
          * in the plan's order. */
         double sorted[SPARSEMAX_SORT_MAX];
-        int32_t sorted_id[SPARSEMAX_SORT_MAX];
-        for (size_t j = 0; j < n; j++) {
-            size_t rank = 0;
-            for (size_t i = 0; i < n; i++) rank += (value[i] > value[j]) | ((value[i] == value[j]) & (i < j));
-            sorted[rank] = value[j], sorted_id[rank] = id[j];
-        }
+        int32_t sorted_id[SPARSEMAX_SORT_MAX], rank[SPARSEMAX_SORT_MAX];
+        float logit[16];
+        for (size_t j = 0; j < n && j < 16; j++) logit[j] = x[id[j]];
+        if (n > 16 || !rank_distinct16(logit, n, rank))
+            for (size_t j = 0; j < n; j++) {
+                rank[j] = 0;
+                for (size_t i = 0; i < n; i++) rank[j] += (value[i] > value[j]) | ((value[i] == value[j]) & (i < j));
+            }
+        for (size_t j = 0; j < n; j++) sorted[rank[j]] = value[j], sorted_id[rank[j]] = id[j];
         memcpy(value, sorted, n * sizeof *value);
         memcpy(id, sorted_id, n * sizeof *id);
-        double cumulative = 0.0, tau = 0.0;
+        double cumulative = 0.0, at_support = 0.0;
         size_t support = 0;
         for (size_t j = 0; j < n; j++) {
             cumulative += value[j];
-            if (1.0 + (double)(j + 1) * value[j] > cumulative) support = j + 1, tau = (cumulative - 1.0) / (double)(j + 1);
+            if (1.0 + (double)(j + 1) * value[j] > cumulative) support = j + 1, at_support = cumulative;
         }
+        const double tau = (at_support - 1.0) / (double)support; /* one division, after the pass */
         for (size_t j = 0; j < support; j++) ids[j] = id[j], weights[j] = (float)(value[j] - tau);
         return support;
     }
