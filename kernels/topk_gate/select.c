@@ -59,6 +59,26 @@ void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, fl
     }
 }
 
+/* rank[i] = how many of w[0, n) exceed w[i], n <= 16, one vector comparison per weight;
+ * 0 when two weights are equal (they would share a rank: the ranks no longer sum to
+ * n (n - 1) / 2), which the caller then ranks with their ids. */
+typedef float rank_v16f __attribute__((vector_size(64)));
+typedef int32_t rank_v16i __attribute__((vector_size(64)));
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static int
+rank_distinct(const float *w, size_t n, int32_t *rank) {
+    float padded[16];
+    for (size_t j = 0; j < 16; j++) padded[j] = j < n ? w[j] + 0.0f : -INFINITY; /* -0 as +0 */
+    rank_v16f mine;
+    memcpy(&mine, padded, sizeof mine);
+    rank_v16i above = {0};
+    for (size_t j = 0; j < n; j++) above -= (rank_v16i)((rank_v16f){0} + padded[j] > mine);
+    int32_t lanes[16];
+    memcpy(lanes, &above, sizeof lanes);
+    size_t sum = 0;
+    for (size_t i = 0; i < n; i++) rank[i] = lanes[i], sum += (size_t)lanes[i];
+    return sum == n * (n - 1) / 2;
+}
+
 void topk_sort_entries(const int32_t *in_ids, const float *in_weights, size_t n, int32_t *ids,
                        float *weights) {
     if (n > TOPK_RANK_SORT_MAX) { /* a heap: O(n log n) for rows of any width */
@@ -72,6 +92,16 @@ void topk_sort_entries(const int32_t *in_ids, const float *in_weights, size_t n,
         weights[0] = swap ? w1 : w0, weights[1] = swap ? w0 : w1;
         ids[0] = swap ? i1 : i0, ids[1] = swap ? i0 : i1;
         return;
+    }
+    if (n <= 16) { /* distinct weights (the usual case): ranked as vectors */
+        int32_t rank[16], in_id[16];
+        float in_w[16];
+        if (rank_distinct(in_weights, n, rank)) {
+            memcpy(in_id, in_ids, n * sizeof *in_id); /* the outputs may be the inputs */
+            memcpy(in_w, in_weights, n * sizeof *in_w);
+            for (size_t i = 0; i < n; i++) weights[rank[i]] = in_w[i], ids[rank[i]] = in_id[i];
+            return;
+        }
     }
     /* By rank, without a branch on the data (an insertion sort mispredicts about once an
      * entry on weights in random order). A weight's order-preserving bit pattern (negative
