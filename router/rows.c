@@ -52,7 +52,7 @@ moert_status router_route_rows(const moert_router_config *c, const float *logits
     const size_t T = tokens, E = experts;
     const int threads = router_threads(c->threads);
 
-    /* The workspace: the gate's top-1 (unused), each thread's row scratch and status. */
+    /* The workspace: the gate's top-1 (each row's max), each thread's row scratch and status. */
     const size_t gate_bytes = moert_round_up_64(T * (sizeof(int32_t) + sizeof(float)));
     const size_t scratch_bytes = moert_round_up_64((size_t)threads * scratch_floats * sizeof(float));
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, gate_bytes + scratch_bytes + (size_t)threads * sizeof(moert_status)));

@@ -1,6 +1,7 @@
 /* The router's own score functions (see scores.h). */
 #include "router/scores.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -72,13 +73,38 @@ static inline __attribute__((always_inline)) float softpick_sum(const float *x, 
     return V16_REDUCE_ADD(sum);
 }
 
-CLONES static void softpick_weights_clones(const float *x, size_t E, const int32_t *ids, int k, float *w) {
+/* The kernel's softpick sum (topk_extras) in plain C, the tiles' operations lane for lane:
+ * each exponential as the statistics take it, the even and the odd columns in two sums,
+ * then added, and the same test of precision; so a row gets the same bits whichever path
+ * routes it (a tile, a tail, the scalar variant). m: the row's max; e: E floats. Returns the
+ * sum, or TOPK_SOFTPICK_ILL. */
+CLONES static float softpick_kernel_sum_clones(const float *x, size_t E, float m, float *e) {
+    for (size_t j0 = 0; j0 < E; j0 += 16) {
+        float lanes[16];
+        V16_STORE(lanes, V16_EXP2_STAT((LOAD_ROW(x, E, j0) - m) * MOERT_EXPF_LOG2E));
+        for (size_t j = j0; j < E && j < j0 + 16; j++) e[j] = lanes[j - j0];
+    }
+    const float c = moert_expf(0.0f - m);
+    float s[2] = {0.0f, 0.0f}, a[2] = {0.0f, 0.0f};
+    for (size_t j = 0; j < E; j++) {
+        const float d = e[j] - c, nd = 0.0f - d;
+        s[j & 1] += e[j];
+        a[j & 1] += x[j] == -INFINITY ? 0.0f : d > nd ? d : nd;
+    }
+    const float sum = a[0] + a[1], bound = (s[0] + s[1]) + (float)E * c;
+    return 8.0f * sum >= bound && bound <= FLT_MAX ? sum : TOPK_SOFTPICK_ILL;
+}
+
+/* kernel_sum: the row's sum from softpick_kernel_sum, or negative: the series' sum. */
+CLONES static void softpick_weights_clones(const float *x, size_t E, const int32_t *ids, int k, float kernel_sum,
+                                           float *w) {
     const float m = lanes_max(x, E);
     if (!(m > 0.0f)) {
         for (int j = 0; j < k; j++) w[j] = 0.0f;
         return;
     }
-    const float c = moert_expf(-m), den = softpick_sum(x, E, m, c) + SOFTPICK_EPSILON * c;
+    const float c = moert_expf(-m);
+    const float den = (kernel_sum >= 0.0f ? kernel_sum : softpick_sum(x, E, m, c)) + SOFTPICK_EPSILON * c;
     for (int j0 = 0; j0 < k; j0 += 16) {
         float chosen[16], out[16];
         for (int j = 0; j < 16; j++) chosen[j] = j0 + j < k ? x[ids[j0 + j]] : 0.0f;
@@ -89,7 +115,19 @@ CLONES static void softpick_weights_clones(const float *x, size_t E, const int32
 }
 
 void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w) {
-    softpick_weights_clones(x, E, ids, k, w);
+    softpick_weights_clones(x, E, ids, k, -1.0f, w);
+}
+
+/* Sorts a row's k entries by descending weight, ties to the lower id; spare: room for 2k. */
+static void sort_row(int32_t *id, float *w, int k, float *spare) {
+    if (k <= TOPK_RANK_SORT_MAX) {
+        topk_sort_entries(id, w, (size_t)k, id, w);
+        return;
+    }
+    int32_t *copy_ids = (int32_t *)(spare + k);
+    memcpy(spare, w, (size_t)k * sizeof *w);
+    memcpy(copy_ids, id, (size_t)k * sizeof *id);
+    topk_sort_entries(copy_ids, spare, (size_t)k, id, w);
 }
 
 CLONES static void softmax_chosen_clones(const float *x, const int32_t *ids, int k, float scaling, float *w) {
@@ -134,13 +172,18 @@ void scores_rows(const moert_router_config *c, const float *logits, size_t E, si
         int32_t *id = ids + t * (size_t)k;
         float *w = weights + t * (size_t)k;
         if (c->score == MOERT_SCORE_SOFTPICK) {
-            if (softpick_sums != NULL && softpick_sums[t] >= 0.0f) { /* the kernel wrote them, in order */
+            const float sum = softpick_sums != NULL ? softpick_sums[t] : TOPK_SOFTPICK_UNSET;
+            if (sum >= 0.0f) { /* the kernel wrote the weights, in order */
                 finish_weights(c, w, k);
                 continue;
             }
-            softpick_weights_clones(x, E, id, k, w);
-            /* By logit, the weights do not increase; equal ones (the zeros) by id. */
-            topk_order_equal_weights(id, w, k);
+            /* The kernel's sum where the kernel would have taken it, else the series'. */
+            const float kernel_sum = sum == TOPK_SOFTPICK_ILL ? TOPK_SOFTPICK_ILL
+                                                              : softpick_kernel_sum_clones(x, E, lanes_max(x, E), keys);
+            softpick_weights_clones(x, E, id, k, kernel_sum, w);
+            /* In the plan's order: softpick's weights need not follow the kernel's (near 0,
+             * logits that differ can share a softmax weight; at x = 1 the two forms meet). */
+            sort_row(id, w, k, top_keys);
             finish_weights(c, w, k);
             continue;
         }

@@ -19,8 +19,9 @@ float scores_sqrt_softplus(float x);
  * (numerator and denominator times e^-m), so nothing overflows; the numerator as
  * e^-m expm1(x) below x = 1, where the difference would cancel. All 0 when m <= 0. The
  * row's max and denominator in 16 lanes, a fixed order: the same bits in every build.
- * (Token choice takes the denominator from the kernel's pass where it is well conditioned,
- * topk_extras: the weights agree with these to about 2e-6.) */
+ * (Token choice takes the kernel's sum instead where it is well conditioned, topk_extras,
+ * computed by the same operations on every path: the weights agree with these to about
+ * 2e-6.) */
 void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w);
 
 /* Softmax over k chosen logits x[ids[j]] (the largest subtracted), times scaling, into w:

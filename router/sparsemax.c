@@ -102,6 +102,8 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
         }
         const double tau = (at_support - 1.0) / (double)support; /* one division, after the pass */
         for (size_t j = 0; j < support; j++) ids[j] = id[j], weights[j] = (float)(value[j] - tau);
+        /* Logits that differ can round to one weight (1e-20 and 2e-20 beside 0.5): by id. */
+        topk_order_equal_weights(ids, weights, (int)support);
         return support;
     }
     /* Many (logits bunched within 1 of the max): Michelot, sort-free; the active ones stay

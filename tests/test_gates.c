@@ -114,6 +114,14 @@ START_TEST(test_sparsemax_hand_worked) {
     moert_plan_get_stats(plan, &s);
     ck_assert_int_eq(s.experts_per_token[2], 1); /* the support size, in the statistics */
     moert_plan_destroy(plan);
+    /* 1e-20 and 2e-20 beside 0.5 differ, but their weights round to one: tau = -2/3 (the
+     * three within 1 of the max, each 0.5 - x[i] rounding to 0.5 in double), weights
+     * (1/6, 1/6, 2/3), the equal ones by id. */
+    const float tied[4] = {1e-20f, 2e-20f, 0.5f, -5.0f};
+    plan = route(&c, tied, 1, 4);
+    expect_token(plan, 0, 3, (const int32_t[]){2, 0, 1}, (const double[]){2.0 / 3, 1.0 / 6, 1.0 / 6}, 1e-7,
+                 "sparsemax, weights equal by rounding");
+    moert_plan_destroy(plan);
     /* Far apart: one expert with weight 1. Equal: every expert, 1/E each. */
     const float apart[4] = {5.0f, 1.0f, 0.0f, -3.0f}, equal[4] = {2.0f, 2.0f, 2.0f, 2.0f};
     plan = route(&c, apart, 1, 4);
@@ -332,6 +340,51 @@ START_TEST(test_softpick_from_kernel) {
             }
         }
     }
+}
+END_TEST
+
+/* Softpick top-k gives the same plan, bit for bit, whichever path routes a row: tiles, their
+ * tails, lanes the tiles route again (near-equal logits), tiles sent to the row kernel (a
+ * row whose sum overflows), the scalar and AVX2 variants, any thread count or routing
+ * groups; rows near 0 take the series everywhere. And the weights are in the plan's order. */
+START_TEST(test_softpick_same_everywhere) {
+    const size_t T = 509, E = 40;
+    float *x = random_logits(T * E, 77, 1.5f);
+    for (size_t t = 0; t < T; t += 11) /* near ties: the packed selection cannot settle them */
+        for (size_t e = 0; e < E; e++) x[t * E + e] = 1.0f + (float)(e % 3) * 0x1.0p-20f;
+    for (size_t e = 0; e < E; e++) x[37 * E + e] = e < 3 ? 3e38f : 0.5f; /* its tile's check sum overflows */
+    for (size_t t = 40; t < 60; t++) /* near 0 */
+        for (size_t e = 0; e < E; e++) x[t * E + e] *= 1e-4f;
+    for (size_t t = 0; t < T; t += 13) x[t * E + (t % E)] = -INFINITY;
+    moert_router_config base = moert_router_config_default();
+    base.score = MOERT_SCORE_SOFTPICK, base.k = 6, base.threads = 1;
+    moert_plan *want = route(&base, x, T, E);
+    moert_plan_view a;
+    moert_plan_get_view(want, &a);
+    for (size_t t = 0; t < T; t++)
+        for (int64_t i = a.token_offsets[t] + 1; i < a.token_offsets[t + 1]; i++)
+            ck_assert_msg(a.weights[i] < a.weights[i - 1] ||
+                              (a.weights[i] == a.weights[i - 1] && a.expert_ids[i] > a.expert_ids[i - 1]),
+                          "softpick row %zu out of order at %lld", t, (long long)i);
+    const moert_isa isas[] = {MOERT_ISA_SCALAR, MOERT_ISA_AVX2, MOERT_ISA_AVX512, MOERT_ISA_AUTO, MOERT_ISA_AUTO};
+    for (int v = 0; v < 5; v++) {
+        if (moert_isa_check(isas[v]) != MOERT_OK) continue;
+        moert_router_config c = base;
+        c.isa = isas[v];
+        if (v == 3) c.threads = 2;
+        if (v == 4) c.route_groups = 3;
+        moert_plan *got = route(&c, x, T, E);
+        moert_plan_view b;
+        moert_plan_get_view(got, &b);
+        ck_assert(a.entries == b.entries);
+        for (size_t i = 0; i < a.entries; i++)
+            ck_assert_msg(a.expert_ids[i] == b.expert_ids[i] && memcmp(&a.weights[i], &b.weights[i], sizeof(float)) == 0,
+                          "case %d: entry %zu: %d %.9g, want %d %.9g", v, i, b.expert_ids[i], (double)b.weights[i],
+                          a.expert_ids[i], (double)a.weights[i]);
+        moert_plan_destroy(got);
+    }
+    moert_plan_destroy(want);
+    free(x);
 }
 END_TEST
 
@@ -680,6 +733,35 @@ START_TEST(test_noisy_in_kernel) {
 }
 END_TEST
 
+/* Each variant's tiles generate kernels/noise.c's noise, bit for bit: normal and Gumbel,
+ * several seeds and token positions (2^40 too), widths that are and are not multiples of 8. */
+START_TEST(test_noise_tiles_are_the_generator) {
+    const size_t widths[] = {1, 8, 13, 64, 200};
+    float *buf = malloc(TOPK_TILE_FLOATS(200) * sizeof(float)), raw[202];
+    for (size_t v = 0; v < topk_variant_count; v++) {
+        if (moert_isa_check(topk_variants[v].isa) != MOERT_OK) continue;
+        for (int kind = 0; kind < 2; kind++)
+            for (uint64_t seed = 0; seed < 3; seed++)
+                for (size_t wi = 0; wi < 5; wi++) {
+                    const size_t E = widths[wi];
+                    const noise_spec spec = {kind ? MOERT_NOISE_GUMBEL : MOERT_NOISE_NORMAL, seed * 7919, 0, 1.0f, NULL};
+                    const uint64_t first = seed == 2 ? (1ull << 40) + 3 : seed * 100;
+                    const size_t lanes = topk_variants[v].noise_tile(&spec, first, E, buf);
+                    if (strcmp(topk_variants[v].name, "scalar") == 0) ck_assert(lanes == 0);
+                    for (size_t lane = 0; lane < lanes; lane++) {
+                        noise_raw(&spec, first + lane, E, raw);
+                        for (size_t c = 0; c < E; c++)
+                            ck_assert_msg(memcmp(&buf[c * lanes + lane], &raw[c], sizeof(float)) == 0,
+                                          "%s kind %d seed %llu E %zu token %llu expert %zu: %.9g, generator %.9g",
+                                          topk_variants[v].name, kind, (unsigned long long)seed, E,
+                                          (unsigned long long)(first + lane), c, (double)buf[c * lanes + lane], (double)raw[c]);
+                    }
+                }
+    }
+    free(buf);
+}
+END_TEST
+
 START_TEST(test_noise_is_keyed_by_token) {
     /* The same plan for any thread count, any routing groups (token choice without
      * capacity does not depend on them), and for a batch routed in two halves with the
@@ -796,6 +878,7 @@ int main(void) {
     tcase_add_test(tc, test_sparsemax_against_sorting);
     tcase_add_test(tc, test_softpick);
     tcase_add_test(tc, test_softpick_from_kernel);
+    tcase_add_test(tc, test_softpick_same_everywhere);
     tcase_add_test(tc, test_sqrt_softplus);
     tcase_add_test(tc, test_batch_topk_hand_worked);
     tcase_add_test(tc, test_batch_topk_against_sorting);
@@ -803,6 +886,7 @@ int main(void) {
     tcase_add_test(tc, test_noise_distribution);
     tcase_add_test(tc, test_noisy_top_k);
     tcase_add_test(tc, test_noisy_in_kernel);
+    tcase_add_test(tc, test_noise_tiles_are_the_generator);
     tcase_add_test(tc, test_noise_is_keyed_by_token);
     tcase_add_test(tc, test_bad_input);
     suite_add_tcase(s, tc);

@@ -27,3 +27,7 @@ size_t topk_relu_row_avx512(const float *x, size_t n, float threshold, int32_t *
                            float *scratch) {
     return vec_relu_row(x, n, threshold, ids, weights, scratch);
 }
+
+size_t topk_noise_tile_avx512(const noise_spec *spec, uint64_t first, size_t E, float *buf) {
+    return vec_noise_tile(spec, first, E, buf);
+}

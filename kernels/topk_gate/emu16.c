@@ -28,3 +28,7 @@ size_t topk_relu_row_emu16(const float *x, size_t n, float threshold, int32_t *i
                            float *scratch) {
     return vec_relu_row(x, n, threshold, ids, weights, scratch);
 }
+
+size_t topk_noise_tile_emu16(const noise_spec *spec, uint64_t first, size_t E, float *buf) {
+    return vec_noise_tile(spec, first, E, buf);
+}

@@ -77,7 +77,7 @@ void topk_order_equal_weights(int32_t *ids, const float *w, int k);
 void topk_finish_row(const topk_job *job, size_t t, const float *keys, const int32_t *key_ids, size_t n, float m,
                      float s, const topk_scratch *scratch);
 
-/* Noisy rows (topk_extras), the same in every variant (plain C): the keys by noise_row,
+/* Noisy rows (topk_extras), the same in every variant (plain C): the keys by noise_keys,
  * then topk_finish_row. scratch->keys holds TOPK_NOISY_KEY_FLOATS(experts) (the tiles keep
  * their noise there too). */
 #define TOPK_NOISY_KEY_FLOATS(experts) (TOPK_TILE_FLOATS(experts) + 2 * (size_t)(experts) + 66) /* or a tile's noise */
@@ -132,6 +132,12 @@ typedef size_t (*topk_compact_fn)(const float *x, size_t n, float bound, int32_t
 typedef size_t (*topk_relu_row_fn)(const float *x, size_t n, float threshold, int32_t *ids, float *weights,
                                    float *scratch);
 
+/* The noise the variant's tiles generate for noisy selection (topk_extras), before its
+ * scale: tokens [first, first + lanes) of `spec` (absolute indices), experts [0, E), into
+ * buf[c * lanes + lane] for c < E rounded up to 8 (TOPK_TILE_FLOATS(E) floats). Returns
+ * lanes, 0 for a variant without tiles. For tests: the tiles call the same code. */
+typedef size_t (*topk_noise_tile_fn)(const noise_spec *spec, uint64_t first, size_t E, float *buf);
+
 typedef struct topk_variant {
     const char *name;
     moert_isa isa;       /* what the CPU must support to run it */
@@ -139,6 +145,7 @@ typedef struct topk_variant {
     topk_softmax_filter_fn softmax_filter;
     topk_compact_fn compact;
     topk_relu_row_fn relu_row;
+    topk_noise_tile_fn noise_tile;
 } topk_variant;
 
 /* The variants, best last; see variants.inc. Tests and benchmarks iterate this table. */
@@ -148,7 +155,8 @@ typedef struct topk_variant {
                                               const topk_candidates *, float *, float *, float *,  \
                                               float *, float *);                                   \
     size_t topk_compact_##name(const float *, size_t, float, int32_t *);                         \
-    size_t topk_relu_row_##name(const float *, size_t, float, int32_t *, float *, float *);
+    size_t topk_relu_row_##name(const float *, size_t, float, int32_t *, float *, float *);         \
+    size_t topk_noise_tile_##name(const noise_spec *, uint64_t, size_t, float *);
 #include "kernels/topk_gate/variants.inc"
 #undef TOPK_VARIANT_DECLARE_
 
@@ -189,10 +197,13 @@ typedef int (*topk_block_hook)(void *context, int thread, size_t row_begin, size
  * S + E e^-m <= 8 x sum (S the softmax normaliser), a relative error below about 2e-6;
  * otherwise (logits near 0, where the difference cancels) TOPK_SOFTPICK_ILL. Where the sum
  * is written, the row's weights are softpick's, relu(e^(x_i - m) - e^-m) / (sum + 1e-6 e^-m)
- * (the operations of router/scores.c, the same bits), in the rows' order (by logit, equal
- * weights by id); elsewhere they are to be replaced. Rows the tiles do not settle (the
- * scalar variant, rows past the last tile, lanes routed again) are left as they were: the
- * caller fills the array with TOPK_SOFTPICK_UNSET first. */
+ * (the operations of router/scores.c, the same bits), by descending weight, equal weights
+ * by id; elsewhere they are to be replaced. Lanes the tiles route again get
+ * TOPK_SOFTPICK_UNSET (their max was not settled); rows no tile reaches (the scalar
+ * variant, rows past the last tile, tiles sent to the row kernel) are not written: the
+ * caller fills the array with TOPK_SOFTPICK_UNSET first, and computes those rows' sums by
+ * the same operations (router/scores.c), so that a row's weights do not depend on the path
+ * that routed it. */
 #define TOPK_SOFTPICK_UNSET (-1.0f)
 #define TOPK_SOFTPICK_ILL (-2.0f)
 #define TOPK_SOFTPICK_EPSILON 1e-6f

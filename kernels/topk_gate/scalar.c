@@ -69,3 +69,8 @@ size_t topk_relu_row_scalar(const float *x, size_t n, float threshold, int32_t *
     topk_sort_entries(found_ids, found, count, ids, weights);
     return count;
 }
+
+size_t topk_noise_tile_scalar(const noise_spec *spec, uint64_t first, size_t E, float *buf) {
+    (void)spec, (void)first, (void)E, (void)buf;
+    return 0; /* no tiles: its rows take kernels/noise.c itself */
+}

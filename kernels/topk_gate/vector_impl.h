@@ -588,6 +588,19 @@ VEC_INLINE void vec_noise_fill(const noise_spec *noise, vi lo, vi hi, size_t col
     }
 }
 
+/* A tile's noise (topk_noise_tile_fn): each lane's token key (kernels/noise.c), then the
+ * generator. */
+VEC_INLINE size_t vec_noise_tile(const noise_spec *noise, uint64_t first, size_t E, float *buf) {
+    int32_t lo[V_W], hi[V_W];
+    const uint64_t seed_state = noise_seed_state(noise->seed);
+    for (int lane = 0; lane < V_W; lane++) {
+        const uint64_t key = noise_token_key_of(seed_state, first + (uint64_t)lane);
+        lo[lane] = (int32_t)(uint32_t)key, hi[lane] = (int32_t)(uint32_t)(key >> 32);
+    }
+    vec_noise_fill(noise, vi_loadu(lo), vi_loadu(hi), (E + 7) & ~(size_t)7, buf);
+    return V_W;
+}
+
 /* Entries a and b (a < b) of each lane by descending weight; equal weights (rare) are put
  * in id order after the sort, with the kernel's other rows (vec_tile_finish). */
 VEC_INLINE void vec_order_entries(vf *W, vi *I, int a, int b) {
@@ -647,16 +660,7 @@ VEC_INLINE void vec_tile_select(const topk_job *job, size_t t, const int k_fixed
                             ? base + TILE_PREFETCH_TILES * V_W * E
                             : NULL;
 
-    /* Noisy selection: each lane's token key (kernels/noise.c). */
-    if (noisy) {
-        int32_t lo[V_W], hi[V_W];
-        const uint64_t seed_state = noise_seed_state(job->noise->seed);
-        for (int lane = 0; lane < V_W; lane++) {
-            const uint64_t key = noise_token_key_of(seed_state, job->noise->token_offset + t + (size_t)lane);
-            lo[lane] = (int32_t)(uint32_t)key, hi[lane] = (int32_t)(uint32_t)(key >> 32);
-        }
-        vec_noise_fill(job->noise, vi_loadu(lo), vi_loadu(hi), (E + 7) & ~(size_t)7, noise_buf);
-    }
+    if (noisy) vec_noise_tile(job->noise, job->noise->token_offset + t, E, noise_buf);
 
     vi R[8], dropped = vi_set1(TILE_NONE); /* packed path */
     vf B[EXACT_MAX_K], BX[EXACT_MAX_K];     /* exact path: keys, logits */
@@ -874,7 +878,7 @@ VEC_INLINE int vec_tile_finish(const topk_job *job, size_t t, const topk_scratch
     }
     if (job->scaling != 1.0f)
         for (int j = 0; j < k; j++) W[j] = vf_mul(W[j], vf_set1(job->scaling));
-    if (noisy) vec_sort_entries(W, I, k);
+    if (noisy || softpick) vec_sort_entries(W, I, k); /* neither follows the selection's order */
 
     /* Lanes back to rows: out[(t + lane) * k + j]. */
     float *wo = job->weights + t * (size_t)k;
