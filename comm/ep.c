@@ -78,6 +78,10 @@ struct moert_ep {
 
 /* ---- errors ------------------------------------------------------------------------------ */
 
+/* The element type of x and out: MPI's and its size in bytes. */
+static MPI_Datatype row_element(moert_dtype dtype) { return dtype == MOERT_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT; }
+static size_t row_element_size(moert_dtype dtype) { return dtype == MOERT_DTYPE_BF16 ? 2 : 4; }
+
 static moert_status mpi_error(int code, const char *what) {
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
@@ -352,7 +356,7 @@ static moert_status create(const moert_layer_config *config, MPI_Comm comm, cons
     if (st == MOERT_OK && ep->shape.ld > INT_MAX) st = moert_set_error(MOERT_EOVERFLOW, "a row exceeds an int");
     if (st == MOERT_OK) {
         const int ld = (int)ep->shape.ld;
-        if (MPI_Type_contiguous(ld, config->dtype == MOERT_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT, &ep->in_row) !=
+        if (MPI_Type_contiguous(ld, row_element(config->dtype), &ep->in_row) !=
                 MPI_SUCCESS ||
             MPI_Type_commit(&ep->in_row) != MPI_SUCCESS || MPI_Type_contiguous(ld, MPI_FLOAT, &ep->out_row) != MPI_SUCCESS ||
             MPI_Type_commit(&ep->out_row) != MPI_SUCCESS)
@@ -460,7 +464,7 @@ static moert_status grow(void **p, size_t *cap, size_t need, size_t elem, const 
 
 /* Rows to send (slots) and receive. */
 static moert_status grow_exchange(moert_ep *ep, size_t slots, size_t received) {
-    const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    const size_t ld = ep->shape.ld, elem = row_element_size(ep->config.dtype);
     if (slots > ep->send_cap || ep->send_rows == NULL) {
         size_t c1 = ep->send_cap, c2 = ep->send_cap, c3 = ep->send_cap;
         MOERT_FORWARD_IF_ERROR(grow(&ep->send_rows, &c1, slots, ld * elem, "send rows"));
@@ -557,7 +561,7 @@ static moert_status local_gate_and_route(moert_ep *ep, const void *x, size_t T) 
  * the fewest rows so far in this pass (ties to the first listed): deterministic. */
 static moert_status pack(moert_ep *ep, const void *x, int64_t *send_counts) {
     const moert_plan *plan = ep->plan;
-    const size_t d = ep->config.d_model, ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    const size_t d = ep->config.d_model, ld = ep->shape.ld, elem = row_element_size(ep->config.dtype);
     const int P = ep->size;
     for (int p = 0; p < P; p++) send_counts[p] = 0;
     memset(ep->replica_rows, 0, (size_t)ep->replica_offsets[ep->E] * sizeof(int64_t));
@@ -654,7 +658,7 @@ static void number_received(moert_ep *ep, const int64_t *recv_displs) {
 static moert_status exchange_by_expert(moert_ep *ep, int back, MPI_Datatype in_row, MPI_Datatype out_row,
                                        int64_t rounds) {
     const int P = ep->size;
-    const size_t L = ep->local, ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    const size_t L = ep->local, ld = ep->shape.ld, elem = row_element_size(ep->config.dtype);
     const int64_t *source_displs = ep->counts + 2 * (size_t)P; /* each owner's part of the send buffer */
     int64_t *sc = ep->call_counts, *sd = sc + P, *rc = sd + P, *rd = rc + P;
     for (int j = 0; j < ep->max_local; j++) {
@@ -683,7 +687,7 @@ static moert_status exchange_by_expert(moert_ep *ep, int back, MPI_Datatype in_r
  * threads of the expert's worker, read where they arrived and written where they return
  * from. */
 static moert_status run_experts(moert_ep *ep, int gathered) {
-    const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4, chunk = ep->config.chunk_rows;
+    const size_t ld = ep->shape.ld, elem = row_element_size(ep->config.dtype), chunk = ep->config.chunk_rows;
     const size_t L = ep->local;
     const int W = ep->pool.workers;
     const int64_t *end = ep->next_rows;
@@ -755,7 +759,7 @@ static moert_status run_experts(moert_ep *ep, int gathered) {
 static moert_status forward(moert_ep *ep, const void *x, size_t T, void *out, MPI_Datatype in_row,
                             MPI_Datatype out_row) {
     const int P = ep->size;
-    const size_t ld = ep->shape.ld, elem = ep->config.dtype == MOERT_DTYPE_BF16 ? 2 : 4;
+    const size_t ld = ep->shape.ld, elem = row_element_size(ep->config.dtype);
     int64_t *send_counts = ep->counts, *recv_counts = ep->counts + P;
     const moert_plan *plan = ep->plan;
     double t = MPI_Wtime();
@@ -933,11 +937,9 @@ static moert_status merge_plans(moert_ep *ep, int root, moert_plan *whole) {
             capacity_sum += shapes[3 * p + 2];
             capacity_max = shapes[3 * p + 2] > capacity_max ? shapes[3 * p + 2] : capacity_max;
         }
-    const int pad = ep->config.router.pad_to_capacity && capacity_sum > 0;
     if (st == MOERT_OK && ep->rank == root) {
         if (tokens > INT_MAX || entries > INT_MAX) st = moert_set_error(MOERT_EOVERFLOW, "gathering the plan: too big");
-        else st = plan_reserve(whole, (size_t)tokens, (size_t)entries, E,
-                               pad ? (size_t)capacity_sum * E : (size_t)entries, ep->threads);
+        else st = plan_reserve(whole, (size_t)tokens, (size_t)entries, E, 0, ep->threads);
     }
     st = agree(ep, st);
     if (st != MOERT_OK) {
@@ -976,22 +978,10 @@ static moert_status merge_plans(moert_ep *ep, int root, moert_plan *whole) {
         whole->token_offsets[0] = 0;
         for (int64_t t = 0; t < tokens; t++) whole->token_offsets[t + 1] += whole->token_offsets[t];
         whole->tokens = (size_t)tokens, whole->experts = E, whole->entries = (size_t)entries;
-        st = plan_build_expert_major(whole, ep->threads, pad ? capacity_sum : 0, pad);
-        if (st == MOERT_OK) {
-            for (size_t e = 0; e < E; e++) {
-                whole->expert_routed[e] = 0, whole->prob_sums[e] = 0;
-                for (int p = 0; p < P; p++)
-                    whole->expert_routed[e] += routed[(size_t)p * E + e], whole->prob_sums[e] += sums[(size_t)p * E + e];
-            }
-            whole->capacity = capacity_max;
-            plan_compute_stats(whole, whole->prob_sums, whole->logsumexp);
-            /* BatchTopK: the mean of the ranks' thresholds, as the router's over its groups. */
-            double threshold_sum = 0.0;
-            int with_threshold = 0;
-            for (int p = 0; p < P; p++)
-                if (!isnan(thresholds[p])) threshold_sum += thresholds[p], with_threshold++;
-            whole->stats.threshold = with_threshold ? threshold_sum / with_threshold : NAN;
-        }
+        plan_parts parts = {routed, sums, (size_t)P, capacity_sum, capacity_max, 0.0, 0};
+        for (int p = 0; p < P; p++)
+            if (!isnan(thresholds[p])) parts.threshold_sum += thresholds[p], parts.thresholds++;
+        st = plan_finish_merged(whole, &parts, ep->config.router.pad_to_capacity, ep->threads);
     }
     free(shapes), free(routed), free(sums), free(counts), free(thresholds);
     return agree(ep, st);
@@ -1019,7 +1009,7 @@ moert_status moert_ep_gather(moert_ep *ep, int root, const void *out, void *whol
         return st;
     }
     MPI_Datatype row = MPI_DATATYPE_NULL;
-    code = MPI_Type_contiguous((int)d, ep->config.dtype == MOERT_DTYPE_BF16 ? MPI_UINT16_T : MPI_FLOAT, &row);
+    code = MPI_Type_contiguous((int)d, row_element(ep->config.dtype), &row);
     if (code == MPI_SUCCESS) code = MPI_Type_commit(&row);
     st = agree(ep, code == MPI_SUCCESS ? MOERT_OK : mpi_error(code, "making the rows' datatype"));
     if (st != MOERT_OK) {

@@ -43,7 +43,7 @@ static void renormalize_token(float *w, size_t n);
 
 static size_t threshold_row(const void *context, const float *x, size_t E, size_t t, float max, int32_t *ids,
                             float *weights, float *scratch) {
-    (void)max;
+    (void)max, (void)scratch; /* the sort works in place: no scratch */
     const threshold_context *c = context;
     float m = 0.0f, s = 1.0f;
     if (c->probs) (void)topk_row_max_and_sum(x, E, t, 1, &m, &s); /* the gate checked the row */
@@ -53,15 +53,7 @@ static size_t threshold_row(const void *context, const float *x, size_t E, size_
         const float score = c->probs ? moert_expf(x[e] - m) / s : x[e];
         if (score > c->threshold) ids[n] = (int32_t)e, weights[n++] = score;
     }
-    if (n > TOPK_RANK_SORT_MAX) {
-        int32_t *copy_ids = (int32_t *)scratch;
-        float *copy_weights = scratch + E;
-        memcpy(copy_ids, ids, n * sizeof *ids);
-        memcpy(copy_weights, weights, n * sizeof *weights);
-        topk_sort_entries(copy_ids, copy_weights, n, ids, weights);
-    } else if (n > 1) {
-        topk_sort_entries(ids, weights, n, ids, weights);
-    }
+    topk_sort_entries(ids, weights, n, ids, weights);
     if (c->renormalize) renormalize_token(weights, n);
     return n;
 }
@@ -96,7 +88,7 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
                           "batch-topk: tokens=%zu x experts=%zu scores exceed the selection's 31-bit index", T, E);
     if (c->use_threshold) {
         const threshold_context context = {c->threshold, probs, c->renormalize};
-        MOERT_FORWARD_IF_ERROR(router_route_rows(c, logits, T, E, threshold_row, &context, 2 * E + 64, plan, ws));
+        MOERT_FORWARD_IF_ERROR(router_route_rows(c, logits, T, E, threshold_row, &context, 0, plan, ws));
         plan->stats.threshold = c->threshold;
         return MOERT_OK;
     }
@@ -106,7 +98,7 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     if (blocks > 0 && (size_t)threads > blocks) threads = (int)blocks;
 
     /* Workspace, in 64-byte aligned parts. */
-    enum { STATS, ROWS, SCORES, INDICES, VALUES, MARKS, RADIX, SAMPLE, THREAD_COUNTS, SORT, PARTS };
+    enum { STATS, ROWS, SCORES, INDICES, VALUES, MARKS, RADIX, SAMPLE, THREAD_COUNTS, PARTS };
     size_t sizes[PARTS], offsets[PARTS], total = 0;
     sizes[STATS] = ROUTER_STATS_SCRATCH(threads, E);
     sizes[ROWS] = 2 * T * sizeof(float);
@@ -117,7 +109,6 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     sizes[RADIX] = ROUTER_SELECT_SCRATCH(n);
     sizes[SAMPLE] = BATCH_SAMPLES * sizeof(float);
     sizes[THREAD_COUNTS] = ((size_t)threads + 1) * sizeof(size_t);
-    sizes[SORT] = (size_t)threads * moert_round_up_64(E * (sizeof(int32_t) + sizeof(float)));
     for (int i = 0; i < PARTS; i++) offsets[i] = total, total += moert_round_up_64(sizes[i]);
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, total + 64));
     unsigned char *base = (unsigned char *)(((uintptr_t)ws->bytes + 63) & ~(uintptr_t)63);
@@ -195,25 +186,13 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
         threshold = scores[index] < threshold ? scores[index] : threshold;
     }
     while (t_at < T) plan->token_offsets[++t_at] = (int64_t)kept;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        unsigned char *sort = base + offsets[SORT] + (size_t)omp_get_thread_num() * moert_round_up_64(E * (sizeof(int32_t) + sizeof(float)));
-        int32_t *sort_ids = (int32_t *)sort;
-        float *sort_weights = (float *)(sort_ids + E);
-#pragma omp for schedule(static)
-        for (size_t t = 0; t < T; t++) {
-            const int64_t first = plan->token_offsets[t], k = plan->token_offsets[t + 1] - first;
-            int32_t *ids = plan->expert_ids + first;
-            float *w = plan->weights + first;
-            if (k > TOPK_RANK_SORT_MAX) {
-                memcpy(sort_ids, ids, (size_t)k * sizeof *ids);
-                memcpy(sort_weights, w, (size_t)k * sizeof *w);
-                topk_sort_entries(sort_ids, sort_weights, (size_t)k, ids, w);
-            } else if (k > 1) {
-                topk_sort_entries(ids, w, (size_t)k, ids, w);
-            }
-            if (c->renormalize) renormalize_token(w, (size_t)k);
-        }
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (size_t t = 0; t < T; t++) {
+        const int64_t first = plan->token_offsets[t], k = plan->token_offsets[t + 1] - first;
+        int32_t *ids = plan->expert_ids + first;
+        float *w = plan->weights + first;
+        topk_sort_entries(ids, w, (size_t)k, ids, w);
+        if (c->renormalize) renormalize_token(w, (size_t)k);
     }
     plan->tokens = T, plan->experts = E, plan->entries = kept;
     MOERT_FORWARD_IF_ERROR(plan_build_expert_major(plan, router_threads(c->threads), 0, 0));

@@ -137,7 +137,7 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
                                 ~(size_t)63;
 
     /* Workspace, in 64-byte aligned parts. */
-    enum { BOUNDS, SAMPLE, ROWS, CHOSEN, CHOSEN_PROBS, FILL, CANDIDATES, PAIRS, SELECT, SORT, PARTS };
+    enum { BOUNDS, SAMPLE, ROWS, CHOSEN, CHOSEN_PROBS, FILL, CANDIDATES, PAIRS, SELECT, PARTS };
     size_t sizes[PARTS], offsets[PARTS], total = 0;
     sizes[BOUNDS] = 2 * E * sizeof(float); /* the bounds, and the filter's a little below */
     sizes[SAMPLE] = rank ? E * EC_SAMPLE_ROWS * sizeof(float) : 0;
@@ -148,8 +148,6 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
     sizes[CANDIDATES] = (size_t)threads * (sizeof(topk_candidates) + E * sizeof(size_t));
     sizes[PAIRS] = cand_pairs * (sizeof(int32_t) + sizeof(float));
     sizes[SELECT] = (size_t)threads * select_bytes;
-    const size_t sort_bytes = moert_round_up_64(E * (sizeof(int32_t) + sizeof(float))); /* a token's entries */
-    sizes[SORT] = (size_t)threads * sort_bytes;
     for (int i = 0; i < PARTS; i++) {
         offsets[i] = total;
         total += (sizes[i] + 63) & ~(size_t)63;
@@ -274,19 +272,11 @@ moert_status router_expert_choice(const moert_router_config *c, const float *log
                 weights[at] = probs[i];
             }
         }
-        int32_t *sort_ids = (int32_t *)(base + offsets[SORT] + (size_t)tid * sort_bytes);
-        float *sort_weights = (float *)(sort_ids + E);
         for (size_t t = t0; t < t1; t++) {
             const int64_t first = plan->token_offsets[t], n = plan->token_offsets[t + 1] - first;
             int32_t *token_ids = expert_ids + first;
             float *token_weights = weights + first;
-            if (n <= TOPK_RANK_SORT_MAX) {
-                if (n > 1) topk_sort_entries(token_ids, token_weights, (size_t)n, token_ids, token_weights);
-            } else { /* the heap reads a copy */
-                memcpy(sort_ids, token_ids, (size_t)n * sizeof *token_ids);
-                memcpy(sort_weights, token_weights, (size_t)n * sizeof *token_weights);
-                topk_sort_entries(sort_ids, sort_weights, (size_t)n, token_ids, token_weights);
-            }
+            topk_sort_entries(token_ids, token_weights, (size_t)n, token_ids, token_weights);
         }
     }
     plan->tokens = T, plan->experts = E, plan->entries = (size_t)plan->token_offsets[T];

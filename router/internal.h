@@ -51,6 +51,23 @@ moert_status plan_reserve(moert_plan *plan, size_t tokens, size_t entries, size_
  * expert gets exactly `capacity` slots (callers have already dropped what exceeds it). */
 moert_status plan_build_expert_major(moert_plan *plan, int threads, int64_t capacity, int pad);
 
+/* A plan merged from parts (routing groups, or ranks' plans): the parts' per-expert routed
+ * counts and softmax sums (`parts` rows of `experts` each, summed here), the sum and the
+ * largest of their capacities, and the sum and count of their BatchTopK thresholds. */
+typedef struct plan_parts {
+    const int64_t *routed;
+    const double *prob_sums;
+    size_t parts;
+    int64_t capacity_sum, capacity_max;
+    double threshold_sum;
+    size_t thresholds;
+} plan_parts;
+
+/* Finishes a merged plan whose token-major arrays, tokens and entries are set: the
+ * expert-major order (padded to the parts' capacity sum with pad set), the counts, the
+ * statistics, and the threshold as the mean of the parts' (the inference estimate). */
+moert_status plan_finish_merged(moert_plan *plan, const plan_parts *parts, int pad, int threads);
+
 /* Fills plan->stats from the plan's arrays, plan->expert_routed (set by the caller; the
  * kept counts when nothing was dropped), and the optional per-expert softmax sums and
  * per-token logsumexp (NULL: those losses are 0). */

@@ -9,8 +9,3 @@ void noise_values_row(const moert_router_config *c, uint64_t token, size_t E, fl
     const noise_spec spec = noise_spec_of(c);
     noise_row(&spec, token, E, noise, tmp);
 }
-
-void noise_keys_row(const moert_router_config *c, uint64_t token, const float *x, size_t E, float *keys, float *tmp) {
-    const noise_spec spec = noise_spec_of(c);
-    noise_keys(&spec, token, x, E, keys, tmp);
-}

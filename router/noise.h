@@ -12,14 +12,7 @@
 /* The noise of the router's configuration (noise, seed, token_offset, scales). */
 noise_spec noise_spec_of(const moert_router_config *c);
 
-/* Keys of one row: fma(scale_e, N(0, 1), x[e]) (normal; Box-Muller on uniforms 2p and
- * 2p + 1 gives experts 2p and 2p + 1), or x[e] + G with G = -log(-log(u_e)) (Gumbel: the
- * temperature does not change the selection; it divides the keys for noisy weights only).
- * -inf stays -inf. tmp: E + 2 floats. */
-void noise_keys_row(const moert_router_config *c, uint64_t token, const float *x, size_t E, float *keys,
-                    float *tmp);
-
-/* The same, one noise value per expert, without the logits (tests). */
+/* A row's noise under the router's configuration (tests): noise_row of noise_spec_of(c). */
 void noise_values_row(const moert_router_config *c, uint64_t token, size_t E, float *noise, float *tmp);
 
 #endif /* MOERT_ROUTER_NOISE_H */

@@ -288,3 +288,22 @@ moert_status moert_plan_from_entries(moert_plan *plan, size_t tokens, size_t exp
     plan_compute_stats(plan, NULL, NULL);
     return MOERT_OK;
 }
+
+moert_status plan_finish_merged(moert_plan *plan, const plan_parts *parts, int pad, int threads) {
+    const size_t E = plan->experts;
+    pad = pad && parts->capacity_sum > 0;
+    size_t slots = plan->entries;
+    MOERT_RETURN_ERROR_IF(pad && moert_mul_overflows((size_t)parts->capacity_sum, E, &slots), MOERT_EOVERFLOW,
+                          "padding: capacity %lld x %zu experts overflows size_t", (long long)parts->capacity_sum, E);
+    MOERT_FORWARD_IF_ERROR(plan_reserve(plan, plan->tokens, plan->entries, E, slots, threads));
+    MOERT_FORWARD_IF_ERROR(plan_build_expert_major(plan, threads, pad ? parts->capacity_sum : 0, pad));
+    for (size_t e = 0; e < E; e++) {
+        plan->expert_routed[e] = 0, plan->prob_sums[e] = 0.0;
+        for (size_t p = 0; p < parts->parts; p++)
+            plan->expert_routed[e] += parts->routed[p * E + e], plan->prob_sums[e] += parts->prob_sums[p * E + e];
+    }
+    plan->capacity = parts->capacity_max;
+    plan_compute_stats(plan, plan->prob_sums, plan->logsumexp);
+    plan->stats.threshold = parts->thresholds ? parts->threshold_sum / (double)parts->thresholds : NAN;
+    return MOERT_OK;
+}

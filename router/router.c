@@ -396,21 +396,8 @@ static moert_status route_groups(moert_router *r, const float *logits, size_t to
     }
     if (st == MOERT_OK) {
         plan->tokens = tokens, plan->experts = E, plan->entries = (size_t)entries;
-        const int pad = r->config.pad_to_capacity && capacity_sum > 0;
-        size_t slots = (size_t)entries;
-        if (pad && moert_mul_overflows((size_t)capacity_sum, E, &slots))
-            st = moert_set_error(MOERT_EOVERFLOW, "padding: capacity %lld x %zu experts overflows size_t",
-                                 (long long)capacity_sum, E);
-        if (st == MOERT_OK) st = plan_reserve(plan, tokens, (size_t)entries, E, slots, threads);
-        if (st == MOERT_OK) st = plan_build_expert_major(plan, threads, pad ? capacity_sum : 0, pad);
-        if (st == MOERT_OK) {
-            memcpy(plan->expert_routed, routed, E * sizeof *routed);
-            memcpy(plan->prob_sums, prob_sums, E * sizeof *prob_sums);
-            plan->capacity = capacity_max;
-            plan_compute_stats(plan, plan->prob_sums, plan->logsumexp);
-            /* BatchTopK: the mean of the groups' thresholds, the inference estimate. */
-            plan->stats.threshold = threshold_groups ? threshold_sum / (double)threshold_groups : NAN;
-        }
+        const plan_parts parts = {routed, prob_sums, 1, capacity_sum, capacity_max, threshold_sum, threshold_groups};
+        st = plan_finish_merged(plan, &parts, r->config.pad_to_capacity, threads);
     }
     return st;
 }

@@ -95,10 +95,10 @@ CLONES static float softpick_kernel_sum_clones(const float *x, size_t E, float m
     return 8.0f * sum >= bound && bound <= FLT_MAX ? sum : TOPK_SOFTPICK_ILL;
 }
 
-/* kernel_sum: the row's sum from softpick_kernel_sum, or negative: the series' sum. */
-CLONES static void softpick_weights_clones(const float *x, size_t E, const int32_t *ids, int k, float kernel_sum,
-                                           float *w) {
-    const float m = lanes_max(x, E);
+/* m: the row's max; kernel_sum: the row's sum from softpick_kernel_sum, or negative: the
+ * series' sum. */
+CLONES static void softpick_weights_clones(const float *x, size_t E, float m, const int32_t *ids, int k,
+                                           float kernel_sum, float *w) {
     if (!(m > 0.0f)) {
         for (int j = 0; j < k; j++) w[j] = 0.0f;
         return;
@@ -115,40 +115,10 @@ CLONES static void softpick_weights_clones(const float *x, size_t E, const int32
 }
 
 void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w) {
-    softpick_weights_clones(x, E, ids, k, -1.0f, w);
+    softpick_weights_clones(x, E, scores_row_max(x, E), ids, k, -1.0f, w);
 }
 
-/* Sorts a row's k entries by descending weight, ties to the lower id; spare: room for 2k. */
-static void sort_row(int32_t *id, float *w, int k, float *spare) {
-    if (k <= TOPK_RANK_SORT_MAX) {
-        topk_sort_entries(id, w, (size_t)k, id, w);
-        return;
-    }
-    int32_t *copy_ids = (int32_t *)(spare + k);
-    memcpy(spare, w, (size_t)k * sizeof *w);
-    memcpy(copy_ids, id, (size_t)k * sizeof *id);
-    topk_sort_entries(copy_ids, spare, (size_t)k, id, w);
-}
 
-CLONES static void softmax_chosen_clones(const float *x, const int32_t *ids, int k, float scaling, float *w) {
-    float first = -INFINITY;
-    for (int j = 0; j < k; j++) w[j] = x[ids[j]], first = w[j] > first ? w[j] : first;
-    for (int j0 = 0; j0 < k; j0 += 16) {
-        float lanes[16];
-        for (int j = 0; j < 16; j++) lanes[j] = j0 + j < k ? w[j0 + j] : -INFINITY;
-        V16_STORE(lanes, V16_EXPF(V16_LOAD(lanes) - first)); /* -inf: 0 */
-        for (int j = 0; j < 16 && j0 + j < k; j++) w[j0 + j] = lanes[j];
-    }
-    float sum = 0.0f;
-    for (int j = 0; j < k; j++) sum += w[j]; /* in order, as the kernel's weights */
-    for (int j = 0; j < k; j++) w[j] = w[j] / sum;
-    if (scaling != 1.0f)
-        for (int j = 0; j < k; j++) w[j] = w[j] * scaling;
-}
-
-void scores_softmax_chosen(const float *x, const int32_t *ids, int k, float scaling, float *w) {
-    softmax_chosen_clones(x, ids, k, scaling, w);
-}
 
 /* Sigmoid's renormalisation (as Megatron-Core: + 1e-20) and the scaling. */
 static void finish_weights(const moert_router_config *c, float *w, int k) {
@@ -178,12 +148,12 @@ void scores_rows(const moert_router_config *c, const float *logits, size_t E, si
                 continue;
             }
             /* The kernel's sum where the kernel would have taken it, else the series'. */
-            const float kernel_sum = sum == TOPK_SOFTPICK_ILL ? TOPK_SOFTPICK_ILL
-                                                              : softpick_kernel_sum_clones(x, E, lanes_max(x, E), keys);
-            softpick_weights_clones(x, E, id, k, kernel_sum, w);
+            const float m = scores_row_max(x, E);
+            const float kernel_sum = sum == TOPK_SOFTPICK_ILL ? TOPK_SOFTPICK_ILL : softpick_kernel_sum_clones(x, E, m, keys);
+            softpick_weights_clones(x, E, m, id, k, kernel_sum, w);
             /* In the plan's order: softpick's weights need not follow the kernel's (near 0,
              * logits that differ can share a softmax weight; at x = 1 the two forms meet). */
-            sort_row(id, w, k, top_keys);
+            topk_sort_entries(id, w, (size_t)k, id, w);
             finish_weights(c, w, k);
             continue;
         }

@@ -24,10 +24,6 @@ float scores_sqrt_softplus(float x);
  * 2e-6.) */
 void scores_softpick_weights(const float *x, size_t E, const int32_t *ids, int k, float *w);
 
-/* Softmax over k chosen logits x[ids[j]] (the largest subtracted), times scaling, into w:
- * the kernel's softmax post weights, the same bits, for entries in any order. */
-void scores_softmax_chosen(const float *x, const int32_t *ids, int k, float scaling, float *w);
-
 /* The token-choice block step for score softpick or sqrt-softplus: rows [begin, end) of
  * ids/weights [tokens, k], which the kernel selected as softmax post (by logit), get the
  * score's weights (and, for sqrt-softplus with a bias, the selection by score + bias).

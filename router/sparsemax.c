@@ -18,28 +18,9 @@
 #include <string.h>
 
 #include "router/internal.h"
-#include "router/vec16.h"
 
 #define SPARSEMAX_SCRATCH(E) (6 * (size_t)(E) + 64)
 #define SPARSEMAX_SORT_MAX 32 /* candidates sorted by rank up to here; Michelot beyond */
-
-/* Each of v[0, n)'s place in descending order, n <= 16, when no two are equal: rank[i] =
- * how many exceed v[i], one vector comparison per value. Returns 0 when two are equal
- * (equal values share a rank, so the ranks no longer sum to n (n - 1) / 2): the caller
- * then ranks them with their ids. */
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static int
-rank_distinct16(const float *v, size_t n, int32_t *rank) {
-    float padded[16];
-    for (size_t j = 0; j < 16; j++) padded[j] = j < n ? v[j] : -INFINITY;
-    const v16f mine = V16_LOAD(padded);
-    v16i above = {0};
-    for (size_t j = 0; j < n; j++) above -= (v16i)(V16_SET1(v[j]) > mine);
-    int32_t lanes[16];
-    memcpy(lanes, &above, sizeof lanes);
-    size_t sum = 0;
-    for (size_t i = 0; i < n; i++) rank[i] = lanes[i], sum += (size_t)lanes[i];
-    return sum == n * (n - 1) / 2;
-}
 
 typedef struct sparsemax_context {
     size_t k_max;
@@ -78,22 +59,13 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
     /* The values relative to the max (exact: the candidates lie within 1 of it, or are far
      * below and drop out), so that tau keeps its precision when the logits are huge. */
     if (n <= SPARSEMAX_SORT_MAX) {
-        /* Few candidates (the usual case): sorted descending by rank, without a branch on
-         * the data (each one's place is how many go before it; the equal ones keep their
-         * ascending ids), then the paper's threshold in one pass, and the entries come out
-         * in the plan's order. */
-        double sorted[SPARSEMAX_SORT_MAX];
-        int32_t sorted_id[SPARSEMAX_SORT_MAX], rank[SPARSEMAX_SORT_MAX];
-        float logit[16];
-        for (size_t j = 0; j < n && j < 16; j++) logit[j] = x[id[j]];
-        if (n > 16 || !rank_distinct16(logit, n, rank))
-            for (size_t j = 0; j < n; j++) {
-                rank[j] = 0;
-                for (size_t i = 0; i < n; i++) rank[j] += (value[i] > value[j]) | ((value[i] == value[j]) & (i < j));
-            }
-        for (size_t j = 0; j < n; j++) sorted[rank[j]] = value[j], sorted_id[rank[j]] = id[j];
-        memcpy(value, sorted, n * sizeof *value);
-        memcpy(id, sorted_id, n * sizeof *id);
+        /* Few candidates (the usual case): sorted by logit, the equal ones by id (the
+         * entries' own sort), then the paper's threshold in one pass, and the entries come
+         * out in the plan's order. */
+        float logit[SPARSEMAX_SORT_MAX];
+        for (size_t j = 0; j < n; j++) logit[j] = x[id[j]];
+        topk_sort_entries(id, logit, n, id, logit);
+        for (size_t j = 0; j < n; j++) value[j] = (double)logit[j] - max;
         double cumulative = 0.0, at_support = 0.0;
         size_t support = 0;
         for (size_t j = 0; j < n; j++) {
@@ -125,12 +97,7 @@ static size_t sparsemax_row(const void *context, const float *x, size_t E, size_
         active = kept;
     }
     for (size_t j = 0; j < active; j++) ids[j] = id[j], weights[j] = (float)(value[j] - tau);
-    if (active > TOPK_RANK_SORT_MAX) { /* the heap reads a copy */
-        for (size_t j = 0; j < active; j++) top_ids[j] = ids[j], top_keys[j] = weights[j];
-        topk_sort_entries(top_ids, top_keys, active, ids, weights);
-    } else if (active > 1) {
-        topk_sort_entries(ids, weights, active, ids, weights);
-    }
+    topk_sort_entries(ids, weights, active, ids, weights);
     return active;
 }
 

@@ -60,17 +60,11 @@ static void noisy_weights(const moert_router_config *c, const float *logits, con
         const float *x = c->noisy_weights ? keys + (t - begin) * E : logits + t * E;
         int32_t *id = ids + t * (size_t)k;
         float *out = weights + t * (size_t)k;
-        if (c->score == MOERT_SCORE_SOFTMAX && c->softmax_order == MOERT_SOFTMAX_POST) {
-            /* In selection order the first is the largest for the keys, not always for the
-             * clean logits: the largest is found. */
-            scores_softmax_chosen(x, id, k, c->scaling, w);
-        } else {
-            float m = 0.0f, s = 1.0f;
-            if (c->score == MOERT_SCORE_SOFTMAX) /* pre */
-                (void)topk_row_max_and_sum(x, E, t, 1, &m, &s); /* checked rows: it cannot fail */
-            for (int j = 0; j < k; j++) w[j] = x[id[j]];
-            topk_weights_inplace(&job, w, m, s);
-        }
+        float m = 0.0f, s = 1.0f;
+        if (c->score == MOERT_SCORE_SOFTMAX && c->softmax_order == MOERT_SOFTMAX_PRE)
+            (void)topk_row_max_and_sum(x, E, t, 1, &m, &s); /* checked rows: it cannot fail */
+        for (int j = 0; j < k; j++) w[j] = x[id[j]];
+        topk_weights_inplace(&job, w, m, s); /* post: against the largest chosen, wherever it is */
         topk_sort_entries(id, w, (size_t)k, id, out);
     }
 }
@@ -100,9 +94,9 @@ static moert_status noisy_select(const moert_router_config *c, const float *logi
     const size_t k = (size_t)c->k;
     /* 1. The clean logits' statistics (probability sums, logsumexp), which checks them. */
     const size_t stats_bytes = ROUTER_STATS_SCRATCH(threads, E) + moert_round_up_64(2 * T * sizeof(float));
-    /* 2. Per thread: a block of keys, the kernel's view of it, the weights' scratch. */
+    /* 2. Per thread: a block of keys, the noise's scratch, the weights'. */
     const size_t block_floats = NOISY_BLOCK_ROWS * E + E + 2 + k + 64;
-    const size_t thread_bytes = moert_round_up_64(block_floats * sizeof(float) + NOISY_BLOCK_ROWS * k * (sizeof(int32_t) + sizeof(float)));
+    const size_t thread_bytes = moert_round_up_64(block_floats * sizeof(float));
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, stats_bytes + (size_t)threads * thread_bytes + 64));
     unsigned char *base = (unsigned char *)(((uintptr_t)ws->bytes + 63) & ~(uintptr_t)63);
     float *row_max = (float *)(base + ROUTER_STATS_SCRATCH(threads, E)), *row_sum = row_max + T;
@@ -116,21 +110,21 @@ static moert_status noisy_select(const moert_router_config *c, const float *logi
     moert_topk_gate_params p = moert_topk_gate_params_default();
     p.k = c->k, p.threads = 1, p.isa = c->isa;
     const size_t blocks = (T + NOISY_BLOCK_ROWS - 1) / NOISY_BLOCK_ROWS;
+    const noise_spec spec = noise_spec_of(c);
     moert_status failed = MOERT_OK;
     char detail[256] = "";
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         unsigned char *mine = thread_base + (size_t)omp_get_thread_num() * thread_bytes;
         float *keys = (float *)mine, *tmp = keys + NOISY_BLOCK_ROWS * E, *w = tmp + E + 2;
-        int32_t *block_ids = (int32_t *)(w + k + 64);
-        float *block_weights = (float *)(block_ids + NOISY_BLOCK_ROWS * k);
         topk_workspace *gate_ws = &ws->thread_gates[omp_get_thread_num()];
 #pragma omp for schedule(static)
         for (size_t b = 0; b < blocks; b++) {
             const size_t begin = b * NOISY_BLOCK_ROWS, end = begin + NOISY_BLOCK_ROWS < T ? begin + NOISY_BLOCK_ROWS : T;
             for (size_t t = begin; t < end; t++)
-                noise_keys_row(c, c->token_offset + t, logits + t * E, E, keys + (t - begin) * E, tmp);
-            const moert_topk_gate_output out = {block_ids, block_weights, NULL, NULL};
+                noise_keys(&spec, c->token_offset + t, logits + t * E, E, keys + (t - begin) * E, tmp);
+            /* the kernel's ids straight into the plan; its weights are replaced below */
+            const moert_topk_gate_output out = {plan->expert_ids + begin * k, plan->weights + begin * k, NULL, NULL};
             const moert_status st = topk_gate_run_with(variant, &p, keys, end - begin, E, &out, NULL, NULL, gate_ws);
             if (st != MOERT_OK) {
 #pragma omp critical(moert_noisy_error)
@@ -139,7 +133,6 @@ static moert_status noisy_select(const moert_router_config *c, const float *logi
             }
             if (c->noisy_weights && c->noise == MOERT_NOISE_GUMBEL)
                 for (size_t t = begin; t < end; t++) gumbel_temper(c, keys + (t - begin) * E, E);
-            memcpy(plan->expert_ids + begin * k, block_ids, (end - begin) * k * sizeof(int32_t));
             noisy_weights(c, logits, keys, E, begin, end, plan->expert_ids, plan->weights, w);
         }
     }

@@ -71,8 +71,11 @@ static moert_status eplb_hierarchical(size_t E, int P, int N, int spare, int gro
     int32_t *group_order = malloc(G * sizeof *group_order), *count = calloc(E, sizeof *count);
     int32_t *node_of = malloc(G * sizeof *node_of), *members = malloc(per_node * sizeof *members);
     int *room = malloc((size_t)N * sizeof *room);
-    int32_t **ranks_of = calloc(E, sizeof *ranks_of); /* each expert's replicas' ranks */
-    moert_status st = group_load && node_load && sub_load && group_order && count && node_of && members && room && ranks_of
+    /* each expert's replicas' ranks, node by node: expert e's from start[e] */
+    int32_t *ranks = malloc((E + (size_t)spare) * sizeof *ranks);
+    size_t *start = malloc(E * sizeof *start), used = 0;
+    moert_status st = group_load && node_load && sub_load && group_order && count && node_of && members && room && ranks &&
+                              start
                           ? MOERT_OK
                           : moert_set_error(MOERT_ENOMEM, "placement: out of memory");
     for (size_t e = 0; st == MOERT_OK && e < E; e++) group_load[e / per_group] += load[e];
@@ -80,9 +83,7 @@ static moert_status eplb_hierarchical(size_t E, int P, int N, int spare, int gro
         order_by_weight(group_load, G, group_order);
         for (int v = 0; v < N; v++) room[v] = (int)(G / (size_t)N);
         for (size_t i = 0; i < G; i++) { /* LPT onto the nodes, G / N groups each */
-            int best = -1;
-            for (int v = 0; v < N; v++)
-                if (room[v] > 0 && (best < 0 || node_load[v] < node_load[best])) best = v;
+            const int best = least_loaded(node_load, room, NULL, 0, N);
             node_of[group_order[i]] = best, node_load[best] += group_load[group_order[i]], room[best]--;
         }
     }
@@ -95,10 +96,8 @@ static moert_status eplb_hierarchical(size_t E, int P, int N, int spare, int gro
         st = sim_place(SIM_PLACE_EPLB, per_node, ranks_per_node, 1, (int)replicas, sub_load, &node);
         for (size_t i = 0; st == MOERT_OK && i < per_node; i++) {
             const int32_t e = members[i], c = node.offsets[i + 1] - node.offsets[i];
-            count[e] = c;
-            ranks_of[e] = malloc((size_t)c * sizeof(int32_t));
-            if (ranks_of[e] == NULL) st = moert_set_error(MOERT_ENOMEM, "placement: out of memory");
-            for (int32_t j = 0; st == MOERT_OK && j < c; j++) ranks_of[e][j] = v * ranks_per_node + node.rank_of[node.offsets[i] + j];
+            count[e] = c, start[e] = used;
+            for (int32_t j = 0; j < c; j++) ranks[used++] = v * ranks_per_node + node.rank_of[node.offsets[i] + j];
         }
         sim_placement_free(&node);
     }
@@ -106,11 +105,10 @@ static moert_status eplb_hierarchical(size_t E, int P, int N, int spare, int gro
     if (st == MOERT_OK)
         for (size_t e = 0; e < E; e++) {
             out->offsets[e + 1] = out->offsets[e] + count[e];
-            memcpy(out->rank_of + out->offsets[e], ranks_of[e], (size_t)count[e] * sizeof(int32_t));
+            memcpy(out->rank_of + out->offsets[e], ranks + start[e], (size_t)count[e] * sizeof(int32_t));
         }
-    for (size_t e = 0; ranks_of && e < E; e++) free(ranks_of[e]);
     free(group_load), free(node_load), free(sub_load), free(group_order), free(count), free(node_of), free(members);
-    free(room), free(ranks_of);
+    free(room), free(ranks), free(start);
     return st;
 }
 
@@ -161,8 +159,10 @@ moert_status sim_place_groups(sim_place_kind kind, size_t E, int P, int N, int s
     int *rank_free = malloc((size_t)P * sizeof *rank_free);
     int32_t *item_rank = malloc(total * sizeof *item_rank);
     uint8_t *forbid = calloc((size_t)P, 1);
+    size_t *first = malloc((E + 1) * sizeof *first); /* expert e's items: [first[e], first[e + 1]) */
     moert_status st = MOERT_OK;
-    if (!count || !order || !item_expert || !item_load || !rank_load || !node_load || !rank_free || !item_rank || !forbid)
+    if (!count || !order || !item_expert || !item_load || !rank_load || !node_load || !rank_free || !item_rank || !forbid ||
+        !first)
         st = moert_set_error(MOERT_ENOMEM, "placement: out of memory");
     for (size_t e = 0; st == MOERT_OK && e < E; e++) count[e] = 1;
     for (size_t r = 0; st == MOERT_OK && r < R; r++) {
@@ -177,8 +177,11 @@ moert_status sim_place_groups(sim_place_kind kind, size_t E, int P, int N, int s
     }
     if (st == MOERT_OK) {
         size_t n = 0;
-        for (size_t e = 0; e < E; e++)
+        for (size_t e = 0; e < E; e++) {
+            first[e] = n;
             for (int32_t c = 0; c < count[e]; c++) item_expert[n] = (int32_t)e, item_load[n++] = load[e] / count[e];
+        }
+        first[E] = n;
         for (size_t i = 0; i < total; i++) item_rank[i] = -1;
         order_by_weight(item_load, total, order);
         /* Items by descending load, each to the least-loaded node that has a rank with a free
@@ -188,8 +191,8 @@ moert_status sim_place_groups(sim_place_kind kind, size_t E, int P, int N, int s
         for (int q = 0; q < P; q++) rank_free[q] = per_rank;
         for (size_t i = 0; i < total && st == MOERT_OK; i++) {
             const int32_t it = order[i], e = item_expert[it];
-            for (int32_t j = 0; j < (int32_t)total; j++) /* the ranks holding e already */
-                if (item_expert[j] == e && j != it && item_rank[j] >= 0) forbid[item_rank[j]] = 1;
+            for (size_t j = first[e]; j < first[e + 1]; j++) /* the ranks holding e already */
+                if ((int32_t)j != it && item_rank[j] >= 0) forbid[item_rank[j]] = 1;
             int best_node = -1;
             for (int v = 0; v < nodes; v++) {
                 if (least_loaded(rank_load, rank_free, forbid, v * ranks_per_node, ranks_per_node) < 0) continue;
@@ -204,8 +207,7 @@ moert_status sim_place_groups(sim_place_kind kind, size_t E, int P, int N, int s
                     for (int r = 0; r < P && q < 0; r++) {
                         if (rank_free[r] == 0) continue;
                         int holds = 0;
-                        for (int32_t m = 0; m < (int32_t)total; m++)
-                            holds |= item_rank[m] == r && item_expert[m] == item_expert[j];
+                        for (size_t m = first[item_expert[j]]; m < first[item_expert[j] + 1]; m++) holds |= item_rank[m] == r;
                         if (holds) continue;
                         q = item_rank[j];
                         rank_load[q] -= item_load[j], rank_load[r] += item_load[j];
@@ -215,8 +217,8 @@ moert_status sim_place_groups(sim_place_kind kind, size_t E, int P, int N, int s
                     }
                 }
             }
-            for (int32_t j = 0; j < (int32_t)total; j++)
-                if (item_expert[j] == e && item_rank[j] >= 0) forbid[item_rank[j]] = 0;
+            for (size_t j = first[e]; j < first[e + 1]; j++)
+                if (item_rank[j] >= 0) forbid[item_rank[j]] = 0;
             if (q < 0) {
                 st = moert_set_error(MOERT_EINTERNAL, "placement: no rank can take replica of expert %d", e);
                 break;
@@ -232,7 +234,7 @@ moert_status sim_place_groups(sim_place_kind kind, size_t E, int P, int N, int s
         for (size_t i = 0; i < total; i++) out->rank_of[i] = item_rank[i];
     }
     free(count), free(order), free(item_expert), free(item_load), free(rank_load), free(node_load);
-    free(rank_free), free(item_rank), free(forbid);
+    free(rank_free), free(item_rank), free(forbid), free(first);
     return st;
 }
 

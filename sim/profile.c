@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "sim/text.h"
 
 /* A whole-string number: the text ends where the number does. */
 static int parse_number(const char *text, double *out) {
@@ -189,19 +190,10 @@ moert_status sim_profile_parse_counts(const char *text, size_t size, const char 
 
 moert_status sim_profile_read_counts(const char *path, const char *select, size_t *E_io, double **means) {
     *means = NULL;
-    FILE *f = fopen(path, "rb");
-    MOERT_RETURN_ERROR_IF(f == NULL, MOERT_EIO, "%s: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    const long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = size >= 0 ? malloc((size_t)size + 1) : NULL;
-    moert_status st = text ? MOERT_OK : moert_set_error(MOERT_EIO, "%s: cannot read", path);
-    if (st == MOERT_OK && fread(text, 1, (size_t)size, f) != (size_t)size) st = moert_set_error(MOERT_EIO, "%s: read error", path);
-    fclose(f);
-    if (st == MOERT_OK) {
-        text[size] = '\0';
-        st = sim_profile_parse_counts(text, (size_t)size, path, select, E_io, means);
-    }
+    char *text;
+    size_t size;
+    MOERT_FORWARD_IF_ERROR(sim_read_text(path, &text, &size));
+    const moert_status st = sim_profile_parse_counts(text, size, path, select, E_io, means);
     free(text);
     return st;
 }

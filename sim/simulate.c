@@ -8,7 +8,8 @@
 #include <string.h>
 
 #include "common/error.h"
-#include "router/noise.h"
+#include "router/internal.h" /* router_select_largest: the router's capacity select */
+#include "kernels/noise.h"
 
 /* One strategy's state across steps. */
 typedef struct strategy_state {
@@ -25,10 +26,9 @@ typedef struct strategy_state {
  * its sequence's latent (keyed by the global sequence index) when tokens are correlated. */
 static void synthetic_logits(const sim_config *c, const double *means, int step, int rank, size_t count, float *logits,
                              float *tmp, float *latent) {
-    moert_router_config noise = moert_router_config_default();
-    noise.noise = MOERT_NOISE_NORMAL, noise.seed = c->seed ^ 0x10C175E3D10C175Eull; /* not the router's --noise */
-    moert_router_config seq_noise = noise;
-    seq_noise.seed = c->seed ^ 0x5EC0E5C0E5C0E5C0ull;
+    /* N(0, 1) keyed apart from the router's --noise and from each other */
+    const noise_spec noise = {MOERT_NOISE_NORMAL, c->seed ^ 0x10C175E3D10C175Eull, 0, 1.0f, NULL};
+    const noise_spec seq_noise = {MOERT_NOISE_NORMAL, c->seed ^ 0x5EC0E5C0E5C0E5C0ull, 0, 1.0f, NULL};
     const size_t E = c->experts, L = c->seq_len > 0 ? c->seq_len : 1;
     const uint64_t first = ((uint64_t)step * (uint64_t)c->ranks + (uint64_t)rank) * (uint64_t)c->tokens_per_rank;
     /* The sample: every (T / count)-th of the rank's tokens, spread over its sequences. */
@@ -39,12 +39,12 @@ static void synthetic_logits(const sim_config *c, const double *means, int step,
     for (size_t i = 0; i < count; i++) {
         float *x = logits + i * E;
         const uint64_t token = (uint64_t)((double)i * stride); /* within the rank's step */
-        noise_values_row(&noise, first + token, E, x, tmp);
+        noise_row(&noise, first + token, E, x, tmp);
         if (c->correlation > 0) {
             /* the sequence of that token within its rank's stream */
             const uint64_t seq = ((uint64_t)step * (uint64_t)c->ranks + (uint64_t)rank) * ((c->tokens_per_rank + L - 1) / L) +
                                  token / L;
-            if (seq != latent_of) noise_values_row(&seq_noise, seq, E, latent, tmp), latent_of = seq;
+            if (seq != latent_of) noise_row(&seq_noise, seq, E, latent, tmp), latent_of = seq;
             for (size_t e = 0; e < E; e++) x[e] = own * x[e] + shared * latent[e];
         }
         for (size_t e = 0; e < E; e++) x[e] = ((float)means[e] + x[e]) * inv_t;
@@ -62,31 +62,38 @@ static void drifted_means(const sim_config *c, int step, double *means, float *t
     }
     if (step == 0) memcpy(means, c->means, E * sizeof *means);
     if (c->walk_sigma > 0 && step > 0) {
-        moert_router_config noise = moert_router_config_default();
-        noise.noise = MOERT_NOISE_NORMAL, noise.seed = c->seed ^ 0xD21F7D21F7D21F7Dull;
+        const noise_spec noise = {MOERT_NOISE_NORMAL, c->seed ^ 0xD21F7D21F7D21F7Dull, 0, 1.0f, NULL};
         float *z = tmp + E + 2;
-        noise_values_row(&noise, (uint64_t)step, E, z, tmp);
+        noise_row(&noise, (uint64_t)step, E, z, tmp);
         for (size_t e = 0; e < E; e++) means[e] += c->walk_sigma * z[e];
     }
 }
 
-/* Entries of one expert by descending weight, ties to the earlier token (index). */
-typedef struct weighted {
-    float weight;
-    uint32_t index;
-} weighted;
-static int by_weight_then_index(const void *a, const void *b) {
-    const weighted *x = a, *y = b;
-    if (x->weight != y->weight) return x->weight > y->weight ? -1 : 1;
-    return (x->index > y->index) - (x->index < y->index);
+/* A thread's scratch for a trace rank's capacity decisions, entries = T k at most. */
+typedef struct trace_scratch {
+    uint8_t *keep;    /* [entries] the decisions */
+    uint32_t *order;  /* [entries] the entries grouped by expert, in entry order */
+    float *values;    /* [entries] one expert's weights */
+    uint8_t *marks;   /* [entries] the ones router_select_largest keeps */
+    size_t *starts;   /* [experts + 1] each expert's first place in order */
+    void *radix;      /* ROUTER_SELECT_SCRATCH(entries) */
+} trace_scratch;
+
+static void trace_scratch_free(trace_scratch *s) {
+    free(s->keep), free(s->order), free(s->values), free(s->marks), free(s->starts), free(s->radix);
+}
+
+static int trace_scratch_alloc(trace_scratch *s, size_t entries, size_t experts) {
+    *s = (trace_scratch){malloc(entries), malloc(entries * sizeof(uint32_t)), malloc(entries * sizeof(float)),
+                         malloc(entries), malloc((experts + 1) * sizeof(size_t)), malloc(ROUTER_SELECT_SCRATCH(entries))};
+    return s->keep && s->order && s->values && s->marks && s->starts && s->radix;
 }
 
 /* A trace rank's counts at a step with capacity applied to its recorded choices: each
  * expert keeps its earliest entries (position) or its highest-weight ones (probs, ties to
- * the earlier token); returns the tokens left with no expert. keep: T k bytes of scratch,
- * sort: T k weighted. */
+ * the earlier token, by the router's own select); returns the tokens left with no expert. */
 static double trace_counts(const sim_config *c, int step, int rank, double capacity_factor, moert_drop_policy drop,
-                           double *counts, uint8_t *keep, weighted *sort) {
+                           double *counts, const trace_scratch *s) {
     const sim_trace *tr = c->trace;
     const size_t k = tr->k, E = c->experts;
     size_t T = c->tokens_per_rank, first;
@@ -103,25 +110,35 @@ static double trace_counts(const sim_config *c, int step, int rank, double capac
         rc.k = (int)k, rc.capacity_factor = capacity_factor;
         (void)moert_router_capacity(&rc, E, T, &capacity); /* bounded by T k: cannot fail */
     }
-#define ENTRY_(i, j) (((first + (i)) % tr->tokens) * k + (j))
+    /* Entry i (token i / k, choice i % k) of this rank's share, in the trace. */
+#define ENTRY_(i) (((first + (i) / k) % tr->tokens) * k + (i) % k)
+    uint8_t *keep = s->keep;
     for (size_t i = 0; i < T * k; i++) keep[i] = 1;
     if (capacity > 0 && drop == MOERT_DROP_PROBS) {
-        for (size_t e = 0; e < E; e++) { /* the expert's entries, the highest `capacity` kept */
-            size_t n = 0;
-            for (size_t i = 0; i < T; i++)
-                for (size_t j = 0; j < k; j++)
-                    if (tr->ids[ENTRY_(i, j)] == (int32_t)e)
-                        sort[n++] = (weighted){tr->weights[ENTRY_(i, j)], (uint32_t)(i * k + j)};
+        /* The entries grouped by expert (a counting sort, entry order kept), then each
+         * over-full expert's highest `capacity` kept. */
+        size_t *starts = s->starts;
+        memset(starts, 0, (E + 1) * sizeof *starts);
+        for (size_t i = 0; i < T * k; i++) starts[tr->ids[ENTRY_(i)] + 1]++;
+        for (size_t e = 0; e < E; e++) starts[e + 1] += starts[e];
+        for (size_t i = 0; i < T * k; i++) s->order[starts[tr->ids[ENTRY_(i)]]++] = (uint32_t)i;
+        for (size_t e = E; e > 0; e--) starts[e] = starts[e - 1]; /* the fill moved each start to the next */
+        starts[0] = 0;
+        for (size_t e = 0; e < E; e++) {
+            const uint32_t *mine = s->order + starts[e];
+            const size_t n = starts[e + 1] - starts[e];
             if (n <= (size_t)capacity) continue;
-            qsort(sort, n, sizeof *sort, by_weight_then_index);
-            for (size_t m = (size_t)capacity; m < n; m++) keep[sort[m].index] = 0;
+            for (size_t m = 0; m < n; m++) s->values[m] = tr->weights[ENTRY_(mine[m])];
+            router_select_largest(s->values, n, 1, (size_t)capacity, s->marks, 1, s->radix);
+            for (size_t m = 0; m < n; m++)
+                if (!s->marks[m]) keep[mine[m]] = 0;
         }
     }
     double unrouted = 0;
     for (size_t i = 0; i < T; i++) {
         int kept = 0;
         for (size_t j = 0; j < k; j++) {
-            const int32_t e = tr->ids[ENTRY_(i, j)];
+            const int32_t e = tr->ids[ENTRY_(i * k + j)];
             if (!keep[i * k + j] || (capacity > 0 && drop == MOERT_DROP_POSITION && counts[e] >= (double)capacity))
                 continue;
             counts[e] += 1, kept++;
@@ -190,12 +207,11 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
     double *means = c->trace ? NULL : calloc(E, sizeof *means);
     float *drift_tmp = c->trace ? NULL : calloc(2 * E + 4, sizeof *drift_tmp);
     moert_plan **plans = calloc((size_t)threads, sizeof *plans);
-    uint8_t **keeps = calloc((size_t)threads, sizeof *keeps); /* a trace rank's capacity decisions */
-    weighted **sorts = calloc((size_t)threads, sizeof *sorts);
+    trace_scratch *traces = calloc((size_t)threads, sizeof *traces); /* a trace rank's capacity decisions */
     moert_router **routers = calloc((size_t)threads * (size_t)count, sizeof *routers);
     moert_status st = MOERT_OK;
     if (!state || !counts || !expert_load || !rank_load || !scratch || !global || !unrouted_of || !dropped_of ||
-        !sparsity_of || !keeps || !sorts || !logits ||
+        !sparsity_of || !traces || !logits ||
         !tmp || !plans || !routers || (!c->trace && (!means || !drift_tmp)))
         st = moert_set_error(MOERT_ENOMEM, "simulate: out of memory");
     for (int u = 0; st == MOERT_OK && u < threads; u++) {
@@ -203,8 +219,8 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
         tmp[u] = malloc((2 * E + 2) * sizeof(float)); /* the noise's scratch, then a sequence's latent */
         if (c->trace) {
             const size_t most = (c->tokens_per_rank ? c->tokens_per_rank : c->trace->tokens / (size_t)P + 1) * c->trace->k;
-            keeps[u] = malloc(most), sorts[u] = malloc(most * sizeof(weighted));
-            if (!keeps[u] || !sorts[u]) st = moert_set_error(MOERT_ENOMEM, "simulate: cannot allocate a rank's trace");
+            if (!trace_scratch_alloc(&traces[u], most, E))
+                st = moert_set_error(MOERT_ENOMEM, "simulate: cannot allocate a rank's trace");
         }
         if (st == MOERT_OK) st = moert_plan_create(&plans[u]);
         if (st == MOERT_OK && ((!c->trace && !logits[u]) || !tmp[u]))
@@ -254,7 +270,7 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
                 double *row = counts + (size_t)r * E;
                 if (c->trace) {
                     unrouted_of[r] = trace_counts(c, step, r, s->balance == SIM_BALANCE_CAPACITY ? s->capacity_factor : 0,
-                                                  s->drop, row, keeps[u], sorts[u]);
+                                                  s->drop, row, &traces[u]);
                     dropped_of[r] = 0; /* counted below from the entries */
                     continue;
                 }
@@ -342,11 +358,10 @@ moert_status sim_run(const sim_config *c, const sim_strategy *strategies, int co
     for (int u = 0; plans && u < threads; u++) {
         moert_plan_destroy(plans[u]);
         if (logits) free(logits[u]);
-        if (keeps) free(keeps[u]);
-        if (sorts) free(sorts[u]);
+        if (traces) trace_scratch_free(&traces[u]);
         if (tmp) free(tmp[u]);
     }
     free(state), free(counts), free(expert_load), free(rank_load), free(scratch), free(global), free(unrouted_of);
-    free(dropped_of), free(sparsity_of), free(keeps), free(sorts), free(logits), free(tmp), free(plans), free(routers), free(means), free(drift_tmp);
+    free(dropped_of), free(sparsity_of), free(traces), free(logits), free(tmp), free(plans), free(routers), free(means), free(drift_tmp);
     return st;
 }

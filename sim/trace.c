@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "sim/text.h"
 #include "tools/npy.h"
 
 void sim_trace_free(sim_trace *t) {
@@ -106,32 +107,10 @@ moert_status sim_trace_parse_esft(const char *text, size_t size, const char *nam
 
 moert_status sim_trace_read_esft(const char *path, size_t k, size_t experts, sim_trace *t) {
     memset(t, 0, sizeof *t);
-    FILE *f = fopen(path, "rb");
-    MOERT_RETURN_ERROR_IF(f == NULL, MOERT_EIO, "%s: %s", path, strerror(errno));
-    char *text = NULL;
-    size_t size = 0, cap = 0;
-    moert_status st = MOERT_OK;
-    for (;;) {
-        if (size + 65536 > cap) {
-            char *more = realloc(text, cap = (cap ? 2 * cap : 1 << 20));
-            if (more == NULL) {
-                st = moert_set_error(MOERT_ENOMEM, "%s: cannot allocate %zu bytes", path, cap);
-                break;
-            }
-            text = more;
-        }
-        const size_t got = fread(text + size, 1, cap - size - 1, f);
-        size += got;
-        if (got == 0) {
-            if (ferror(f)) st = moert_set_error(MOERT_EIO, "%s: read error", path);
-            break;
-        }
-    }
-    fclose(f);
-    if (st == MOERT_OK) {
-        text[size] = '\0'; /* strtol and strtof stop there */
-        st = sim_trace_parse_esft(text, size, path, k, experts, t);
-    }
+    char *text;
+    size_t size;
+    MOERT_FORWARD_IF_ERROR(sim_read_text(path, &text, &size)); /* NUL-terminated: strtol and strtof stop there */
+    const moert_status st = sim_trace_parse_esft(text, size, path, k, experts, t);
     free(text);
     return st;
 }

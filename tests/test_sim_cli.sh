@@ -63,6 +63,8 @@ expect_error 1 "$moert" simulate --replay "$tmp/not_summary.json" --out "$tmp/r4
 printf '0\t1\t0\t2\t\t0.5\t0.5\t0.5\t0.5\n1\t0\t\t0.5\t0.5\n' > "$tmp/t.txt"
 expect 0 "$moert" simulate --out "$tmp/t" --trace "$tmp/t.txt" --k 2 --experts 3 --ranks 2 --compare contiguous
 grep -q 'replayed 1 layer of 3 tokens' "$tmp/out" || fail "trace replay: $(cat "$tmp/out")"
+grep -q '"expert_shares":[[:space:]]*\[\[0.5, 0.3333333333333333[0-9]*, 0.1666666666666666[0-9]*\]\]' "$tmp/t/summary.json" ||
+    fail "trace replay shares: $(grep expert_shares "$tmp/t/summary.json")"
 
 # Capacity on recorded choices, by hand: 3 tokens, k 2, capacity ceil(3 x 2 / 3 x 0.5) = 1.
 # position: expert 0 keeps token 0, expert 1 token 0, expert 2 token 1: 3 dropped, token 2

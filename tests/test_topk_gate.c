@@ -888,6 +888,44 @@ START_TEST(variant_table_is_complete) {
 }
 END_TEST
 
+/* topk_sort_entries against an insertion sort, by descending weight, ties to the lower id:
+ * 0..100 entries (the rank path up to 32, the heap beyond), weights with ties and signed
+ * zeros, from separate inputs (left as they were) and in place. */
+START_TEST(sort_entries_matches_insertion_sort) {
+    test_rng rng = {17};
+    int32_t in_ids[100], ids[100], want_ids[100];
+    float in_w[100], w[100], want_w[100];
+    for (size_t n = 0; n <= 100; n++)
+        for (int rep = 0; rep < 20; rep++) {
+            for (size_t i = 0; i < n; i++) {
+                in_ids[i] = (int32_t)((i * 37 + (size_t)rep) % 101); /* distinct, not in order */
+                const uint64_t r = test_rng_next(&rng) % 8;
+                in_w[i] = r == 0 ? 0.5f : r == 1 ? -0.0f : r == 2 ? 0.0f : test_rng_normal(&rng);
+                want_ids[i] = in_ids[i], want_w[i] = in_w[i];
+            }
+            for (size_t i = 1; i < n; i++)
+                for (size_t j = i; j > 0 && (want_w[j] > want_w[j - 1] ||
+                                            (want_w[j] == want_w[j - 1] && want_ids[j] < want_ids[j - 1])); j--) {
+                    const float tw = want_w[j];
+                    const int32_t ti = want_ids[j];
+                    want_w[j] = want_w[j - 1], want_ids[j] = want_ids[j - 1], want_w[j - 1] = tw, want_ids[j - 1] = ti;
+                }
+            int32_t keep_ids[100];
+            float keep_w[100];
+            memcpy(keep_ids, in_ids, sizeof keep_ids), memcpy(keep_w, in_w, sizeof keep_w);
+            topk_sort_entries(in_ids, in_w, n, ids, w);
+            for (size_t i = 0; i < n; i++)
+                ck_assert_msg(ids[i] == want_ids[i] && (w[i] == want_w[i]), "n %zu: entry %zu: %d, want %d", n, i, ids[i],
+                              want_ids[i]);
+            ck_assert(memcmp(keep_ids, in_ids, n * sizeof *in_ids) == 0 && memcmp(keep_w, in_w, n * sizeof *in_w) == 0);
+            topk_sort_entries(in_ids, in_w, n, in_ids, in_w); /* in place */
+            for (size_t i = 0; i < n; i++)
+                ck_assert_msg(in_ids[i] == want_ids[i] && in_w[i] == want_w[i], "n %zu in place: entry %zu: %d, want %d",
+                              n, i, in_ids[i], want_ids[i]);
+        }
+}
+END_TEST
+
 static Suite *topk_gate_suite(void) {
     Suite *s = suite_create("topk_gate");
     TCase *ref = tcase_create("reference");
@@ -898,6 +936,7 @@ static Suite *topk_gate_suite(void) {
     tcase_add_test(ref, exp2_stat_is_accurate);
     tcase_add_test(ref, scalar_group_limited_matches_double);
     tcase_add_test(ref, hand_worked_rows);
+    tcase_add_test(ref, sort_entries_matches_insertion_sort);
     tcase_set_timeout(ref, 120);
     suite_add_tcase(s, ref);
 

@@ -12,6 +12,7 @@
 
 #include "sim/profile.h"
 #include "sim/simulate.h"
+#include "sim/text.h"
 #include "tools/cli.h"
 #include "tools/router_cli.h"
 
@@ -231,7 +232,7 @@ static void on_step(void *context, int i, const sim_step_record *r, const double
         for (size_t e = 0; e < o->experts; e++) o->shares[(size_t)o->layer * o->experts + e] += expert_load[e];
     if (o->layer == 0 && i == 0 && o->heat) /* the heatmap: the first strategy's loads, layer 0 */
         memcpy(o->heat + (size_t)r->step * o->experts, expert_load, o->experts * sizeof(double));
-    if (o->layer == 0 && o->ranks_last) { /* each strategy's rank loads, the last step of layer 0 */
+    if (o->layer == 0 && o->ranks_last && r->step == o->steps - 1) { /* each strategy's rank loads, the last step of layer 0 */
         memcpy(o->ranks_last + (size_t)i * (size_t)o->ranks, rank_load, (size_t)o->ranks * sizeof(double));
         /* and the same step's under contiguous placement (one replica each: a rank's load is
          * its experts'), the "before" of the plot */
@@ -318,16 +319,18 @@ static int make_dir(const char *dir) {
     return CLI_OK;
 }
 
+/* A trace given as ids.npy (moert's format), not an ESFT text dump. */
+static int is_npy(const char *path) {
+    const size_t len = strlen(path);
+    return len > 4 && !strcmp(path + len - 4, ".npy");
+}
+
 /* --replay: the summary's configuration as the options it came from, run again. */
 static int replay_summary(const char *path, const char *out_dir, int quiet, int threads) {
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) return cli_fail(CLI_FAIL, "--replay: %s: %s", path, strerror(errno));
-    char *text = malloc(1 << 24);
-    const size_t n = text ? fread(text, 1, (1 << 24) - 1, f) : 0;
-    fclose(f);
-    if (text == NULL) return cli_fail(CLI_FAIL, "--replay: out of memory");
-    text[n] = '\0';
-    cJSON *root = cJSON_Parse(text);
+    char *text;
+    size_t size;
+    if (sim_read_text(path, &text, &size) != MOERT_OK) return cli_fail(CLI_FAIL, "--replay: %s", moert_last_error());
+    cJSON *root = cJSON_ParseWithLength(text, size);
     free(text);
     const cJSON *cfg = root ? cJSON_GetObjectItem(root, "config") : NULL;
     if (cfg == NULL) {
@@ -579,8 +582,7 @@ int cmd_simulate(int argc, char **argv) {
         return cli_fail(CLI_USAGE, "--route-groups: each rank's tokens are its routing group in a simulation");
     if (n_traces && (sample_given || temperature_given || seed_given))
         return cli_fail(CLI_USAGE, "--trace replays recorded choices: --sample, --temperature and --seed do not apply");
-    const size_t first_len = n_traces ? strlen(traces[0]) : 0;
-    if (n_traces && !k_given && !(first_len > 4 && !strcmp(traces[0] + first_len - 4, ".npy")))
+    if (n_traces && !k_given && !is_npy(traces[0]))
         c.k = 6; /* ESFT-vanilla-lite's; a .npy trace's is its own */
     if (n_traces && !tokens_given) c.tokens_per_rank = 0; /* the whole trace each step, split over the ranks */
     if (n_traces && !steps_given) c.steps = 2; /* the first measures, the second runs on the plan */
@@ -626,8 +628,7 @@ int cmd_simulate(int argc, char **argv) {
         c.means = means;
     } else {
         for (int l = 0; code == CLI_OK && l < n_traces; l++) {
-            const size_t len = strlen(traces[l]);
-            const int npy = len > 4 && !strcmp(traces[l] + len - 4, ".npy");
+            const int npy = is_npy(traces[l]);
             if (!npy && trace_weights[l])
                 code = cli_fail(CLI_USAGE, "--trace-weights goes with an ids.npy trace, not %s", traces[l]);
             const moert_status st = code != CLI_OK ? MOERT_EINVAL
@@ -687,9 +688,7 @@ int cmd_simulate(int argc, char **argv) {
             code = cli_fail(CLI_FAIL, "simulate: out of memory");
     }
     const int sampled = n_traces == 0 && c.sample < c.tokens_per_rank;
-    const struct timespec t0 = {0};
     struct timespec start, stop;
-    (void)t0;
     clock_gettime(CLOCK_MONOTONIC, &start);
     out.progress = !quiet && isatty(STDERR_FILENO);
     out.total = (long)(n_traces ? n_traces : 1) * c.steps * count;
@@ -702,7 +701,7 @@ int cmd_simulate(int argc, char **argv) {
     }
     clock_gettime(CLOCK_MONOTONIC, &stop);
     if (out.progress && code == CLI_OK) show_progress(&out, 1);
-    const double seconds = (double)(stop.tv_sec - start.tv_sec) + 1e-9 * (double)(stop.tv_nsec - start.tv_nsec);
+    const double seconds = seconds_between(start, stop);
     if (out.csv && fclose(out.csv) != 0 && code == CLI_OK) code = cli_fail(CLI_FAIL, "--out: cannot write steps.csv");
     if (code == CLI_OK) { /* summary.json */
         cJSON *o = cJSON_CreateObject(), *cfg = cJSON_AddObjectToObject(o, "config");

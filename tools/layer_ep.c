@@ -83,7 +83,7 @@ static int run(const layer_ep_args *a, int rank, int size) {
     double check_error = 0;
     if (code == CLI_OK && a->check) {
         if (c->dtype == MOERT_DTYPE_BF16)
-            for (size_t i = 0; i < n * d; i++) out_f32[i] = moert_bf16_to_f32(((uint16_t *)out)[i]);
+            moert_bf16_to_f32_row((const uint16_t *)out, out_f32, n * d);
         else
             memcpy(out_f32, out, n * d * sizeof(float));
         const layer_reference ref = {d, c->d_ff, E, c->expert_kind, c->synthetic_cost, a->w1, a->w3, a->w2};
@@ -110,7 +110,7 @@ static int run(const layer_ep_args *a, int rank, int size) {
                                     : moert_set_error(MOERT_ENOMEM, "--save: cannot allocate the whole batch");
         if (st == MOERT_OK && rank == 0) {
             if (c->dtype == MOERT_DTYPE_BF16)
-                for (size_t i = 0; i < T * d; i++) whole_f32[i] = moert_bf16_to_f32(((uint16_t *)whole)[i]);
+                moert_bf16_to_f32_row((const uint16_t *)whole, whole_f32, T * d);
             else
                 memcpy(whole_f32, whole, T * d * sizeof(float));
             st = a->save(a->save_context, whole_f32, plan, size);

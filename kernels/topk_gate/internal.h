@@ -250,9 +250,10 @@ void topk_select_heap(const float *keys, const int32_t *idx, size_t n, int k, fl
                       int32_t *top_idx);
 
 /* Sorts n entries by descending weight, ties to the lower id, from (in_ids,
- * in_weights) into (ids, weights). Up to TOPK_RANK_SORT_MAX entries by rank, without a
- * branch on the data, and then the input and output may be the same arrays; more by a
- * heap (O(n log n)), from inputs that are left as they were. */
+ * in_weights) into (ids, weights); the input and output may be the same arrays. Up to
+ * TOPK_RANK_SORT_MAX entries by rank, without a branch on the data; more by a heap
+ * (O(n log n)) built in the output (which reads each input entry before it writes its
+ * place). */
 #define TOPK_RANK_SORT_MAX 32
 void topk_sort_entries(const int32_t *in_ids, const float *in_weights, size_t n, int32_t *ids, float *weights);
 

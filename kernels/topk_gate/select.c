@@ -254,14 +254,10 @@ topk_row_error topk_rows_noisy(const topk_job *job, size_t row_begin, size_t row
         if (err.kind != TOPK_ROW_OK) return err;
         noise_keys(job->noise, job->noise->token_offset + t, x, E, keys, tmp);
         topk_finish_row(job, t, keys, NULL, E, m, s, scratch);
-        /* Chosen in the keys' order: by weight, ties to the lower id (from a copy: beyond
-         * TOPK_RANK_SORT_MAX the sort cannot work in place). */
-        const size_t k = (size_t)job->k;
-        int32_t *ids = job->ids + t * k, *copy_ids = (int32_t *)(keys + k);
-        float *w = job->weights + t * k;
-        memcpy(keys, w, k * sizeof(float));
-        memcpy(copy_ids, ids, k * sizeof(int32_t));
-        topk_sort_entries(copy_ids, keys, k, ids, w);
+        /* Chosen in the keys' order: by weight, ties to the lower id. */
+        int32_t *ids = job->ids + t * (size_t)job->k;
+        float *w = job->weights + t * (size_t)job->k;
+        topk_sort_entries(ids, w, (size_t)job->k, ids, w);
     }
     return (topk_row_error){TOPK_ROW_OK, 0, 0};
 }

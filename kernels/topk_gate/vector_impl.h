@@ -362,16 +362,18 @@ VEC_INLINE vi vec_pack(vf key, vi index_code, vi keep) {
     return vi_or(vi_ordered_truncated(key, keep), index_code);
 }
 
-/* Sorts 8 packed keys per lane, descending: Batcher's 19-comparator network (depth 6). */
+/* Batcher's 19-comparator network for 8 (depth 6): pairs (a, b), a < b. */
+static const unsigned char vec_net8[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6},
+                                              {3, 7}, {0, 1}, {2, 3}, {4, 5}, {6, 7}, {2, 4}, {3, 5},
+                                              {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
+
+/* Sorts 8 packed keys per lane, descending, by vec_net8. */
 VEC_INLINE void vec_sort8(vi *P) {
-    static const unsigned char net[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6},
-                                             {3, 7}, {0, 1}, {2, 3}, {4, 5}, {6, 7}, {2, 4}, {3, 5},
-                                             {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
     VEC_UNROLL(19)
     for (int i = 0; i < 19; i++) {
-        const vi a = P[net[i][0]], b = P[net[i][1]];
-        P[net[i][0]] = vi_max(a, b);
-        P[net[i][1]] = vi_min(a, b);
+        const vi a = P[vec_net8[i][0]], b = P[vec_net8[i][1]];
+        P[vec_net8[i][0]] = vi_max(a, b);
+        P[vec_net8[i][1]] = vi_min(a, b);
     }
 }
 
@@ -612,18 +614,14 @@ VEC_INLINE void vec_order_entries(vf *W, vi *I, int a, int b) {
 }
 
 /* Sorts k <= 8 entries per lane by descending weight: the ones noisy keys chose come in
- * the keys' order. Batcher's network (vec_sort8's), the entries past k padded below every
- * real one. */
+ * the keys' order. vec_net8, the entries past k padded below every real one. */
 VEC_INLINE void vec_sort_entries(vf *W, vi *I, const int k) {
     if (k == 2) vec_order_entries(W, I, 0, 1);
     if (k == 3) vec_order_entries(W, I, 0, 1), vec_order_entries(W, I, 1, 2), vec_order_entries(W, I, 0, 1);
     if (k <= 3) return;
     for (int j = k; j < 8; j++) W[j] = vf_set1(-INFINITY), I[j] = vi_set1(INT32_MAX);
-    static const unsigned char net[19][2] = {{0, 2}, {1, 3}, {4, 6}, {5, 7}, {0, 4}, {1, 5}, {2, 6},
-                                             {3, 7}, {0, 1}, {2, 3}, {4, 5}, {6, 7}, {2, 4}, {3, 5},
-                                             {1, 4}, {3, 6}, {1, 2}, {3, 4}, {5, 6}};
     VEC_UNROLL(19)
-    for (int i = 0; i < 19; i++) vec_order_entries(W, I, net[i][0], net[i][1]);
+    for (int i = 0; i < 19; i++) vec_order_entries(W, I, vec_net8[i][0], vec_net8[i][1]);
 }
 
 /* A tile's selection, handed from vec_tile_select to vec_tile_finish. */
