@@ -6,19 +6,24 @@
  * logits, or the logits; the weights are the scores, renormalised per token on request.
  *
  * Linear time, never sorting the batch:
- *   1. the softmax statistics of every row (which also checks the logits), then every
- *      score, in parallel over tokens;
- *   2. a bound from a deterministic sample of 16384 scores, a little below the expected
- *      (tokens x k)-th largest: each thread compacts the indices of its tokens' scores
- *      that reach it (the variant's vector filter), in index order;
- *   3. a radix select on the candidates' bit patterns picks exactly tokens x k of them
- *      (ties to the lower index, which is row-major order); if the sample was unlucky
- *      and fewer reached the bound, the select runs over every score;
- *   4. the plan, each token's entries by descending weight.
- * The bound only decides how much work the select does, never its answer.
+ *   1. the softmax statistics of every row (which also checks the logits), in parallel
+ *      over tokens;
+ *   2. a bound a little below the expected (tokens x k)-th largest score, from a
+ *      deterministic sample of 16384 scores (or, for a small batch, the exact one);
+ *   3. each row's candidates, the scores that reach the bound: a vector comparison of the
+ *      logits with the bound moved into logit space (max + log(bound x sum), less a margin
+ *      for rounding), then the score itself for the few that pass, which must reach the
+ *      bound; sorted by descending score, ties to the lower expert. If the sample was
+ *      unlucky and fewer than tokens x k reached the bound, every score is a candidate;
+ *   4. theta, the (tokens x k)-th largest candidate, by a radix select on their bits, and
+ *      how many exceed it;
+ *   5. the plan: each token keeps a prefix of its sorted candidates, those above theta and,
+ *      in row-major order until tokens x k are kept, those equal to it.
+ * The bound only decides how much work steps 3-5 do, never their answer.
  *
  * Inference (use_threshold): a fixed threshold theta instead, each token keeping the
  * experts whose score exceeds it, a row at a time (router_route_rows). */
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -60,12 +65,79 @@ static size_t threshold_row(const void *context, const float *x, size_t E, size_
 
 /* ---- the batch's top tokens x k ------------------------------------------------------------ */
 
-/* A row's probabilities as the softmax computed them (exp(x - max) / sum, with the FMA the
- * statistics' exponential uses, so every clone gives the same bits); a masked expert
- * below every probability. */
+/* The scores of sampled entries: their probabilities as the softmax computes them
+ * (exp(x - max) / sum, with the FMA the statistics' exponential uses), or their logits; a
+ * masked expert below every score. Separate from the gathering, so that it vectorises. */
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static void
-probability_row(const float *x, size_t E, float m, float sum, float *s) {
-    for (size_t e = 0; e < E; e++) s[e] = x[e] == -INFINITY ? -1.0f : moert_exp_shifted(x[e], m) / sum;
+sample_probabilities(const float *x, const float *max, const float *sum, size_t samples, float *sample) {
+    for (size_t i = 0; i < samples; i++)
+        sample[i] = x[i] == -INFINITY ? -INFINITY : moert_exp_shifted(x[i], max[i]) / sum[i];
+}
+
+/* A deterministic sample of the batch's scores: every score of a small batch, else
+ * `samples` spread evenly over the rows and, a column further each, over the experts (a
+ * hot expert does not bias the bound). x, max, sum: scratch of `samples` floats each. */
+static void sample_scores(const float *logits, size_t T, size_t E, size_t samples, const float *row_max,
+                          const float *row_sum, int probs, float *x, float *max, float *sum, float *sample) {
+    const size_t n = T * E;
+    if (samples == n) {
+        for (size_t t = 0; t < T; t++)
+            for (size_t e = 0; e < E; e++) max[t * E + e] = row_max[t], sum[t * E + e] = row_sum[t];
+        memcpy(x, logits, n * sizeof(float));
+    } else {
+        /* Row floor(i T / samples), expert i mod E, by steps: no division per sample. */
+        const size_t step = T / samples, carry = T % samples;
+        size_t t = 0, frac = 0, e = 0;
+        for (size_t i = 0; i < samples; i++) {
+            x[i] = logits[t * E + e], max[i] = row_max[t], sum[i] = row_sum[t];
+            t += step, frac += carry;
+            if (frac >= samples) frac -= samples, t++;
+            if (++e == E) e = 0;
+        }
+    }
+    if (probs) sample_probabilities(x, max, sum, samples, sample);
+    else memcpy(sample, x, samples * sizeof(float));
+}
+
+/* Rows [t0, t1)'s candidates (the variant's batch_rows), each row's sorted and after the
+ * previous row's, into ids and scores; counts[t] is row t's number. Returns the total. */
+typedef struct candidate_pass {
+    const float *logits, *row_max, *row_sum, *lse;
+    size_t experts;
+    int probs;
+    float bound;     /* the scores' */
+    float log_bound; /* log(bound) for probabilities */
+    topk_batch_rows_fn batch_rows;
+    float *scratch; /* TOPK_BATCH_SCRATCH(CANDIDATE_BLOCK, experts) floats per thread */
+} candidate_pass;
+
+#define CANDIDATE_BLOCK 32 /* rows per call: their candidates stay in L1 for the sort */
+
+static size_t row_candidates(const candidate_pass *c, size_t t0, size_t t1, int32_t *ids, float *scores,
+                             uint32_t *counts, float *scratch) {
+    const size_t E = c->experts;
+    float logit_bound[CANDIDATE_BLOCK];
+    size_t total = 0;
+    for (size_t r0 = t0; r0 < t1; r0 += CANDIDATE_BLOCK) {
+        const size_t rows = t1 - r0 < CANDIDATE_BLOCK ? t1 - r0 : CANDIDATE_BLOCK;
+        for (size_t r = 0; r < rows; r++) {
+            float lb = c->bound;
+            if (c->probs) {
+                /* p = exp(x - max) / sum >= bound where x >= lse + log(bound), lse = max +
+                 * log(sum). The computed p is within about 3e-5 of the exact one
+                 * (relative; exp_shifted's argument is at least -88); lse and log(bound)
+                 * are within ulps of theirs: the margin covers all of it many times
+                 * over, and the scores themselves decide. */
+                const float lse = c->lse[r0 + r];
+                lb = lse + c->log_bound;
+                lb -= 0x1p-10f + (fabsf(lse) + fabsf(c->log_bound)) * 0x1p-18f;
+            }
+            logit_bound[r] = lb > -FLT_MAX ? lb : -FLT_MAX; /* bound 0: all but the masked */
+        }
+        const topk_batch_rows b = {logit_bound, c->row_max + r0, c->row_sum + r0, c->bound, c->probs};
+        total += c->batch_rows(c->logits + r0 * E, rows, E, &b, ids + total, scores + total, counts + r0, scratch);
+    }
+    return total;
 }
 
 static void renormalize_token(float *w, size_t n) {
@@ -75,17 +147,43 @@ static void renormalize_token(float *w, size_t n) {
         for (size_t j = 0; j < n; j++) w[j] = w[j] / sum;
 }
 
+/* Every row's candidates, in row order: each thread's rows into its own part of ids and
+ * scores (room for its rows' E scores each and 16 more), then packed. Returns the total. */
+static size_t all_candidates(const candidate_pass *c, size_t T, int threads, int32_t *ids, float *scores,
+                             uint32_t *counts, size_t *found) {
+    const size_t E = c->experts;
+    size_t parts = 1;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        const int u = omp_get_thread_num(), nth = omp_get_num_threads();
+        const size_t t0 = T * (size_t)u / (size_t)nth, t1 = T * (size_t)(u + 1) / (size_t)nth;
+        found[u] = row_candidates(c, t0, t1, ids + t0 * E + 16 * (size_t)u, scores + t0 * E + 16 * (size_t)u, counts,
+                                  c->scratch + (size_t)u * TOPK_BATCH_SCRATCH(CANDIDATE_BLOCK, E));
+        if (u == 0) parts = (size_t)nth;
+    }
+    size_t m = 0;
+    for (size_t v = 0; v < parts; v++) {
+        const size_t v0 = T * v / parts * E + 16 * v;
+        if (v0 != m) {
+            memmove(ids + m, ids + v0, found[v] * sizeof(int32_t));
+            memmove(scores + m, scores + v0, found[v] * sizeof(float));
+        }
+        m += found[v];
+    }
+    return m;
+}
+
 moert_status router_batch_topk(const moert_router_config *c, const float *logits, size_t tokens, size_t experts,
                                moert_plan *plan, router_workspace *ws) {
     const size_t T = tokens, E = experts;
     int threads = router_threads(c->threads);
     const int probs = c->batch_score == MOERT_BATCH_SCORE_PROBS;
     size_t count, n;
-    /* The select counts in 32 bits (router_select_largest). */
+    /* A routing group's counts stay within 32 bits. */
     MOERT_RETURN_ERROR_IF(moert_mul_overflows(T, (size_t)c->k, &count) || count > UINT32_MAX, MOERT_EOVERFLOW,
                           "batch-topk: tokens=%zu x k=%d overflows the selection's 32-bit count", T, c->k);
     MOERT_RETURN_ERROR_IF(moert_mul_overflows(T, E, &n) || n > INT32_MAX, MOERT_EOVERFLOW,
-                          "batch-topk: tokens=%zu x experts=%zu scores exceed the selection's 31-bit index", T, E);
+                          "batch-topk: tokens=%zu x experts=%zu scores exceed the selection's 31-bit count", T, E);
     if (c->use_threshold) {
         const threshold_context context = {c->threshold, probs, c->renormalize};
         MOERT_FORWARD_IF_ERROR(router_route_rows(c, logits, T, E, threshold_row, &context, 0, plan, ws));
@@ -96,103 +194,92 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     const size_t blocks = (T + 63) / 64;
     if (threads < 1) threads = 1;
     if (blocks > 0 && (size_t)threads > blocks) threads = (int)blocks;
+    /* A sample of 16384 scores, or every score of a small batch (then the bound is exact). */
+    const size_t samples = n >= 4 * BATCH_SAMPLES ? BATCH_SAMPLES : n;
 
     /* Workspace, in 64-byte aligned parts. */
-    enum { STATS, ROWS, SCORES, INDICES, VALUES, MARKS, RADIX, SAMPLE, THREAD_COUNTS, PARTS };
+    enum { STATS, ROWS, IDS, SCORES, COUNTS, RADIX, SAMPLE, ROW_SCRATCH, THREAD_COUNTS, PARTS };
     size_t sizes[PARTS], offsets[PARTS], total = 0;
     sizes[STATS] = ROUTER_STATS_SCRATCH(threads, E);
     sizes[ROWS] = 2 * T * sizeof(float);
-    sizes[SCORES] = probs ? n * sizeof(float) : 0;
-    sizes[INDICES] = n * sizeof(int32_t);
-    sizes[VALUES] = n * sizeof(float);
-    sizes[MARKS] = n;
+    sizes[IDS] = (n + 16 * (size_t)threads) * sizeof(int32_t);
+    sizes[SCORES] = (n + 16 * (size_t)threads) * sizeof(float);
+    sizes[COUNTS] = T * sizeof(uint32_t);
     sizes[RADIX] = ROUTER_SELECT_SCRATCH(n);
-    sizes[SAMPLE] = BATCH_SAMPLES * sizeof(float);
+    sizes[SAMPLE] = 4 * samples * sizeof(float); /* the scores, and their logits, maxima and sums */
+    sizes[ROW_SCRATCH] = (size_t)threads * TOPK_BATCH_SCRATCH(CANDIDATE_BLOCK, E) * sizeof(float);
     sizes[THREAD_COUNTS] = ((size_t)threads + 1) * sizeof(size_t);
     for (int i = 0; i < PARTS; i++) offsets[i] = total, total += moert_round_up_64(sizes[i]);
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, total + 64));
     unsigned char *base = (unsigned char *)(((uintptr_t)ws->bytes + 63) & ~(uintptr_t)63);
     float *row_max = (float *)(base + offsets[ROWS]), *row_sum = row_max + T;
-    float *scores = probs ? (float *)(base + offsets[SCORES]) : (float *)logits;
-    int32_t *indices = (int32_t *)(base + offsets[INDICES]);
-    float *values = (float *)(base + offsets[VALUES]);
-    uint8_t *marks = base + offsets[MARKS];
+    int32_t *ids = (int32_t *)(base + offsets[IDS]);
+    float *scores = (float *)(base + offsets[SCORES]);
+    uint32_t *counts = (uint32_t *)(base + offsets[COUNTS]);
     void *radix = base + offsets[RADIX];
     float *sample = (float *)(base + offsets[SAMPLE]);
     size_t *found = (size_t *)(base + offsets[THREAD_COUNTS]);
 
-    /* 1. Statistics and checks, then the scores. */
+    /* 1. Statistics and checks. */
     MOERT_FORWARD_IF_ERROR(
         router_softmax_statistics(c, logits, T, E, threads, row_max, row_sum, base + offsets[STATS], plan, ws));
-    if (probs) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-        for (size_t t = 0; t < T; t++) probability_row(logits + t * E, E, row_max[t], row_sum[t], scores + t * E);
-    }
 
-    /* 2. The bound, and each thread's candidates in index order. */
-    const topk_variant *variant = topk_variant_for(c->isa);
-    size_t m = 0;
-    int sampled = 0;
-    if (n >= 4 * BATCH_SAMPLES && count < n) {
-        for (size_t i = 0; i < BATCH_SAMPLES; i++) sample[i] = scores[i * n / BATCH_SAMPLES];
-        const double expected = (double)count * BATCH_SAMPLES / (double)n;
-        const size_t r = (size_t)(expected + 4.0 * sqrt(expected) + 4.0);
-        if (r < BATCH_SAMPLES) {
-            const float bound = router_nth_largest(sample, BATCH_SAMPLES, r);
-            sampled = 1;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-            {
-                const int u = omp_get_thread_num(), nth = omp_get_num_threads();
-                const size_t t0 = T * (size_t)u / (size_t)nth, t1 = T * (size_t)(u + 1) / (size_t)nth;
-                const size_t got = variant->compact(scores + t0 * E, (t1 - t0) * E, bound, indices + t0 * E);
-                for (size_t j = 0; j < got; j++) indices[t0 * E + j] += (int32_t)(t0 * E);
-                found[u] = got;
-#pragma omp barrier
-#pragma omp single
-                {
-                    for (int v = 0; v < nth; v++) { /* packed in thread order: index order */
-                        const size_t v0 = T * (size_t)v / (size_t)nth * E;
-                        memmove(indices + m, indices + v0, found[v] * sizeof(int32_t));
-                        m += found[v];
-                    }
-                }
-            }
-            if (m < count) m = 0, sampled = 0; /* unlucky: fewer than tokens x k reached it */
+    /* 2. The bound: the sample's r-th largest, r a few standard deviations above the
+     * tokens x k share of the sample the batch's top would have (exactly tokens x k for a
+     * whole small batch). Never below every unmasked score: probabilities are >= 0. */
+    const float lowest = probs ? 0.0f : -FLT_MAX;
+    float bound = lowest;
+    if (count > 0 && count < n) {
+        sample_scores(logits, T, E, samples, row_max, row_sum, probs, sample + samples, sample + 2 * samples,
+                      sample + 3 * samples, sample);
+        size_t r = count;
+        if (samples < n) {
+            const double expected = (double)count * (double)samples / (double)n;
+            r = (size_t)(expected + 4.0 * sqrt(expected) + 4.0);
         }
+        size_t above;
+        if (r < samples) bound = router_select_threshold(sample, samples, r, &above, radix);
+        if (!(bound > lowest)) bound = lowest;
     }
 
-    /* 3. Exactly tokens x k, ties to the lower index. */
-    if (sampled) {
-        for (size_t j = 0; j < m; j++) values[j] = scores[indices[j]];
-        router_select_largest(values, m, 1, count, marks, 1, radix);
-    } else {
-        router_select_largest(scores, n, 1, count, marks, 1, radix);
-        m = n;
+    /* 3. Each row's candidates, sorted. */
+    candidate_pass pass = {logits, row_max, row_sum, plan->logsumexp, E, probs, bound,
+                           bound > 0.0f ? logf(bound) : -INFINITY, topk_variant_for(c->isa)->batch_rows,
+                           (float *)(base + offsets[ROW_SCRATCH])};
+    size_t m = count > 0 ? all_candidates(&pass, T, threads, ids, scores, counts, found) : 0;
+    if (m < count && bound > lowest) { /* an unlucky sample: every score */
+        pass.bound = lowest, pass.log_bound = -INFINITY;
+        m = all_candidates(&pass, T, threads, ids, scores, counts, found);
     }
 
-    /* 4. The plan: the kept (token, expert) in row-major order, masked ones left out. */
+    /* 4. theta; above it every candidate is kept, at it the first `ties` in row order. */
+    float theta = -INFINITY;
+    size_t ties = 0;
+    if (m > count) {
+        size_t above;
+        theta = router_select_threshold(scores, m, count, &above, radix);
+        ties = count - above;
+    }
+
+    /* 5. The plan: each token's kept prefix. */
     plan->token_offsets[0] = 0;
-    size_t kept = 0, t_at = 0, row_start = 0, t = 0; /* indices ascend: the row by walking, not dividing */
+    size_t kept = 0, at = 0;
     float threshold = INFINITY;
-    for (size_t j = 0; j < m; j++) {
-        if (!marks[j]) continue;
-        const size_t index = sampled ? (size_t)indices[j] : j;
-        while (index >= row_start + E) row_start += E, t++;
-        const size_t e = index - row_start;
-        if (logits[index] == -INFINITY) continue;
-        while (t_at < t) plan->token_offsets[++t_at] = (int64_t)kept;
-        plan->expert_ids[kept] = (int32_t)e;
-        plan->weights[kept++] = scores[index];
-        threshold = scores[index] < threshold ? scores[index] : threshold;
-    }
-    while (t_at < T) plan->token_offsets[++t_at] = (int64_t)kept;
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
     for (size_t t = 0; t < T; t++) {
-        const int64_t first = plan->token_offsets[t], k = plan->token_offsets[t + 1] - first;
-        int32_t *ids = plan->expert_ids + first;
-        float *w = plan->weights + first;
-        topk_sort_entries(ids, w, (size_t)k, ids, w);
-        if (c->renormalize) renormalize_token(w, (size_t)k);
+        const size_t got = counts[t];
+        size_t keep = 0;
+        if (m > count) {
+            while (keep < got && scores[at + keep] > theta) keep++;
+            while (ties > 0 && keep < got && scores[at + keep] == theta) keep++, ties--;
+        } else {
+            keep = got;
+        }
+        for (size_t j = 0; j < keep; j++) /* a few: no call */
+            plan->expert_ids[kept + j] = ids[at + j], plan->weights[kept + j] = scores[at + j];
+        if (keep > 0 && scores[at + keep - 1] < threshold) threshold = scores[at + keep - 1];
+        if (c->renormalize) renormalize_token(plan->weights + kept, keep);
+        at += got, kept += keep;
+        plan->token_offsets[t + 1] = (int64_t)kept;
     }
     plan->tokens = T, plan->experts = E, plan->entries = kept;
     MOERT_FORWARD_IF_ERROR(plan_build_expert_major(plan, router_threads(c->threads), 0, 0));

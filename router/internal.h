@@ -90,6 +90,11 @@ void router_select_largest(const float *values, size_t n, size_t stride, size_t 
 void router_select_top(const float *values, size_t n, size_t count, topk_compact_fn compact,
                        int32_t *chosen, void *scratch);
 
+/* The count-th largest (1 <= count <= n) of values[0, n) (NaN-free), and in *above how
+ * many values exceed it. Linear time: the radix select's narrowing on the values' keys,
+ * which are not reordered. scratch: ROUTER_SELECT_SCRATCH(n) bytes, 4-byte aligned. */
+float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch);
+
 /* The r-th largest (1 <= r <= n) of a[0, n) (NaN-free), reordering a. */
 float router_nth_largest(float *a, size_t n, size_t r);
 

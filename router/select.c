@@ -76,6 +76,73 @@ void router_select_largest(const float *values, size_t n, size_t stride, size_t 
     for (size_t i = 0; i < need && i < m; i++) keep[c[i].index * keep_stride] = 1;
 }
 
+static float key_value(uint32_t key) {
+    const uint32_t u = (key & 0x80000000u) ? key & 0x7FFFFFFFu : ~key;
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* The bin of `need`-th largest among hist[0, SELECT_BINS), and how many lie in higher bins. */
+static uint32_t bin_of(const uint32_t *hist, size_t need, size_t *higher) {
+    size_t acc = 0;
+    uint32_t bin = SELECT_BINS - 1;
+    for (;; bin--) {
+        if (acc + hist[bin] >= need || bin == 0) break;
+        acc += hist[bin];
+    }
+    *higher = acc;
+    return bin;
+}
+
+float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch) {
+    uint32_t *keys = scratch, *hist = keys + n;
+    /* The digits span the keys' own range (min to max), not fixed bits: a batch's scores
+     * crowd into a few exponents, which fixed leading bits would put in a few bins. */
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t key = ordered_key(values[i]);
+        lo = key < lo ? key : lo;
+        hi = key > hi ? key : hi;
+    }
+    size_t m = n, need = count, total_above = 0;
+    int first = 1;
+    while (hi > lo) {
+        int shift = 0;
+        while (((hi - lo) >> shift) >= SELECT_BINS) shift++;
+        memset(hist, 0, SELECT_BINS * sizeof *hist);
+        if (first)
+            for (size_t i = 0; i < n; i++) hist[(ordered_key(values[i]) - lo) >> shift]++;
+        else
+            for (size_t i = 0; i < m; i++) hist[(keys[i] - lo) >> shift]++;
+        size_t higher;
+        const uint32_t bin = bin_of(hist, need, &higher);
+        /* Keep the keys of that bin (branch-free: every key written, the bin's kept). */
+        size_t kept = 0;
+        if (first)
+            for (size_t i = 0; i < n; i++) {
+                const uint32_t key = ordered_key(values[i]);
+                keys[kept] = key;
+                kept += ((key - lo) >> shift) == bin;
+            }
+        else
+            for (size_t i = 0; i < m; i++) {
+                const uint32_t key = keys[i];
+                keys[kept] = key;
+                kept += ((key - lo) >> shift) == bin;
+            }
+        m = kept, need -= higher, total_above += higher, first = 0;
+        /* The bin's range: lo + bin 2^shift up to the smaller of its end and hi. */
+        const uint32_t bin_lo = lo + (bin << shift);
+        const uint64_t bin_hi = (uint64_t)bin_lo + ((1ull << shift) - 1u);
+        lo = bin_lo, hi = bin_hi < hi ? (uint32_t)bin_hi : hi;
+        if (shift == 0) break;
+    }
+    /* lo is the key (the range closed on it, or every key was equal). */
+    *above = total_above;
+    return key_value(lo);
+}
+
 /* The r-th largest (1-based) of a[0, n), reordering a: quickselect with a three-way
  * partition (greater, equal, less than the middle element). */
 float router_nth_largest(float *a, size_t n, size_t r) {

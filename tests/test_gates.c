@@ -12,6 +12,7 @@
 #include "moert/moert.h"
 #include "kernels/expf.h"
 #include "kernels/topk_gate/internal.h"
+#include "router/internal.h"
 #include "router/noise.h"
 #include "router/scores.h"
 #include "tests/test_util.h"
@@ -537,6 +538,112 @@ START_TEST(test_batch_topk_against_sorting) {
 }
 END_TEST
 
+static int descending(const void *a, const void *b) {
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* router_select_threshold against a sort: the count-th largest and how many exceed it,
+ * for every count, on values with ties, signed zeros, -inf, wide and narrow ranges. */
+START_TEST(test_select_threshold_against_sorting) {
+    test_rng rng = {77};
+    const size_t sizes[] = {1, 2, 5, 64, 1000, 5000};
+    for (size_t si = 0; si < 6; si++)
+        for (int kind = 0; kind < 5; kind++) {
+            const size_t n = sizes[si];
+            float *v = malloc(n * sizeof *v), *sorted = malloc(n * sizeof *sorted);
+            void *scratch = malloc(ROUTER_SELECT_SCRATCH(n));
+            for (size_t i = 0; i < n; i++) {
+                const float g = test_rng_normal(&rng);
+                v[i] = kind == 0   ? g                                       /* spread */
+                       : kind == 1 ? roundf(g * 4.0f) / 4.0f * (i % 2 ? 1.0f : -1.0f) /* ties, +-0 */
+                       : kind == 2 ? 0.05f + 1e-6f * (float)(i % 7)          /* a narrow range */
+                       : kind == 3 ? (i % 5 == 0 ? -INFINITY : g * 1e30f)    /* -inf, huge */
+                                   : 3.0f;                                   /* all equal */
+            }
+            memcpy(sorted, v, n * sizeof *v);
+            qsort(sorted, n, sizeof *sorted, descending);
+            const size_t step = n > 200 ? n / 97 : 1;
+            for (size_t count = 1; count <= n; count += step) {
+                size_t above = SIZE_MAX;
+                const float theta = router_select_threshold(v, n, count, &above, scratch);
+                size_t want_above = 0;
+                while (want_above < n && sorted[want_above] > sorted[count - 1]) want_above++;
+                ck_assert_msg(theta == sorted[count - 1] && above == want_above,
+                              "n %zu kind %d count %zu: %g (%zu above), want %g (%zu above)", n, kind, count,
+                              (double)theta, above, (double)sorted[count - 1], want_above);
+            }
+            free(v), free(sorted), free(scratch);
+        }
+}
+END_TEST
+
+/* Masked scores on a hot expert (the sample must not be biased by one column), a batch
+ * whose scores saturate (large logits: most probabilities 0 or 1), logits shifted far
+ * from 0 (the logit-space comparison's margin), and a sample that misleads the bound:
+ * the plan is the definition's, by a sort
+ * of every score computed as the softmax does (the entries kept, exactly T k, ties to the
+ * lower row-major index). */
+START_TEST(test_batch_topk_hard_batches) {
+    const size_t T = 1100, E = 64, n = T * E;
+    for (int kind = 0; kind < 5; kind++)
+        for (int probs = 0; probs < 2; probs++) {
+            float *x = random_logits(n, 60 + (uint64_t)kind, 1.0f);
+            if (kind == 4) /* the 16384 sampled scores (router/batch_topk.c's rule) raised: the
+                            * bound is then too high for T k scores, and every score is taken */
+                for (size_t i = 0; i < 16384; i++) x[(i * T / 16384) * E + i % E] += 8.0f;
+            for (size_t t = 0; t < T; t++)
+                for (size_t e = 0; e < E; e++) {
+                    float *v = &x[t * E + e];
+                    if (kind == 0 && e == 0) *v += 6.0f;                 /* a hot expert */
+                    if (kind == 0 && e % 9 == 4) *v = -INFINITY;         /* masked */
+                    if (kind == 1) *v = roundf(*v * 40.0f);              /* saturating, tied */
+                    if (kind == 2) *v = *v + 3000.0f + (float)(t % 5);   /* far from 0 */
+                    if (kind == 3 && t % 2) *v = roundf(*v);             /* half the rows tied */
+                }
+            moert_router_config c = moert_router_config_default();
+            c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 3, c.threads = 2;
+            c.batch_score = probs ? MOERT_BATCH_SCORE_PROBS : MOERT_BATCH_SCORE_LOGITS;
+            moert_plan *plan = route(&c, x, T, E);
+            /* The scores as the softmax computes them: the row's max, and the sum of
+             * exp(x - max) in expert order (topk_softmax_filter_fn's contract). */
+            float *score = malloc(n * sizeof *score);
+            for (size_t t = 0; t < T; t++) {
+                float m = -INFINITY, s = 0.0f;
+                for (size_t e = 0; e < E; e++) m = x[t * E + e] > m ? x[t * E + e] : m;
+                for (size_t e = 0; e < E; e++) s += moert_exp_shifted(x[t * E + e], m);
+                for (size_t e = 0; e < E; e++) {
+                    const float v = x[t * E + e];
+                    score[t * E + e] = v == -INFINITY ? -INFINITY : probs ? moert_exp_shifted(v, m) / s : v;
+                }
+            }
+            scored *all = malloc(n * sizeof *all);
+            for (size_t i = 0; i < n; i++) all[i] = (scored){score[i], i};
+            qsort(all, n, sizeof *all, by_score);
+            const size_t count = T * (size_t)c.k;
+            uint8_t *keep = calloc(n, 1);
+            for (size_t j = 0; j < count; j++)
+                if (all[j].score != -INFINITY) keep[all[j].index] = 1;
+            moert_plan_view v;
+            moert_plan_get_view(plan, &v);
+            size_t kept = 0;
+            for (size_t t = 0; t < T; t++) {
+                int32_t ids[64];
+                double w[64];
+                size_t m = 0;
+                for (size_t e = 0; e < E; e++)
+                    if (keep[t * E + e]) ids[m] = (int32_t)e, w[m++] = score[t * E + e];
+                sort_entries(ids, w, m);
+                expect_token(plan, t, m, ids, w, 0, "batch-topk, hard batches");
+                kept += m;
+            }
+            ck_assert_uint_eq(v.entries, kept);
+            moert_plan_destroy(plan);
+            free(x), free(score), free(all), free(keep);
+        }
+}
+END_TEST
+
 START_TEST(test_batch_topk_groups_and_threads) {
     /* Routing groups: each group its own T_g k; the statistics' threshold is the mean of
      * the groups' thresholds. And the same plan for 1 and 3 threads. E = 144 makes each
@@ -885,6 +992,8 @@ int main(void) {
     tcase_add_test(tc, test_batch_topk_hand_worked);
     tcase_add_test(tc, test_batch_topk_against_sorting);
     tcase_add_test(tc, test_batch_topk_groups_and_threads);
+    tcase_add_test(tc, test_select_threshold_against_sorting);
+    tcase_add_test(tc, test_batch_topk_hard_batches);
     tcase_add_test(tc, test_noise_distribution);
     tcase_add_test(tc, test_noisy_top_k);
     tcase_add_test(tc, test_noisy_in_kernel);

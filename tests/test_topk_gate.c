@@ -457,6 +457,72 @@ static void relu_rows(const topk_variant *v) {
 START_TEST(variants_match_scalar_relu_rows) { for_each_vector_variant(relu_rows); }
 END_TEST
 
+/* BatchTopK's rows: the definition (the entries with x >= the row's logit bound whose
+ * score reaches the bound, by qsort), then every variant bit for bit against scalar.
+ * Several rows per call (the vector variants' two passes), widths around the vector
+ * widths and past the register and heap paths, bounds from every entry to none, logit
+ * bounds that let the margin's extras through (they must be dropped), ties on a 1/8
+ * grid, masked entries. */
+static void batch_rows(const topk_variant *v) {
+    const size_t widths[] = {1, 7, 8, 9, 16, 17, 33, 64, 100, 1000};
+    const float bounds[] = {-FLT_MAX, 0.0f, 0.004f, 0.02f, 0.1f, 0.6f};
+    const size_t R = 13;
+    for (size_t s = 0; s < sizeof widths / sizeof widths[0]; s++)
+        for (int probs = 0; probs < 2; probs++)
+            for (size_t h = 0; h < sizeof bounds / sizeof bounds[0]; h++) {
+                const size_t E = widths[s];
+                const float bound = probs ? (bounds[h] > 0.0f ? bounds[h] : 0.0f) : bounds[h] * 40.0f;
+                float *x = random_logits(R * E, 700 + E, 1.5f);
+                float max[13], sum[13], logit_bound[13];
+                for (size_t r = 0; r < R; r++) {
+                    float *row = x + r * E;
+                    for (size_t e = 0; e < E; e++)
+                        row[e] = (e + r) % 11 == 5 && E > 1 ? -INFINITY : roundf(row[e] * 8.0f) / 8.0f;
+                    max[r] = -INFINITY, sum[r] = 0.0f;
+                    for (size_t e = 0; e < E; e++) max[r] = row[e] > max[r] ? row[e] : max[r];
+                    for (size_t e = 0; e < E; e++) sum[r] += expf(row[e] - max[r]);
+                    /* Exact, loose (extras to drop) and every-entry logit bounds, by row. */
+                    const float exact = probs ? max[r] + logf(sum[r]) + logf(bound) : bound;
+                    logit_bound[r] = r % 3 == 0 ? exact : r % 3 == 1 ? exact - 0.5f : -FLT_MAX;
+                    if (!(logit_bound[r] > -FLT_MAX)) logit_bound[r] = -FLT_MAX;
+                }
+                const topk_batch_rows b = {logit_bound, max, sum, bound, probs};
+                int32_t *ids = malloc((R * E + 16) * sizeof *ids), *want_ids = malloc((R * E + 16) * sizeof *want_ids);
+                float *w = malloc((R * E + 16) * sizeof *w), *want_w = malloc((R * E + 16) * sizeof *want_w);
+                uint32_t counts[13], want_counts[13];
+                float *scratch = malloc(TOPK_BATCH_SCRATCH(R, E) * sizeof *scratch);
+                id_weight *ref = malloc(E * sizeof *ref);
+                const size_t total = topk_variants[0].batch_rows(x, R, E, &b, want_ids, want_w, want_counts, scratch);
+                size_t at = 0;
+                for (size_t r = 0; r < R; r++) {
+                    size_t n = 0;
+                    for (size_t e = 0; e < E; e++) {
+                        const float xe = x[r * E + e];
+                        const float score = probs ? moert_exp_shifted(xe, max[r]) / sum[r] : xe;
+                        if (xe >= logit_bound[r] && score >= bound) ref[n++] = (id_weight){(int32_t)e, score};
+                    }
+                    qsort(ref, n, sizeof *ref, by_weight_then_id);
+                    ck_assert_msg(want_counts[r] == n, "scalar E=%zu bound %g row %zu: %u entries, want %zu", E,
+                                  (double)bound, r, want_counts[r], n);
+                    for (size_t j = 0; j < n; j++)
+                        ck_assert_msg(want_ids[at + j] == ref[j].id && want_w[at + j] == (float)ref[j].weight,
+                                      "scalar E=%zu row %zu entry %zu: (%d, %g), want (%d, %g)", E, r, j,
+                                      want_ids[at + j], (double)want_w[at + j], ref[j].id, ref[j].weight);
+                    at += n;
+                }
+                ck_assert_uint_eq(total, at);
+                ck_assert_uint_eq(v->batch_rows(x, R, E, &b, ids, w, counts, scratch), total);
+                ck_assert(memcmp(counts, want_counts, sizeof counts) == 0);
+                for (size_t j = 0; j < total; j++)
+                    ck_assert_msg(ids[j] == want_ids[j] && memcmp(&w[j], &want_w[j], sizeof(float)) == 0,
+                                  "%s E=%zu probs %d bound %g entry %zu: (%d, %.9g), scalar (%d, %.9g)", v->name, E,
+                                  probs, (double)bound, j, ids[j], (double)w[j], want_ids[j], (double)want_w[j]);
+                free(x), free(ids), free(want_ids), free(w), free(want_w), free(scratch), free(ref);
+            }
+}
+START_TEST(variants_match_scalar_batch_rows) { for_each_vector_variant(batch_rows); }
+END_TEST
+
 /* ---- group-limited selection ----------------------------------------------------------- */
 
 /* Shapes of group-limited selection: groups of 8, 16 and 32 experts (the tile kernel), of
@@ -946,6 +1012,7 @@ static Suite *topk_gate_suite(void) {
     tcase_add_test(variants, variants_match_scalar_on_group_limited_rows);
     tcase_add_test(variants, variants_match_scalar_softmax_filter_and_compact);
     tcase_add_test(variants, variants_match_scalar_relu_rows);
+    tcase_add_test(variants, variants_match_scalar_batch_rows);
     tcase_add_test(variants, unaligned_pointers_give_the_same_result);
     tcase_add_test(variants, threads_give_bit_identical_results);
     tcase_add_test(variants, largest_expert_counts);

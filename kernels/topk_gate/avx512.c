@@ -28,6 +28,11 @@ size_t topk_relu_row_avx512(const float *x, size_t n, float threshold, int32_t *
     return vec_relu_row(x, n, threshold, ids, weights, scratch);
 }
 
+size_t topk_batch_rows_avx512(const float *logits, size_t rows, size_t E, const topk_batch_rows *b, int32_t *ids,
+                          float *scores, uint32_t *counts, float *scratch) {
+    return vec_batch_rows(logits, rows, E, b, ids, scores, counts, scratch);
+}
+
 size_t topk_noise_tile_avx512(const noise_spec *spec, uint64_t first, size_t E, float *buf) {
     return vec_noise_tile(spec, first, E, buf);
 }

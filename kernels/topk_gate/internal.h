@@ -132,6 +132,24 @@ typedef size_t (*topk_compact_fn)(const float *x, size_t n, float bound, int32_t
 typedef size_t (*topk_relu_row_fn)(const float *x, size_t n, float threshold, int32_t *ids, float *weights,
                                    float *scratch);
 
+/* BatchTopK's candidates (router/batch_topk.c) in rows [0, rows) of logits [rows, E]: in
+ * each row, the i with x[i] >= logit_bound[r] whose score reaches `bound`, by descending
+ * score, ties to the lower i; row after row into ids and scores, how many into
+ * counts[r]; returns the total. ids and scores have room for rows x E + 16 entries (a
+ * row's entries past its count may be written). The score is the logit, or with probs
+ * exp(x - max) / sum by moert_exp_shifted's operations (max, sum: the row's), so every
+ * variant gives the same bits. Below a row's logit_bound no score may reach the bound:
+ * the caller's way of keeping the exponentials to a few per row. scratch holds
+ * TOPK_BATCH_SCRATCH(rows, E) floats. */
+typedef struct topk_batch_rows {
+    const float *logit_bound, *max, *sum; /* [rows] */
+    float bound;
+    int probs;
+} topk_batch_rows;
+#define TOPK_BATCH_SCRATCH(rows, E) (2 * ((size_t)(rows) * (size_t)(E) + 16))
+typedef size_t (*topk_batch_rows_fn)(const float *logits, size_t rows, size_t E, const topk_batch_rows *b,
+                                     int32_t *ids, float *scores, uint32_t *counts, float *scratch);
+
 /* The noise the variant's tiles generate for noisy selection (topk_extras), before its
  * scale: tokens [first, first + lanes) of `spec` (absolute indices), experts [0, E), into
  * buf[c * lanes + lane] for c < E rounded up to 8 (TOPK_TILE_FLOATS(E) floats). Returns
@@ -145,6 +163,7 @@ typedef struct topk_variant {
     topk_softmax_filter_fn softmax_filter;
     topk_compact_fn compact;
     topk_relu_row_fn relu_row;
+    topk_batch_rows_fn batch_rows;
     topk_noise_tile_fn noise_tile;
 } topk_variant;
 
@@ -156,6 +175,8 @@ typedef struct topk_variant {
                                               float *, float *);                                   \
     size_t topk_compact_##name(const float *, size_t, float, int32_t *);                         \
     size_t topk_relu_row_##name(const float *, size_t, float, int32_t *, float *, float *);         \
+    size_t topk_batch_rows_##name(const float *, size_t, size_t, const topk_batch_rows *, int32_t *, float *,     \
+                                  uint32_t *, float *);                                                    \
     size_t topk_noise_tile_##name(const noise_spec *, uint64_t, size_t, float *);
 #include "kernels/topk_gate/variants.inc"
 #undef TOPK_VARIANT_DECLARE_

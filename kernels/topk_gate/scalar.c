@@ -70,6 +70,25 @@ size_t topk_relu_row_scalar(const float *x, size_t n, float threshold, int32_t *
     return count;
 }
 
+size_t topk_batch_rows_scalar(const float *logits, size_t rows, size_t E, const topk_batch_rows *b, int32_t *ids,
+                              float *scores, uint32_t *counts, float *scratch) {
+    (void)scratch;
+    size_t total = 0;
+    for (size_t r = 0; r < rows; r++) {
+        const float *x = logits + r * E;
+        size_t count = 0;
+        for (size_t i = 0; i < E; i++) {
+            if (!(x[i] >= b->logit_bound[r])) continue;
+            const float score = b->probs ? moert_exp_shifted(x[i], b->max[r]) / b->sum[r] : x[i];
+            if (score >= b->bound) ids[total + count] = (int32_t)i, scores[total + count] = score, count++;
+        }
+        topk_sort_entries(ids + total, scores + total, count, ids + total, scores + total);
+        counts[r] = (uint32_t)count;
+        total += count;
+    }
+    return total;
+}
+
 size_t topk_noise_tile_scalar(const noise_spec *spec, uint64_t first, size_t E, float *buf) {
     (void)spec, (void)first, (void)E, (void)buf;
     return 0; /* no tiles: its rows take kernels/noise.c itself */

@@ -272,6 +272,23 @@ static inline __attribute__((always_inline)) int v_compress_store(float *fdst, i
     return __builtin_popcount(bits);
 }
 
+/* The 8 lanes sorted descending (signed): a rare path here (the vector BatchTopK row's
+ * registers hold 8), in plain C. */
+static inline __attribute__((always_inline)) vi vi_sort_desc(vi a) {
+    int32_t v[8];
+    _mm256_storeu_si256((__m256i *)v, a);
+    for (int i = 1; i < 8; i++)
+        for (int j = i; j > 0 && v[j] > v[j - 1]; j--) {
+            const int32_t t = v[j];
+            v[j] = v[j - 1], v[j - 1] = t;
+        }
+    return _mm256_loadu_si256((const __m256i *)v);
+}
+
+/* Lane i of the result is lane idx[i] of a. */
+static inline __attribute__((always_inline)) vf vf_permute(vf a, vi idx) { return _mm256_permutevar8x32_ps(a, idx); }
+static inline __attribute__((always_inline)) vi vi_permute(vi a, vi idx) { return _mm256_permutevar8x32_epi32(a, idx); }
+
 /* dst[rank[j]] = src[j] for the first n <= V_W lanes (ranks a permutation of 0..n-1). */
 static inline __attribute__((always_inline)) void v_place_by_rank(float *wdst, int32_t *idst, vi rank, vf w, vi ids, int n) {
     int32_t r[V_W], id[V_W];

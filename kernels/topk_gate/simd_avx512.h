@@ -151,6 +151,28 @@ static inline __attribute__((always_inline)) vf sort16_stage(vf a, int size, int
     return _mm512_mask_blend_ps(sort16_takes_max(size, d), _mm512_min_ps(a, p), _mm512_max_ps(a, p));
 }
 
+/* The 16 lanes sorted descending (signed), by the same network. */
+static inline __attribute__((always_inline)) vi sort16_stage_i(vi a, int size, int d) {
+    const vi p = _mm512_castps_si512(sort16_partner(_mm512_castsi512_ps(a), d));
+    return _mm512_mask_blend_epi32(sort16_takes_max(size, d), _mm512_min_epi32(a, p), _mm512_max_epi32(a, p));
+}
+static inline __attribute__((always_inline)) vi vi_sort_desc(vi a) {
+    a = sort16_stage_i(a, 2, 1);
+    a = sort16_stage_i(a, 4, 2);
+    a = sort16_stage_i(a, 4, 1);
+    a = sort16_stage_i(a, 8, 4);
+    a = sort16_stage_i(a, 8, 2);
+    a = sort16_stage_i(a, 8, 1);
+    a = sort16_stage_i(a, 16, 8);
+    a = sort16_stage_i(a, 16, 4);
+    a = sort16_stage_i(a, 16, 2);
+    return sort16_stage_i(a, 16, 1);
+}
+
+/* Lane i of the result is lane idx[i] of a. */
+static inline __attribute__((always_inline)) vf vf_permute(vf a, vi idx) { return _mm512_permutexvar_ps(idx, a); }
+static inline __attribute__((always_inline)) vi vi_permute(vi a, vi idx) { return _mm512_permutexvar_epi32(idx, a); }
+
 /* The k-th largest (1-based, k <= 16) of the 16 values in v[0]. */
 static inline __attribute__((always_inline)) float v_kth_largest16(const vf v[1], int k) {
     vf a = v[0];

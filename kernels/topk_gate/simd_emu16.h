@@ -173,6 +173,20 @@ static inline int v_compress_store(float *fdst, int32_t *idst, uint32_t bits, vf
 }
 
 #undef EMU_CMP_
+/* The 16 lanes sorted descending (signed). */
+static inline vi vi_sort_desc(vi a) {
+    for (int i = 1; i < 16; i++)
+        for (int j = i; j > 0 && a.i[j] > a.i[j - 1]; j--) {
+            const int32_t t = a.i[j];
+            a.i[j] = a.i[j - 1], a.i[j - 1] = t;
+        }
+    return a;
+}
+
+/* Lane i of the result is lane idx[i] of a. */
+static inline vf vf_permute(vf a, vi idx) { EMU_MAP_(a.f[idx.i[l_] & 15]); }
+static inline vi vi_permute(vi a, vi idx) { EMU_IMAP_(a.i[idx.i[l_] & 15]); }
+
 /* dst[rank[j]] = src[j] for the first n <= V_W lanes (ranks a permutation of 0..n-1). */
 static inline void v_place_by_rank(float *wdst, int32_t *idst, vi rank, vf w, vi ids, int n) {
     int32_t r[V_W], id[V_W];

@@ -19,7 +19,7 @@
 const topk_variant topk_variants[] = {
 #define TOPK_VARIANT_DECLARE_(name, isa) \
     {#name, isa, topk_rows_##name, topk_softmax_filter_##name, topk_compact_##name, topk_relu_row_##name, \
-     topk_noise_tile_##name},
+     topk_batch_rows_##name, topk_noise_tile_##name},
 #include "kernels/topk_gate/variants.inc"
 #undef TOPK_VARIANT_DECLARE_
 };

@@ -1195,28 +1195,14 @@ static size_t vec_compact(const float *x, size_t n, float bound, int32_t *out) {
 }
 
 
-/* topk_relu_row_fn. The active entries are appended without a branch (every lane
- * written, the hits packed first); up to two vectors of them are sorted by rank: entry
- * j's place is the number of entries above it (a greater weight, or an equal one with a
- * lower id), all j counted at once against each entry in turn, so no branch depends on
- * the data. Longer rows go to the shared heap sort. */
-static size_t vec_relu_row(const float *x, size_t n, float threshold, int32_t *ids, float *weights,
-                           float *scratch) {
-    int32_t *found_ids = (int32_t *)scratch;     /* [n + V_W] */
-    float *found = scratch + n + V_W;              /* [n + V_W] */
-    const vf thr = vf_set1(threshold), zero = vf_set1(0.0f);
-    size_t count = 0, i = 0;
-    for (; i + V_W <= n; i += V_W) {
-        const vf w = vf_sub(vf_loadu(x + i), thr);
-        count += (size_t)v_compress_store(found + count, found_ids + count, vm_bits(vm_gt(w, zero)), w,
-                                          vi_add(vi_iota(), vi_set1((int32_t)i)));
-    }
-    if (i < n) {
-        const int tail = (int)(n - i);
-        const vf w = vf_sub(vf_load_part(x + i, tail, -INFINITY), thr);
-        count += (size_t)v_compress_store(found + count, found_ids + count, vm_bits(vm_and(vm_gt(w, zero), vm_first(tail))),
-                                          w, vi_add(vi_iota(), vi_set1((int32_t)i)));
-    }
+/* found[0, count) with ids found_ids (ascending) into (ids, weights) by descending weight,
+ * ties to the lower id. Up to two vectors of them by rank: entry j's place is the number
+ * of entries above it (a greater weight, or an equal one with a lower id), all j counted
+ * at once against each entry in turn, so no branch depends on the data. More go to the
+ * shared heap sort. found and found_ids have room for count + V_W; the output may be
+ * the input. */
+static size_t vec_sort_found(const int32_t *found_ids, const float *found, size_t count, int32_t *ids,
+                             float *weights) {
     if (count > 2 * V_W) {
         topk_sort_entries(found_ids, found, count, ids, weights);
         return count;
@@ -1237,11 +1223,124 @@ static size_t vec_relu_row(const float *x, size_t n, float threshold, int32_t *i
         v_place_by_rank(weights, ids, rank0, w0, i0, c);
         return count;
     }
-    int32_t rank[2 * V_W];
+    int32_t rank[2 * V_W], id[2 * V_W];
+    float w[2 * V_W];
     vi_storeu(rank, rank0);
     vi_storeu(rank + V_W, rank1);
-    for (int j = 0; j < c; j++) ids[rank[j]] = found_ids[j], weights[rank[j]] = found[j];
+    memcpy(id, found_ids, (size_t)c * sizeof(int32_t)); /* the output may be the input */
+    memcpy(w, found, (size_t)c * sizeof(float));
+    for (int j = 0; j < c; j++) ids[rank[j]] = id[j], weights[rank[j]] = w[j];
     return count;
+}
+
+/* topk_relu_row_fn. The active entries are appended without a branch (every lane
+ * written, the hits packed first), then sorted (vec_sort_found). */
+static size_t vec_relu_row(const float *x, size_t n, float threshold, int32_t *ids, float *weights,
+                           float *scratch) {
+    int32_t *found_ids = (int32_t *)scratch;     /* [n + V_W] */
+    float *found = scratch + n + V_W;              /* [n + V_W] */
+    const vf thr = vf_set1(threshold), zero = vf_set1(0.0f);
+    size_t count = 0, i = 0;
+    for (; i + V_W <= n; i += V_W) {
+        const vf w = vf_sub(vf_loadu(x + i), thr);
+        count += (size_t)v_compress_store(found + count, found_ids + count, vm_bits(vm_gt(w, zero)), w,
+                                          vi_add(vi_iota(), vi_set1((int32_t)i)));
+    }
+    if (i < n) {
+        const int tail = (int)(n - i);
+        const vf w = vf_sub(vf_load_part(x + i, tail, -INFINITY), thr);
+        count += (size_t)v_compress_store(found + count, found_ids + count, vm_bits(vm_and(vm_gt(w, zero), vm_first(tail))),
+                                          w, vi_add(vi_iota(), vi_set1((int32_t)i)));
+    }
+    return vec_sort_found(found_ids, found, count, ids, weights);
+}
+
+/* A float's order as an unsigned integer (for same-signed floats, their bit patterns). */
+static inline uint32_t vec_float_order(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+/* One row of BatchTopK's second pass: c candidates (logits x and experts id, ascending)
+ * to their scores, sorted into (ids, scores); returns how many reach the bound, which the
+ * sort puts first (the others are below it). ids and scores have room for max(c, V_W).
+ *
+ * Up to V_W candidates stay in registers, sorted by a network on unique 32-bit keys: a
+ * score's distance from the bound in float order (the bit patterns of same-signed
+ * floats are ordered as the floats), one more, times V_W, plus V_W - 1 - lane (ties to
+ * the lower lane, which is the lower expert); the pads and the scores below the bound get
+ * just that lane part, below every score that reaches it. The distance fits when the
+ * row's largest possible score (1 for probabilities, the row max for logits) is within
+ * 2^(31 - log2 V_W) - 1 patterns of the bound, which covers every bound above about
+ * 1.5e-5 for probabilities; other rows and longer lists take topk_sort_entries. */
+static size_t vec_batch_finish(float *x, const int32_t *id, size_t c, float max, float sum, const topk_batch_rows *b,
+                               int32_t *ids, float *scores) {
+    const vf bound = vf_set1(b->bound), log2e = vf_set1(MOERT_EXPF_LOG2E);
+    enum { LANE_BITS = V_W == 16 ? 4 : 3 };
+    const uint32_t base = vec_float_order(b->bound + 0.0f), top = vec_float_order(b->probs ? 1.0f : max);
+    if (c <= V_W && top - base < (1u << (31 - LANE_BITS)) - 1u) {
+        const int n = (int)c;
+        vf p = vf_load_part(x, n, 0.0f);
+        if (b->probs) p = vf_div(vf_exp2_stat(vf_mul(vf_sub(p, vf_set1(max)), log2e)), vf_set1(sum));
+        p = vf_add(p, vf_set1(0.0f)); /* -0 as +0: they are equal */
+        const vm real = vm_and(vm_ge(p, bound), vm_first(n));
+        const vi bits = vi_from_vf(p), lane_part = vi_sub(vi_set1(V_W - 1), vi_iota());
+        const vi order = vi_xor(bits, vi_or(vi_sra(bits, 31), vi_set1(INT32_MIN)));
+        vi key = vi_add(vi_sub(order, vi_set1((int32_t)base)), vi_set1(1));
+        for (int shift = 0; shift < LANE_BITS; shift++) key = vi_add(key, key);
+        key = vi_or(vi_select(real, key, vi_zero()), lane_part);
+        const vi origin = vi_sub(vi_set1(V_W - 1), vi_and(vi_sort_desc(key), vi_set1(V_W - 1)));
+        vf_storeu(scores, vf_permute(p, origin));
+        vi_storeu(ids, vi_permute(vi_loadu(id), origin));
+        return (size_t)__builtin_popcount(vm_bits(real));
+    }
+    size_t real = 0;
+    for (size_t j = 0; j < c; j += V_W) {
+        const int lanes = c - j < V_W ? (int)(c - j) : V_W;
+        vf p = vf_load_part(x + j, lanes, 0.0f);
+        if (b->probs) p = vf_div(vf_exp2_stat(vf_mul(vf_sub(p, vf_set1(max)), log2e)), vf_set1(sum));
+        vf_store_part(x + j, lanes, p);
+        real += (size_t)__builtin_popcount(vm_bits(vm_and(vm_ge(p, bound), vm_first(lanes))));
+    }
+    topk_sort_entries(id, x, c, ids, scores);
+    return real;
+}
+
+/* topk_batch_rows_fn, in two passes over the rows: each row's logits that pass the
+ * comparison appended to scratch (every lane written, the hits packed first), then each
+ * row's scores and sort (vec_batch_finish). The second pass reads what the first wrote
+ * a block of rows earlier: right after the appends, its loads would span several stores
+ * still in flight, which the store buffer cannot forward (on Zen 4 that stall cost more
+ * than all the rest). The exponentials are taken for the candidates alone. */
+static size_t vec_batch_rows(const float *logits, size_t rows, size_t E, const topk_batch_rows *b, int32_t *ids,
+                             float *scores, uint32_t *counts, float *scratch) {
+    float *found = scratch;                                     /* [rows E + V_W] */
+    int32_t *found_ids = (int32_t *)(scratch + rows * E + V_W); /* [rows E + V_W] */
+    size_t at = 0;
+    for (size_t r = 0; r < rows; r++) {
+        const float *x = logits + r * E;
+        const vf logit_bound = vf_set1(b->logit_bound[r]);
+        size_t count = 0;
+        for (size_t i = 0; i < E; i += V_W) {
+            const int lanes = E - i < V_W ? (int)(E - i) : V_W;
+            const vf v = lanes == V_W ? vf_loadu(x + i) : vf_load_part(x + i, lanes, -INFINITY);
+            const vm hit = vm_and(vm_ge(v, logit_bound), vm_first(lanes));
+            count += (size_t)v_compress_store(found + at + count, found_ids + at + count, vm_bits(hit), v,
+                                              vi_add(vi_iota(), vi_set1((int32_t)i)));
+        }
+        counts[r] = (uint32_t)count;
+        at += count;
+    }
+    size_t total = 0;
+    at = 0;
+    for (size_t r = 0; r < rows; r++) {
+        const size_t c = counts[r];
+        counts[r] = (uint32_t)vec_batch_finish(found + at, found_ids + at, c, b->max[r], b->sum[r], b, ids + total,
+                                               scores + total);
+        total += counts[r], at += c;
+    }
+    return total;
 }
 
 #endif /* MOERT_TOPK_VECTOR_IMPL_H */
