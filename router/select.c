@@ -95,43 +95,44 @@ static uint32_t bin_of(const uint32_t *hist, size_t need, size_t *higher) {
     return bin;
 }
 
+/* keys[i] = the order of values[i] (ordered_key without a branch), and the keys' range. */
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static void
+keys_and_range(const float *values, size_t n, uint32_t *keys, uint32_t *lo, uint32_t *hi) {
+    uint32_t l = UINT32_MAX, h = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float x = values[i] + 0.0f; /* -0 becomes +0 */
+        uint32_t u;
+        memcpy(&u, &x, sizeof u);
+        const uint32_t key = u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+        keys[i] = key;
+        l = key < l ? key : l;
+        h = key > h ? key : h;
+    }
+    *lo = l, *hi = h;
+}
+
 float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch) {
     uint32_t *keys = scratch, *hist = keys + n;
     /* The digits span the keys' own range (min to max), not fixed bits: a batch's scores
      * crowd into a few exponents, which fixed leading bits would put in a few bins. */
-    uint32_t lo = UINT32_MAX, hi = 0;
-    for (size_t i = 0; i < n; i++) {
-        const uint32_t key = ordered_key(values[i]);
-        lo = key < lo ? key : lo;
-        hi = key > hi ? key : hi;
-    }
+    uint32_t lo, hi;
+    keys_and_range(values, n, keys, &lo, &hi);
     size_t m = n, need = count, total_above = 0;
-    int first = 1;
     while (hi > lo) {
         int shift = 0;
         while (((hi - lo) >> shift) >= SELECT_BINS) shift++;
         memset(hist, 0, SELECT_BINS * sizeof *hist);
-        if (first)
-            for (size_t i = 0; i < n; i++) hist[(ordered_key(values[i]) - lo) >> shift]++;
-        else
-            for (size_t i = 0; i < m; i++) hist[(keys[i] - lo) >> shift]++;
+        for (size_t i = 0; i < m; i++) hist[(keys[i] - lo) >> shift]++;
         size_t higher;
         const uint32_t bin = bin_of(hist, need, &higher);
         /* Keep the keys of that bin (branch-free: every key written, the bin's kept). */
         size_t kept = 0;
-        if (first)
-            for (size_t i = 0; i < n; i++) {
-                const uint32_t key = ordered_key(values[i]);
-                keys[kept] = key;
-                kept += ((key - lo) >> shift) == bin;
-            }
-        else
-            for (size_t i = 0; i < m; i++) {
-                const uint32_t key = keys[i];
-                keys[kept] = key;
-                kept += ((key - lo) >> shift) == bin;
-            }
-        m = kept, need -= higher, total_above += higher, first = 0;
+        for (size_t i = 0; i < m; i++) {
+            const uint32_t key = keys[i];
+            keys[kept] = key;
+            kept += ((key - lo) >> shift) == bin;
+        }
+        m = kept, need -= higher, total_above += higher;
         /* The bin's range: lo + bin 2^shift up to the smaller of its end and hi. */
         const uint32_t bin_lo = lo + (bin << shift);
         const uint64_t bin_hi = (uint64_t)bin_lo + ((1ull << shift) - 1u);
