@@ -190,7 +190,7 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
         plan->stats.threshold = c->threshold;
         return MOERT_OK;
     }
-    MOERT_FORWARD_IF_ERROR(plan_reserve(plan, T, count, E, count, threads));
+    MOERT_FORWARD_IF_ERROR(plan_reserve(plan, T, count + (E > 16 ? E : 16), E, count, threads));
     const size_t blocks = (T + 63) / 64;
     if (threads < 1) threads = 1;
     if (blocks > 0 && (size_t)threads > blocks) threads = (int)blocks;
@@ -261,22 +261,29 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
         ties = count - above;
     }
 
-    /* 5. The plan: each token's kept prefix. */
+    /* 5. The plan: each token's kept prefix, the entries above the cut and then, in row
+     * order, the first `ties` equal to it. Up to 16 a row, by fixed-length steps (no
+     * branch on the row's length, which no predictor guesses): the workspace and the plan
+     * have room past their ends. */
+    const float cut = m > count ? theta : -INFINITY; /* every candidate is above -inf */
     plan->token_offsets[0] = 0;
     size_t kept = 0, at = 0;
     float threshold = INFINITY;
     for (size_t t = 0; t < T; t++) {
         const size_t got = counts[t];
+        const float *s = scores + at;
         size_t keep = 0;
-        if (m > count) {
-            while (keep < got && scores[at + keep] > theta) keep++;
-            while (ties > 0 && keep < got && scores[at + keep] == theta) keep++, ties--;
+        if (got <= 16) {
+            for (size_t j = 0; j < 16; j++) keep += (j < got) & (s[j] > cut);
+            memcpy(plan->expert_ids + kept, ids + at, 16 * sizeof(int32_t));
+            memcpy(plan->weights + kept, s, 16 * sizeof(float));
         } else {
-            keep = got;
+            for (size_t j = 0; j < got; j++) keep += s[j] > cut;
+            memcpy(plan->expert_ids + kept, ids + at, got * sizeof(int32_t));
+            memcpy(plan->weights + kept, s, got * sizeof(float));
         }
-        for (size_t j = 0; j < keep; j++) /* a few: no call */
-            plan->expert_ids[kept + j] = ids[at + j], plan->weights[kept + j] = scores[at + j];
-        if (keep > 0 && scores[at + keep - 1] < threshold) threshold = scores[at + keep - 1];
+        while (ties > 0 && keep < got && s[keep] == theta) keep++, ties--;
+        if (keep > 0 && s[keep - 1] < threshold) threshold = s[keep - 1];
         if (c->renormalize) renormalize_token(plan->weights + kept, keep);
         at += got, kept += keep;
         plan->token_offsets[t + 1] = (int64_t)kept;
