@@ -699,6 +699,26 @@ START_TEST(test_noise_distribution) {
         ck_assert_msg(fabs(mean - want_mean) < 0.02 && fabs(var - want_var) < 0.03 * want_var,
                       "%s noise: mean %g, variance %g", kind ? "gumbel" : "normal", mean, var);
     }
+    /* The counters' uniforms: a token's 64 (Box-Muller pairs them 2p, 2p + 1) uniform one
+     * by one and pair by pair, by chi-square over 16384 tokens (2^20 values, 2^19 pairs):
+     * 256 bins, and a 32 x 32 grid of the pairs, each within 6 standard deviations of its
+     * degrees of freedom (one round of mixing must not leave a lattice behind). */
+    static double bins[256], grid[32][32];
+    memset(bins, 0, sizeof bins), memset(grid, 0, sizeof grid);
+    for (uint64_t t = 0; t < 16384; t++) {
+        const uint64_t key = noise_token_key(9, t);
+        for (uint32_t p = 0; p < 32; p++) {
+            const float u0 = noise_uniform(key, 2 * p), u1 = noise_uniform(key, 2 * p + 1);
+            bins[(int)(u0 * 256)]++, bins[(int)(u1 * 256)]++;
+            grid[(int)(u0 * 32)][(int)(u1 * 32)]++;
+        }
+    }
+    double chi_bins = 0, chi_grid = 0;
+    for (int i = 0; i < 256; i++) chi_bins += (bins[i] - 4096.0) * (bins[i] - 4096.0) / 4096.0;
+    for (int i = 0; i < 32; i++)
+        for (int j = 0; j < 32; j++) chi_grid += (grid[i][j] - 512.0) * (grid[i][j] - 512.0) / 512.0;
+    ck_assert_msg(fabs(chi_bins - 255) < 6 * sqrt(2 * 255.0), "uniforms: chi-square %g over 255", chi_bins);
+    ck_assert_msg(fabs(chi_grid - 1023) < 6 * sqrt(2 * 1023.0), "pairs: chi-square %g over 1023", chi_grid);
     /* Uniforms strictly inside (0, 1), and the log it uses. */
     for (uint32_t i = 0; i < 100000; i++) {
         const float u = noise_uniform(noise_token_key(1, i), i);

@@ -518,15 +518,14 @@ VEC_INLINE vf vec_softpick_term(vf v, vf m, vf c) {
 /* ---- the noise of noisy and Gumbel top-k, lane by lane (kernels/noise.c's operations, in
  * its order, fused where it fuses: the same bits) ---- */
 
-VEC_INLINE vi vec_lowbias32(vi x) {
+VEC_INLINE vi vec_mix32(vi x) {
     x = vi_mul(vi_xor(x, vi_srl(x, 16)), vi_set1((int32_t)0x7FEB352Du));
-    x = vi_mul(vi_xor(x, vi_srl(x, 15)), vi_set1((int32_t)0x846CA68Bu));
-    return vi_xor(x, vi_srl(x, 16));
+    return vi_xor(x, vi_srl(x, 15));
 }
 
 /* Counter c's 23 random bits under each lane's token key (lo, hi). */
 VEC_INLINE vi vec_noise_bits(vi lo, vi hi, uint32_t c) {
-    return vi_srl(vec_lowbias32(vi_add(vi_xor(lo, vi_set1((int32_t)(c * 0x9E3779B9u))), hi)), 9);
+    return vi_srl(vec_mix32(vi_add(vi_xor(lo, vi_set1((int32_t)(c * 0x9E3779B9u))), hi)), 9);
 }
 
 VEC_INLINE vf vec_noise_uniform(vi n) { return vf_fmadd(vf_cvt_vi(n), vf_set1(0x1.0p-23f), vf_set1(0x1.0p-24f)); }
