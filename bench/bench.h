@@ -29,5 +29,6 @@ int bench_route(int argc, char **argv);
 int bench_dispatch(int argc, char **argv);
 int bench_layer(int argc, char **argv);
 int bench_alltoall(int argc, char **argv);
+int bench_noise(int argc, char **argv);
 
 #endif /* MOERT_BENCH_H */

@@ -18,6 +18,7 @@ static const bench_entry benches[] = {
     {"dispatch", bench_dispatch, "moert_dispatch and moert_combine vs memcpy of the same bytes"},
     {"layer", bench_layer, "the MoE layer's stages; its expert GEMMs vs the GEMM library alone"},
     {"alltoall", bench_alltoall, "under mpirun: expert parallelism's exchanges vs raw MPI_Alltoallv"},
+    {"noise", bench_noise, "noisy top-k's noise: chi-square of its uniforms and pairs, the normals' moments"},
 };
 
 static void print_help(FILE *out) {
