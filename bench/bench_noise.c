@@ -19,6 +19,9 @@ static void print_help(FILE *out) {
     fprintf(out, "usage: moert bench noise [options]\n\n"
                  "  --tokens N   tokens (each 64 counters), default 400000\n"
                  "  --seed S     default 12345\n"
+                 "  --scan-tokens N\n"
+                 "               tokens (each 1024 counters) of the scan over distances: counters\n"
+                 "               c and c + d, d = 1..1023, 16 x 16 bins; default 4000\n"
                  "  --json       one JSON object on the last line\n");
 }
 
@@ -30,7 +33,7 @@ static double chi_square(const double *bins, size_t n, double expected) {
 }
 
 int bench_noise(int argc, char **argv) {
-    size_t tokens = 400000, seed = 12345;
+    size_t tokens = 400000, seed = 12345, scan_tokens = 4000;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -42,6 +45,8 @@ int bench_noise(int argc, char **argv) {
             json = 1;
         } else if (strcmp(a, "--tokens") == 0 && i + 1 < argc) {
             code = cli_parse_size(a, argv[++i], 1, 100000000, &tokens);
+        } else if (strcmp(a, "--scan-tokens") == 0 && i + 1 < argc) {
+            code = cli_parse_size(a, argv[++i], 1, 1000000, &scan_tokens);
         } else if (strcmp(a, "--seed") == 0 && i + 1 < argc) {
             code = cli_parse_size(a, argv[++i], 0, SIZE_MAX, &seed);
         } else {
@@ -72,6 +77,30 @@ int bench_noise(int argc, char **argv) {
             m1 += z, m2 += z2, m3 += z2 * z, m4 += z2 * z2;
         }
     }
+    /* The scan over distances: the largest chi-square's z. */
+    enum { SCAN_COUNTERS = 1024 };
+    uint8_t *cell = malloc(scan_tokens * SCAN_COUNTERS);
+    if (cell == NULL) {
+        free(bins);
+        return cli_fail(CLI_FAIL, "bench noise: out of memory");
+    }
+    for (size_t t = 0; t < scan_tokens; t++) {
+        const uint64_t key = noise_token_key(seed, t);
+        for (uint32_t c = 0; c < SCAN_COUNTERS; c++) cell[t * SCAN_COUNTERS + c] = (uint8_t)(noise_uniform(key, c) * 16);
+    }
+    double worst_z = -INFINITY;
+    size_t worst_d = 0;
+    for (size_t d = 1; d < SCAN_COUNTERS; d++) {
+        double lag[256] = {0};
+        for (size_t t = 0; t < scan_tokens; t++) {
+            const uint8_t *row = cell + t * SCAN_COUNTERS;
+            for (size_t c = 0; c + d < SCAN_COUNTERS; c++) lag[row[c] * 16 + row[c + d]]++;
+        }
+        const double z = (chi_square(lag, 256, (double)scan_tokens * (double)(SCAN_COUNTERS - d) / 256) - 255) /
+                         sqrt(2 * 255.0);
+        if (z > worst_z) worst_z = z, worst_d = d;
+    }
+    free(cell);
     const double seconds = bench_now() - t0;
     const double values = (double)tokens * COUNTERS, pairs = values / 2;
     const double chi_1d = chi_square(bins, BINS, values / BINS);
@@ -91,12 +120,14 @@ int bench_noise(int argc, char **argv) {
     snprintf(label, sizeof label, "pairs, %dx%d:", FINE, FINE);
     printf("  %-26s chi-square %.0f (%d, sd %.0f)\n", label, chi_fine, FINE * FINE - 1, sqrt(2.0 * (FINE * FINE - 1)));
     printf("  %-26s %.2e (sd %.1e)\n", "pairs' correlation:", corr, 1.0 / sqrt(pairs));
+    printf("  %-26s z %.1f at d = %zu (the largest of 1023; %zu tokens)\n", "counters c and c + d:", worst_z, worst_d,
+           scan_tokens);
     printf("  normals: mean %.2e, variance %.5f, skewness %.2e, kurtosis %.4f (0, 1, 0, 3)\n", mean, var, skew, kurt);
     if (json)
         printf("{\"tokens\": %zu, \"seed\": %zu, \"chi_square_uniform\": %.3f, \"chi_square_pairs\": %.3f, "
                "\"chi_square_pairs_fine\": %.3f, \"pair_correlation\": %.6e, \"mean\": %.6e, \"variance\": %.6f, "
-               "\"skewness\": %.6e, \"kurtosis\": %.6f}\n",
-               tokens, seed, chi_1d, chi_pairs, chi_fine, corr, mean, var, skew, kurt);
+               "\"skewness\": %.6e, \"kurtosis\": %.6f, \"distance_scan_worst_z\": %.3f, \"distance_scan_worst_d\": %zu}\n",
+               tokens, seed, chi_1d, chi_pairs, chi_fine, corr, mean, var, skew, kurt, worst_z, worst_d);
     free(bins);
     return CLI_OK;
 }

@@ -22,21 +22,23 @@ uint64_t noise_token_key_of(uint64_t seed_state, uint64_t token) {
 
 uint64_t noise_token_key(uint64_t seed, uint64_t token) { return noise_token_key_of(noise_seed_state(seed), token); }
 
-/* One multiply-xorshift round (the first half of Chris Wellons' lowbias32), in the 32-bit
- * multiplies every vector ISA has. One round is enough here: the token's 64-bit key is
- * already SplitMix64's output, and for a token (key_lo ^ c 0x9E3779B9) + key_hi is
- * one-to-one in c; bench/README.md has the uniformity and pair tests it passes. (The
- * second round cost 3 ns a token of noisy routing.) */
-static inline uint32_t mix32(uint32_t x) {
+/* Chris Wellons' lowbias32: a 32-bit mixer of full avalanche, in 32-bit multiplies that
+ * every vector ISA has. Both rounds are needed: with one, counters whose distance d makes
+ * d 0x9E3779B9 nearly 0 mod 2^32 (d = 9, 93, 267, ...) get nearly equal inputs and dependent
+ * uniforms (bench/README.md). */
+static inline uint32_t lowbias32(uint32_t x) {
     x ^= x >> 16;
     x *= 0x7FEB352Du;
     x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
     return x;
 }
 
-/* Counter c's 23 random bits under a token's key. */
+/* Counter c's 23 random bits under a token's key: the token's 64-bit key is already
+ * SplitMix64's output, and for a token (key_lo ^ c 0x9E3779B9) + key_hi is one-to-one in c. */
 static inline uint32_t bits_of(uint32_t key_lo, uint32_t key_hi, uint32_t c) {
-    return mix32((key_lo ^ (c * 0x9E3779B9u)) + key_hi) >> 9;
+    return lowbias32((key_lo ^ (c * 0x9E3779B9u)) + key_hi) >> 9;
 }
 
 /* 23 bits n, centred: (n + 1/2) 2^-23, in [2^-24, 1 - 2^-24], exactly (one rounding of an

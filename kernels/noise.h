@@ -33,8 +33,7 @@ uint64_t noise_seed_state(uint64_t seed);
 uint64_t noise_token_key_of(uint64_t seed_state, uint64_t token);
 
 /* The uniform in (0, 1) of counter c under a token's key: 23 bits, centred in their cell:
- * mix32((key_lo ^ c 0x9E3779B9) + key_hi) (one multiply-xorshift round), its top 23
- * bits n, (n + 1/2) 2^-23. */
+ * lowbias32((key_lo ^ c 0x9E3779B9) + key_hi), its top 23 bits n, (n + 1/2) 2^-23. */
 
 /* Box-Muller's half angle from a counter's 23 bits n: b = pi (n + 1/2) 2^-23 - pi / 2, as
  * one fused multiply-add (shared by both builds, so the constants are the same floats). */

@@ -46,16 +46,20 @@ typedef struct threshold_context {
 
 static void renormalize_token(float *w, size_t n);
 
+/* A row's scores as batch mode computes them (exp(x - max) / sum, the sum of
+ * moert_exp_shifted in expert order, as the softmax statistics take it), so that a token's
+ * entries at the threshold batch mode reports are the same. */
 static size_t threshold_row(const void *context, const float *x, size_t E, size_t t, float max, int32_t *ids,
                             float *weights, float *scratch) {
-    (void)max, (void)scratch; /* the sort works in place: no scratch */
+    (void)t, (void)scratch; /* the sort works in place: no scratch */
     const threshold_context *c = context;
-    float m = 0.0f, s = 1.0f;
-    if (c->probs) (void)topk_row_max_and_sum(x, E, t, 1, &m, &s); /* the gate checked the row */
+    float s = 0.0f;
+    if (c->probs)
+        for (size_t e = 0; e < E; e++) s += moert_exp_shifted(x[e], max);
     size_t n = 0;
     for (size_t e = 0; e < E; e++) {
         if (x[e] == -INFINITY) continue; /* masked */
-        const float score = c->probs ? moert_expf(x[e] - m) / s : x[e];
+        const float score = c->probs ? moert_exp_shifted(x[e], max) / s : x[e];
         if (score > c->threshold) ids[n] = (int32_t)e, weights[n++] = score;
     }
     topk_sort_entries(ids, weights, n, ids, weights);
@@ -122,15 +126,19 @@ static size_t row_candidates(const candidate_pass *c, size_t t0, size_t t1, int3
         const size_t rows = t1 - r0 < CANDIDATE_BLOCK ? t1 - r0 : CANDIDATE_BLOCK;
         for (size_t r = 0; r < rows; r++) {
             float lb = c->bound;
-            if (c->probs) {
+            if (c->probs && c->bound >= 0x1p-100f) {
                 /* p = exp(x - max) / sum >= bound where x >= lse + log(bound), lse = max +
-                 * log(sum). The computed p is within about 3e-5 of the exact one
-                 * (relative; exp_shifted's argument is at least -88); lse and log(bound)
-                 * are within ulps of theirs: the margin covers all of it many times
-                 * over, and the scores themselves decide. */
+                 * log(sum). A p >= 2^-100 comes from exp_shifted's argument >= -100 log 2
+                 * and is a normal float: it is within about 3e-5 of the exact one
+                 * (relative), and lse and log(bound) within ulps of theirs; the margin
+                 * covers all of it many times over, and the scores themselves decide.
+                 * Below 2^-100 (a subnormal p rounds by more than the margin) there is no
+                 * comparison in logit space: every score is computed. */
                 const float lse = c->lse[r0 + r];
                 lb = lse + c->log_bound;
                 lb -= 0x1p-10f + (fabsf(lse) + fabsf(c->log_bound)) * 0x1p-18f;
+            } else if (c->probs) {
+                lb = -FLT_MAX;
             }
             logit_bound[r] = lb > -FLT_MAX ? lb : -FLT_MAX; /* bound 0: all but the masked */
         }
@@ -205,7 +213,7 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     sizes[IDS] = (n + 16 * (size_t)threads) * sizeof(int32_t);
     sizes[SCORES] = (n + 16 * (size_t)threads) * sizeof(float);
     sizes[COUNTS] = T * sizeof(uint32_t);
-    sizes[RADIX] = ROUTER_SELECT_SCRATCH(n);
+    sizes[RADIX] = ROUTER_THRESHOLD_SCRATCH(n);
     sizes[SAMPLE] = 4 * samples * sizeof(float); /* the scores, and their logits, maxima and sums */
     sizes[ROW_SCRATCH] = (size_t)threads * TOPK_BATCH_SCRATCH(CANDIDATE_BLOCK, E) * sizeof(float);
     sizes[THREAD_COUNTS] = ((size_t)threads + 1) * sizeof(size_t);

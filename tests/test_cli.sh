@@ -44,12 +44,13 @@ expect_error 2 "$moert" bench softmax-topk --threads
 expect_error 2 "$moert" bench noise --tokens 0
 expect_error 2 "$moert" bench noise --seed
 # The noise's quality figures: chi-squares near their degrees of freedom, N(0, 1)'s moments.
-expect 0 "$moert" bench noise --tokens 20000 --json
+expect 0 "$moert" bench noise --tokens 20000 --scan-tokens 300 --json
 tail -n 1 "$tmp/out" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
 assert abs(r["chi_square_uniform"] - 1023) < 6 * 45 and abs(r["chi_square_pairs"] - 1023) < 6 * 45, r
 assert abs(r["mean"]) < 0.01 and abs(r["variance"] - 1) < 0.01 and abs(r["kurtosis"] - 3) < 0.05, r
+assert r["distance_scan_worst_z"] < 6, r
 ' || fail "bench noise: $(tail -n 1 "$tmp/out")"
 
 expect 0 "$moert" info

@@ -552,7 +552,7 @@ START_TEST(test_select_threshold_against_sorting) {
         for (int kind = 0; kind < 5; kind++) {
             const size_t n = sizes[si];
             float *v = malloc(n * sizeof *v), *sorted = malloc(n * sizeof *sorted);
-            void *scratch = malloc(ROUTER_SELECT_SCRATCH(n));
+            void *scratch = malloc(ROUTER_THRESHOLD_SCRATCH(n));
             for (size_t i = 0; i < n; i++) {
                 const float g = test_rng_normal(&rng);
                 v[i] = kind == 0   ? g                                       /* spread */
@@ -578,15 +578,52 @@ START_TEST(test_select_threshold_against_sorting) {
 }
 END_TEST
 
+/* A BatchTopK plan against the definition: every score computed as the softmax does (the
+ * row's max, and the sum of exp(x - max) in expert order: topk_softmax_filter_fn's
+ * contract), sorted; the first T k kept, ties to the lower row-major index, masked never. */
+static void expect_batch_topk_definition(const moert_plan *plan, const float *x, size_t T, size_t E, size_t k,
+                                         int probs, const char *what) {
+    const size_t n = T * E;
+    float *score = malloc(n * sizeof *score);
+    for (size_t t = 0; t < T; t++) {
+        float m = -INFINITY, s = 0.0f;
+        for (size_t e = 0; e < E; e++) m = x[t * E + e] > m ? x[t * E + e] : m;
+        for (size_t e = 0; e < E; e++) s += moert_exp_shifted(x[t * E + e], m);
+        for (size_t e = 0; e < E; e++) {
+            const float v = x[t * E + e];
+            score[t * E + e] = v == -INFINITY ? -INFINITY : probs ? moert_exp_shifted(v, m) / s : v;
+        }
+    }
+    scored *all = malloc(n * sizeof *all);
+    for (size_t i = 0; i < n; i++) all[i] = (scored){score[i], i};
+    qsort(all, n, sizeof *all, by_score);
+    uint8_t *keep = calloc(n, 1);
+    for (size_t j = 0; j < T * k && j < n; j++)
+        if (all[j].score != -INFINITY) keep[all[j].index] = 1;
+    int32_t *ids = malloc(E * sizeof *ids);
+    double *w = malloc(E * sizeof *w);
+    size_t kept = 0;
+    for (size_t t = 0; t < T; t++) {
+        size_t m = 0;
+        for (size_t e = 0; e < E; e++)
+            if (keep[t * E + e]) ids[m] = (int32_t)e, w[m++] = score[t * E + e];
+        sort_entries(ids, w, m);
+        expect_token(plan, t, m, ids, w, 0, what);
+        kept += m;
+    }
+    moert_plan_view v;
+    moert_plan_get_view(plan, &v);
+    ck_assert_uint_eq(v.entries, kept);
+    free(score), free(all), free(keep), free(ids), free(w);
+}
+
 /* Masked scores on a hot expert (the sample must not be biased by one column), a batch
  * whose scores saturate (large logits: most probabilities 0 or 1), logits shifted far
- * from 0 (the logit-space comparison's margin), and a sample that misleads the bound:
- * the plan is the definition's, by a sort
- * of every score computed as the softmax does (the entries kept, exactly T k, ties to the
- * lower row-major index). */
+ * from 0 (the logit-space comparison's margin), +-1e30, and a sample that misleads the
+ * bound: the plan is the definition's. */
 START_TEST(test_batch_topk_hard_batches) {
     const size_t T = 1100, E = 64, n = T * E;
-    for (int kind = 0; kind < 5; kind++)
+    for (int kind = 0; kind < 6; kind++)
         for (int probs = 0; probs < 2; probs++) {
             float *x = random_logits(n, 60 + (uint64_t)kind, 1.0f);
             if (kind == 4) /* the 16384 sampled scores (router/batch_topk.c's rule) raised: the
@@ -600,47 +637,75 @@ START_TEST(test_batch_topk_hard_batches) {
                     if (kind == 1) *v = roundf(*v * 40.0f);              /* saturating, tied */
                     if (kind == 2) *v = *v + 3000.0f + (float)(t % 5);   /* far from 0 */
                     if (kind == 3 && t % 2) *v = roundf(*v);             /* half the rows tied */
+                    if (kind == 5) *v = (e + t) % 3 == 0 ? *v * 1e30f : (e + t) % 3 == 1 ? -1e30f : *v; /* +-1e30 */
                 }
             moert_router_config c = moert_router_config_default();
             c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 3, c.threads = 2;
             c.batch_score = probs ? MOERT_BATCH_SCORE_PROBS : MOERT_BATCH_SCORE_LOGITS;
             moert_plan *plan = route(&c, x, T, E);
-            /* The scores as the softmax computes them: the row's max, and the sum of
-             * exp(x - max) in expert order (topk_softmax_filter_fn's contract). */
-            float *score = malloc(n * sizeof *score);
-            for (size_t t = 0; t < T; t++) {
-                float m = -INFINITY, s = 0.0f;
-                for (size_t e = 0; e < E; e++) m = x[t * E + e] > m ? x[t * E + e] : m;
-                for (size_t e = 0; e < E; e++) s += moert_exp_shifted(x[t * E + e], m);
-                for (size_t e = 0; e < E; e++) {
-                    const float v = x[t * E + e];
-                    score[t * E + e] = v == -INFINITY ? -INFINITY : probs ? moert_exp_shifted(v, m) / s : v;
-                }
-            }
-            scored *all = malloc(n * sizeof *all);
-            for (size_t i = 0; i < n; i++) all[i] = (scored){score[i], i};
-            qsort(all, n, sizeof *all, by_score);
-            const size_t count = T * (size_t)c.k;
-            uint8_t *keep = calloc(n, 1);
-            for (size_t j = 0; j < count; j++)
-                if (all[j].score != -INFINITY) keep[all[j].index] = 1;
-            moert_plan_view v;
-            moert_plan_get_view(plan, &v);
-            size_t kept = 0;
-            for (size_t t = 0; t < T; t++) {
-                int32_t ids[64];
-                double w[64];
-                size_t m = 0;
-                for (size_t e = 0; e < E; e++)
-                    if (keep[t * E + e]) ids[m] = (int32_t)e, w[m++] = score[t * E + e];
-                sort_entries(ids, w, m);
-                expect_token(plan, t, m, ids, w, 0, "batch-topk, hard batches");
-                kept += m;
-            }
-            ck_assert_uint_eq(v.entries, kept);
+            expect_batch_topk_definition(plan, x, T, E, 3, probs, "batch-topk, hard batches");
             moert_plan_destroy(plan);
-            free(x), free(score), free(all), free(keep);
+            free(x);
         }
+}
+END_TEST
+
+/* Probabilities that round to the same subnormal float: with 32000 experts a row's sum
+ * passes 11600, and below about 2^-140 the rounding of exp / sum alone exceeds the
+ * logit-space comparison's margin. The four tiny scores are equal as computed, so the two
+ * kept go to (0, 0) and (0, 1) in row-major order; the prefilter must not drop (0, 0). */
+START_TEST(test_batch_topk_subnormal_ties) {
+    const size_t T = 2, E = 32000;
+    float *x = calloc(T * E, sizeof *x);
+    x[0] = -87.67707f, x[1] = x[E] = x[E + 1] = -87.67578f;
+    for (int isa = 0; isa < 3; isa++) {
+        const moert_isa isas[] = {MOERT_ISA_SCALAR, MOERT_ISA_AVX2, MOERT_ISA_AVX512};
+        if (moert_isa_check(isas[isa]) != MOERT_OK) continue;
+        moert_router_config c = moert_router_config_default();
+        c.policy = MOERT_POLICY_BATCH_TOPK, c.k = (int)E - 1, c.threads = 1, c.isa = isas[isa];
+        moert_plan *plan = route(&c, x, T, E);
+        expect_batch_topk_definition(plan, x, T, E, E - 1, 1, "batch-topk, subnormal ties");
+        moert_plan_view v;
+        moert_plan_get_view(plan, &v);
+        int first_kept = 0;
+        for (int64_t j = v.token_offsets[0]; j < v.token_offsets[1]; j++) first_kept |= v.expert_ids[j] == 0;
+        ck_assert_msg(first_kept, "isa %d: (0, 0) dropped", isa);
+        moert_plan_destroy(plan);
+    }
+    free(x);
+}
+END_TEST
+
+/* Inference mode with batch mode's threshold keeps batch mode's entries above it, the
+ * same bits: both take the scores by the same operations. */
+START_TEST(test_batch_topk_threshold_mode_agrees) {
+    const size_t T = 700, E = 40;
+    float *x = random_logits(T * E, 81, 2.0f);
+    moert_router_config c = moert_router_config_default();
+    c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 5, c.threads = 2;
+    moert_plan *batch = route(&c, x, T, E);
+    moert_plan_stats s;
+    moert_plan_get_stats(batch, &s);
+    c.use_threshold = 1, c.threshold = (float)s.threshold;
+    moert_plan *inference = route(&c, x, T, E);
+    moert_plan_view a, b;
+    moert_plan_get_view(batch, &a);
+    moert_plan_get_view(inference, &b);
+    size_t above = 0;
+    for (size_t t = 0; t < T; t++) {
+        size_t j = (size_t)b.token_offsets[t];
+        for (int64_t i = a.token_offsets[t]; i < a.token_offsets[t + 1]; i++) {
+            if (!(a.weights[i] > c.threshold)) continue;
+            ck_assert_msg(j < (size_t)b.token_offsets[t + 1] && b.expert_ids[j] == a.expert_ids[i] &&
+                              memcmp(&b.weights[j], &a.weights[i], sizeof(float)) == 0,
+                          "token %zu: inference entry %zu differs from batch mode's", t, j);
+            j++, above++;
+        }
+        ck_assert_uint_eq(j, (size_t)b.token_offsets[t + 1]);
+    }
+    ck_assert(above + 1 >= T * 5 - 3); /* all but the few equal to the threshold */
+    moert_plan_destroy(batch), moert_plan_destroy(inference);
+    free(x);
 }
 END_TEST
 
@@ -719,6 +784,25 @@ START_TEST(test_noise_distribution) {
         for (int j = 0; j < 32; j++) chi_grid += (grid[i][j] - 512.0) * (grid[i][j] - 512.0) / 512.0;
     ck_assert_msg(fabs(chi_bins - 255) < 6 * sqrt(2 * 255.0), "uniforms: chi-square %g over 255", chi_bins);
     ck_assert_msg(fabs(chi_grid - 1023) < 6 * sqrt(2 * 1023.0), "pairs: chi-square %g over 1023", chi_grid);
+    /* And at every distance: counters c and c + d, d < 300 of 512, over 4000 tokens (16 x 16
+     * bins, each within 6 standard deviations). One mixing round instead of lowbias32's two
+     * fails at d = 93 and 267, where d 0x9E3779B9 is nearly 0 mod 2^32. */
+    enum { TOKENS = 4000, COUNTERS = 512 };
+    uint8_t *cell = malloc((size_t)TOKENS * COUNTERS);
+    for (uint64_t t = 0; t < TOKENS; t++) {
+        const uint64_t key = noise_token_key(5, t);
+        for (uint32_t c = 0; c < COUNTERS; c++) cell[t * COUNTERS + c] = (uint8_t)(noise_uniform(key, c) * 16);
+    }
+    for (size_t d = 1; d < 300; d++) {
+        double lag[256] = {0};
+        for (size_t t = 0; t < TOKENS; t++)
+            for (size_t c = 0; c + d < COUNTERS; c++) lag[cell[t * COUNTERS + c] * 16 + cell[t * COUNTERS + c + d]]++;
+        const double expected = (double)TOKENS * (double)(COUNTERS - d) / 256.0;
+        double chi = 0;
+        for (int i = 0; i < 256; i++) chi += (lag[i] - expected) * (lag[i] - expected) / expected;
+        ck_assert_msg(fabs(chi - 255) < 6 * sqrt(2 * 255.0), "counters %zu apart: chi-square %g over 255", d, chi);
+    }
+    free(cell);
     /* Uniforms strictly inside (0, 1), and the log it uses. */
     for (uint32_t i = 0; i < 100000; i++) {
         const float u = noise_uniform(noise_token_key(1, i), i);
@@ -1014,6 +1098,8 @@ int main(void) {
     tcase_add_test(tc, test_batch_topk_groups_and_threads);
     tcase_add_test(tc, test_select_threshold_against_sorting);
     tcase_add_test(tc, test_batch_topk_hard_batches);
+    tcase_add_test(tc, test_batch_topk_subnormal_ties);
+    tcase_add_test(tc, test_batch_topk_threshold_mode_agrees);
     tcase_add_test(tc, test_noise_distribution);
     tcase_add_test(tc, test_noisy_top_k);
     tcase_add_test(tc, test_noisy_in_kernel);

@@ -157,13 +157,24 @@ START_TEST(route_matches_library_on_random_logits) {
     write_logits("random.npy", x, T, E);
     const char *policies[] = {"--k 6 --capacity-factor 1.25 --drop position",
                               "--policy expert-choice --capacity-factor 2 --threads 2",
-                              "--policy relu --relu-threshold 2.5", "--score sigmoid --renormalize --k 4 --groups 8 --topk-groups 2"};
-    for (int p = 0; p < 4; p++) {
+                              "--policy relu --relu-threshold 2.5", "--score sigmoid --renormalize --k 4 --groups 8 --topk-groups 2",
+                              "--policy batch-topk --k 3 --renormalize --threads 2", "--policy sparsemax --k-max 4",
+                              "--k 4 --noise normal:0.7 --seed 9 --threads 2", "--k 4 --noise gumbel:0.5 --seed 3 --noisy-weights",
+                              "--k 5 --score softpick", "--k 5 --score sqrt-softplus --renormalize",
+                              "--policy batch-topk --k 2 --threshold 0.04"};
+    for (int p = 0; p < 11; p++) {
         moert_router_config c = moert_router_config_default();
         if (p == 0) c.k = 6, c.capacity_factor = 1.25f, c.drop_policy = MOERT_DROP_POSITION;
         if (p == 1) c.policy = MOERT_POLICY_EXPERT_CHOICE, c.capacity_factor = 2.0f;
         if (p == 2) c.policy = MOERT_POLICY_RELU, c.relu_threshold = 2.5f;
         if (p == 3) c.score = MOERT_SCORE_SIGMOID, c.renormalize = 1, c.k = 4, c.groups = 8, c.topk_groups = 2;
+        if (p == 4) c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 3, c.renormalize = 1;
+        if (p == 5) c.policy = MOERT_POLICY_SPARSEMAX, c.k_max = 4;
+        if (p == 6) c.k = 4, c.noise = MOERT_NOISE_NORMAL, c.noise_scale = 0.7f, c.seed = 9;
+        if (p == 7) c.k = 4, c.noise = MOERT_NOISE_GUMBEL, c.noise_temperature = 0.5f, c.seed = 3, c.noisy_weights = 1;
+        if (p == 8) c.k = 5, c.score = MOERT_SCORE_SOFTPICK;
+        if (p == 9) c.k = 5, c.score = MOERT_SCORE_SQRT_SOFTPLUS, c.renormalize = 1;
+        if (p == 10) c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 2, c.use_threshold = 1, c.threshold = 0.04f;
         moert_router *r;
         moert_plan *plan;
         ck_assert_int_eq(moert_router_create(&c, E, &r), MOERT_OK);
@@ -389,7 +400,9 @@ START_TEST(help_documents_every_option) {
     fclose(f);
     const char *options[] = {"--logits", "--out", "--policy", "--k", "--score", "--softmax-order", "--renormalize",
                              "--scaling", "--groups", "--topk-groups", "--group-score", "--bias", "--capacity-factor",
-                             "--drop", "--pad", "--relu-threshold", "--threads", "--route-groups"};
+                             "--drop", "--pad", "--relu-threshold", "--threads", "--route-groups", "--batch-score",
+                             "--threshold", "--k-max", "--noise", "--noise-scales", "--noisy-weights", "--seed",
+                             "batch-topk", "sparsemax", "softpick", "sqrt-softplus"};
     for (size_t i = 0; i < sizeof options / sizeof options[0]; i++)
         ck_assert_msg(strstr(text, options[i]) != NULL, "route --help does not document %s", options[i]);
 }

@@ -462,22 +462,26 @@ END_TEST
  * Several rows per call (the vector variants' two passes), widths around the vector
  * widths and past the register and heap paths, bounds from every entry to none, logit
  * bounds that let the margin's extras through (they must be dropped), ties on a 1/8
- * grid, masked entries. */
+ * grid, masked entries, all-negative rows with -0 (its sign kept) under negative bounds. */
 static void batch_rows(const topk_variant *v) {
     const size_t widths[] = {1, 7, 8, 9, 16, 17, 33, 64, 100, 1000};
     const float bounds[] = {-FLT_MAX, 0.0f, 0.004f, 0.02f, 0.1f, 0.6f};
+    const float logit_bounds[] = {-FLT_MAX, -0.5f, 0.0f, 0.125f, 0.8f, 4.0f};
     const size_t R = 13;
     for (size_t s = 0; s < sizeof widths / sizeof widths[0]; s++)
         for (int probs = 0; probs < 2; probs++)
             for (size_t h = 0; h < sizeof bounds / sizeof bounds[0]; h++) {
                 const size_t E = widths[s];
-                const float bound = probs ? (bounds[h] > 0.0f ? bounds[h] : 0.0f) : bounds[h] * 40.0f;
+                const float bound = probs ? bounds[h] : logit_bounds[h];
                 float *x = random_logits(R * E, 700 + E, 1.5f);
                 float max[13], sum[13], logit_bound[13];
                 for (size_t r = 0; r < R; r++) {
                     float *row = x + r * E;
-                    for (size_t e = 0; e < E; e++)
+                    for (size_t e = 0; e < E; e++) {
                         row[e] = (e + r) % 11 == 5 && E > 1 ? -INFINITY : roundf(row[e] * 8.0f) / 8.0f;
+                        if (r % 4 == 3) row[e] = -fabsf(row[e]); /* rows of x <= 0, with -0 */
+                    }
+                    if (r % 4 == 3) row[0] = 0.0f; /* and +0 first: the row max is +0 */
                     max[r] = -INFINITY, sum[r] = 0.0f;
                     for (size_t e = 0; e < E; e++) max[r] = row[e] > max[r] ? row[e] : max[r];
                     for (size_t e = 0; e < E; e++) sum[r] += expf(row[e] - max[r]);

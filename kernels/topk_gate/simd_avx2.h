@@ -272,18 +272,23 @@ static inline __attribute__((always_inline)) int v_compress_store(float *fdst, i
     return __builtin_popcount(bits);
 }
 
-/* The 8 lanes sorted descending (signed): a rare path here (the vector BatchTopK row's
- * registers hold 8), in plain C. */
+/* The 8 lanes sorted descending (signed): a bitonic network, lane i meeting lane i ^ d and
+ * keeping the max where ((i & d) == 0) == ((i & size) == 0) (the blend masks below). */
+#define AVX2_SORT8_STAGE(a, p0, p1, p2, p3, p4, p5, p6, p7, takes_max)                                  \
+    do {                                                                                                   \
+        const __m256i partner_ = _mm256_permutevar8x32_epi32(a, _mm256_setr_epi32(p0, p1, p2, p3, p4, p5, p6, p7)); \
+        a = _mm256_blend_epi32(_mm256_min_epi32(a, partner_), _mm256_max_epi32(a, partner_), takes_max);        \
+    } while (0)
 static inline __attribute__((always_inline)) vi vi_sort_desc(vi a) {
-    int32_t v[8];
-    _mm256_storeu_si256((__m256i *)v, a);
-    for (int i = 1; i < 8; i++)
-        for (int j = i; j > 0 && v[j] > v[j - 1]; j--) {
-            const int32_t t = v[j];
-            v[j] = v[j - 1], v[j - 1] = t;
-        }
-    return _mm256_loadu_si256((const __m256i *)v);
+    AVX2_SORT8_STAGE(a, 1, 0, 3, 2, 5, 4, 7, 6, 0x99); /* size 2, d 1 */
+    AVX2_SORT8_STAGE(a, 2, 3, 0, 1, 6, 7, 4, 5, 0xC3); /* size 4, d 2 */
+    AVX2_SORT8_STAGE(a, 1, 0, 3, 2, 5, 4, 7, 6, 0xA5); /* size 4, d 1 */
+    AVX2_SORT8_STAGE(a, 4, 5, 6, 7, 0, 1, 2, 3, 0x0F); /* size 8, d 4 */
+    AVX2_SORT8_STAGE(a, 2, 3, 0, 1, 6, 7, 4, 5, 0x33); /* size 8, d 2 */
+    AVX2_SORT8_STAGE(a, 1, 0, 3, 2, 5, 4, 7, 6, 0x55); /* size 8, d 1 */
+    return a;
 }
+#undef AVX2_SORT8_STAGE
 
 /* Lane i of the result is lane idx[i] of a. */
 static inline __attribute__((always_inline)) vf vf_permute(vf a, vi idx) { return _mm256_permutevar8x32_ps(a, idx); }

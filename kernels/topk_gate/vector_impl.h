@@ -518,14 +518,15 @@ VEC_INLINE vf vec_softpick_term(vf v, vf m, vf c) {
 /* ---- the noise of noisy and Gumbel top-k, lane by lane (kernels/noise.c's operations, in
  * its order, fused where it fuses: the same bits) ---- */
 
-VEC_INLINE vi vec_mix32(vi x) {
+VEC_INLINE vi vec_lowbias32(vi x) {
     x = vi_mul(vi_xor(x, vi_srl(x, 16)), vi_set1((int32_t)0x7FEB352Du));
-    return vi_xor(x, vi_srl(x, 15));
+    x = vi_mul(vi_xor(x, vi_srl(x, 15)), vi_set1((int32_t)0x846CA68Bu));
+    return vi_xor(x, vi_srl(x, 16));
 }
 
 /* Counter c's 23 random bits under each lane's token key (lo, hi). */
 VEC_INLINE vi vec_noise_bits(vi lo, vi hi, uint32_t c) {
-    return vi_srl(vec_mix32(vi_add(vi_xor(lo, vi_set1((int32_t)(c * 0x9E3779B9u))), hi)), 9);
+    return vi_srl(vec_lowbias32(vi_add(vi_xor(lo, vi_set1((int32_t)(c * 0x9E3779B9u))), hi)), 9);
 }
 
 VEC_INLINE vf vec_noise_uniform(vi n) { return vf_fmadd(vf_cvt_vi(n), vf_set1(0x1.0p-23f), vf_set1(0x1.0p-24f)); }
@@ -1282,9 +1283,9 @@ static size_t vec_batch_finish(float *x, const int32_t *id, size_t c, float max,
         const int n = (int)c;
         vf p = vf_load_part(x, n, 0.0f);
         if (b->probs) p = vf_div(vf_exp2_stat(vf_mul(vf_sub(p, vf_set1(max)), log2e)), vf_set1(sum));
-        p = vf_add(p, vf_set1(0.0f)); /* -0 as +0: they are equal */
         const vm real = vm_and(vm_ge(p, bound), vm_first(n));
-        const vi bits = vi_from_vf(p), lane_part = vi_sub(vi_set1(V_W - 1), vi_iota());
+        /* The key of -0 as of +0: they are equal (the score itself keeps its sign). */
+        const vi bits = vi_from_vf(vf_add(p, vf_set1(0.0f))), lane_part = vi_sub(vi_set1(V_W - 1), vi_iota());
         const vi order = vi_xor(bits, vi_or(vi_sra(bits, 31), vi_set1(INT32_MIN)));
         vi key = vi_add(vi_sub(order, vi_set1((int32_t)base)), vi_set1(1));
         for (int shift = 0; shift < LANE_BITS; shift++) key = vi_add(key, key);
