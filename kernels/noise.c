@@ -6,20 +6,6 @@
 #include <math.h>
 #include <string.h>
 
-/* One SplitMix64 step: z + g, then its finaliser. */
-static inline uint64_t splitmix_step(uint64_t z, uint64_t g) {
-    z += g;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-uint64_t noise_seed_state(uint64_t seed) { return splitmix_step(seed ^ 0x6A09E667F3BCC909ull, 0x9E3779B97F4A7C15ull); }
-
-uint64_t noise_token_key_of(uint64_t seed_state, uint64_t token) {
-    return splitmix_step(seed_state, 0x9E3779B97F4A7C15ull * (token + 1));
-}
-
 uint64_t noise_token_key(uint64_t seed, uint64_t token) { return noise_token_key_of(noise_seed_state(seed), token); }
 
 /* Chris Wellons' lowbias32: a 32-bit mixer of full avalanche, in 32-bit multiplies that

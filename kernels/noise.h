@@ -29,8 +29,20 @@ typedef struct noise_spec {
  * in two steps, the first the seed's alone (noise_seed_state), which a caller keying many
  * tokens makes once. */
 uint64_t noise_token_key(uint64_t seed, uint64_t token);
-uint64_t noise_seed_state(uint64_t seed);
-uint64_t noise_token_key_of(uint64_t seed_state, uint64_t token);
+
+/* One SplitMix64 step: z + g, then its finaliser. Inline: the tiles key 16 tokens each. */
+static inline uint64_t noise_splitmix_step(uint64_t z, uint64_t g) {
+    z += g;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static inline uint64_t noise_seed_state(uint64_t seed) {
+    return noise_splitmix_step(seed ^ 0x6A09E667F3BCC909ull, 0x9E3779B97F4A7C15ull);
+}
+static inline uint64_t noise_token_key_of(uint64_t seed_state, uint64_t token) {
+    return noise_splitmix_step(seed_state, 0x9E3779B97F4A7C15ull * (token + 1));
+}
 
 /* The uniform in (0, 1) of counter c under a token's key: 23 bits, centred in their cell:
  * lowbias32((key_lo ^ c 0x9E3779B9) + key_hi), its top 23 bits n, (n + 1/2) 2^-23. */

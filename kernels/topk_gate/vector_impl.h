@@ -524,10 +524,10 @@ VEC_INLINE vi vec_lowbias32(vi x) {
     return vi_xor(x, vi_srl(x, 16));
 }
 
-/* Counter c's 23 random bits under each lane's token key (lo, hi). */
-VEC_INLINE vi vec_noise_bits(vi lo, vi hi, uint32_t c) {
-    return vi_srl(vec_lowbias32(vi_add(vi_xor(lo, vi_set1((int32_t)(c * 0x9E3779B9u))), hi)), 9);
-}
+/* A counter's 23 random bits under each lane's token key (lo, hi), c_phi = c 0x9E3779B9
+ * (the callers step it by a vector addition: a broadcast of c's product from a general
+ * register per counter cost 10% of the generator on Zen 4). */
+VEC_INLINE vi vec_noise_bits(vi lo, vi hi, vi c_phi) { return vi_srl(vec_lowbias32(vi_add(vi_xor(lo, c_phi), hi)), 9); }
 
 VEC_INLINE vf vec_noise_uniform(vi n) { return vf_fmadd(vf_cvt_vi(n), vf_set1(0x1.0p-23f), vf_set1(0x1.0p-24f)); }
 
@@ -573,9 +573,11 @@ VEC_INLINE void vec_normal_pair(vi n1, vi n2, vf *z0, vf *z1) {
  * in a loop of its own that keeps few registers live (inside the selection's it ran at half
  * the speed). */
 VEC_INLINE void vec_noise_fill(const noise_spec *noise, vi lo, vi hi, size_t cols, float *buf) {
+    const vi phi = vi_set1((int32_t)0x9E3779B9u);
+    vi c_phi = vi_zero();
     if (noise->kind == MOERT_NOISE_GUMBEL) {
-        for (size_t c = 0; c < cols; c++) {
-            const vf u = vec_noise_uniform(vec_noise_bits(lo, hi, (uint32_t)c));
+        for (size_t c = 0; c < cols; c++, c_phi = vi_add(c_phi, phi)) {
+            const vf u = vec_noise_uniform(vec_noise_bits(lo, hi, c_phi));
             vf_storeu(buf + c * V_W, vec_negate(vec_scaled_log(vec_negate(vec_scaled_log(u, 1.0f)), 1.0f)));
         }
         return;
@@ -583,9 +585,11 @@ VEC_INLINE void vec_noise_fill(const noise_spec *noise, vi lo, vi hi, size_t col
     for (size_t c0 = 0; c0 < cols; c0 += 4) {
         /* Two pairs side by side: each is a long chain (hash, log, sqrt), which two hide
          * better than the out-of-order window alone. */
+        vi n[4];
+        for (int j = 0; j < 4; j++, c_phi = vi_add(c_phi, phi)) n[j] = vec_noise_bits(lo, hi, c_phi);
         vf z[4];
-        vec_normal_pair(vec_noise_bits(lo, hi, (uint32_t)c0), vec_noise_bits(lo, hi, (uint32_t)c0 + 1), &z[0], &z[1]);
-        vec_normal_pair(vec_noise_bits(lo, hi, (uint32_t)c0 + 2), vec_noise_bits(lo, hi, (uint32_t)c0 + 3), &z[2], &z[3]);
+        vec_normal_pair(n[0], n[1], &z[0], &z[1]);
+        vec_normal_pair(n[2], n[3], &z[2], &z[3]);
         for (int j = 0; j < 4; j++) vf_storeu(buf + (c0 + (size_t)j) * V_W, z[j]);
     }
 }
