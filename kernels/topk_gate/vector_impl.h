@@ -1326,12 +1326,12 @@ static size_t vec_batch_rows(const float *logits, size_t rows, size_t E, const t
         const float *x = logits + r * E;
         const vf logit_bound = vf_set1(b->logit_bound[r]);
         size_t count = 0;
-        for (size_t i = 0; i < E; i += V_W) {
+        vi id = vi_iota(); /* stepped by an addition: no broadcast from a general register */
+        for (size_t i = 0; i < E; i += V_W, id = vi_add(id, vi_set1(V_W))) {
             const int lanes = E - i < V_W ? (int)(E - i) : V_W;
             const vf v = lanes == V_W ? vf_loadu(x + i) : vf_load_part(x + i, lanes, -INFINITY);
             const vm hit = vm_and(vm_ge(v, logit_bound), vm_first(lanes));
-            count += (size_t)v_compress_store(found + at + count, found_ids + at + count, vm_bits(hit), v,
-                                              vi_add(vi_iota(), vi_set1((int32_t)i)));
+            count += (size_t)v_compress_store(found + at + count, found_ids + at + count, vm_bits(hit), v, id);
         }
         counts[r] = (uint32_t)count;
         at += count;
