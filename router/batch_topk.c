@@ -181,6 +181,57 @@ static size_t all_candidates(const candidate_pass *c, size_t T, int threads, int
     return m;
 }
 
+/* The plan from the sorted candidates (step 5). */
+typedef struct plan_walk {
+    const float *scores;
+    const int32_t *ids;
+    const uint32_t *counts;
+    size_t *start;   /* [T] each row's first candidate */
+    float cut;       /* kept above it: theta, or -inf when every candidate is kept */
+    float theta;
+    int ties_possible;
+    int renormalize;
+} plan_walk;
+
+/* Row t's candidates above the cut, and equal to theta after them. Up to 16 by a
+ * fixed-length step (no branch on the row's length, which no predictor guesses; the
+ * workspace has room past its end). */
+static inline void walk_count(const plan_walk *w, size_t t, uint32_t *above, uint32_t *equal) {
+    const size_t got = w->counts[t];
+    const float *s = w->scores + w->start[t];
+    uint32_t keep = 0, tied = 0;
+    if (got <= 16)
+        for (size_t j = 0; j < 16; j++) keep += (j < got) & (s[j] > w->cut);
+    else
+        for (size_t j = 0; j < got; j++) keep += s[j] > w->cut;
+    while (w->ties_possible && keep + tied < got && s[keep + tied] == w->theta) tied++;
+    *above = keep, *equal = tied;
+}
+
+/* Row t's entries, the ties it may take in row order, and its offset. */
+static inline void walk_allot(moert_plan *plan, size_t t, uint32_t above, uint32_t equal, size_t *ties) {
+    const size_t tied = equal < *ties ? equal : *ties;
+    *ties -= tied;
+    plan->token_offsets[t + 1] = plan->token_offsets[t] + (int64_t)(above + tied);
+}
+
+/* Row t's kept entries into the plan: 16 at once where that stays below `end` (the
+ * entries after are rewritten by the rows that own them), else exactly; the smallest
+ * kept score into *smallest; renormalised on request. */
+static inline void walk_copy(const plan_walk *w, moert_plan *plan, size_t t, size_t end, float *smallest) {
+    const size_t got = w->counts[t], at = w->start[t], out = (size_t)plan->token_offsets[t];
+    const size_t keep = (size_t)plan->token_offsets[t + 1] - out;
+    if (got <= 16 && out + 16 <= end) { /* a constant size: moves, not a call */
+        memcpy(plan->expert_ids + out, w->ids + at, 16 * sizeof(int32_t));
+        memcpy(plan->weights + out, w->scores + at, 16 * sizeof(float));
+    } else {
+        memcpy(plan->expert_ids + out, w->ids + at, keep * sizeof(int32_t));
+        memcpy(plan->weights + out, w->scores + at, keep * sizeof(float));
+    }
+    if (keep > 0 && w->scores[at + keep - 1] < *smallest) *smallest = w->scores[at + keep - 1];
+    if (w->renormalize) renormalize_token(plan->weights + out, keep);
+}
+
 moert_status router_batch_topk(const moert_router_config *c, const float *logits, size_t tokens, size_t experts,
                                moert_plan *plan, router_workspace *ws) {
     const size_t T = tokens, E = experts;
@@ -206,14 +257,15 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     const size_t samples = n >= 4 * BATCH_SAMPLES ? BATCH_SAMPLES : n;
 
     /* Workspace, in 64-byte aligned parts. */
-    enum { STATS, ROWS, IDS, SCORES, COUNTS, RADIX, SAMPLE, ROW_SCRATCH, THREAD_COUNTS, PARTS };
+    enum { STATS, ROWS, IDS, SCORES, COUNTS, RADIX, SAMPLE, ROW_SCRATCH, WALK, THREAD_COUNTS, PARTS };
     size_t sizes[PARTS], offsets[PARTS], total = 0;
     sizes[STATS] = ROUTER_STATS_SCRATCH(threads, E);
     sizes[ROWS] = 2 * T * sizeof(float);
     sizes[IDS] = (n + 16 * (size_t)threads) * sizeof(int32_t);
     sizes[SCORES] = (n + 16 * (size_t)threads) * sizeof(float);
     sizes[COUNTS] = T * sizeof(uint32_t);
-    sizes[RADIX] = ROUTER_THRESHOLD_SCRATCH(n);
+    sizes[RADIX] = ROUTER_THRESHOLD_SCRATCH(n, threads);
+    sizes[WALK] = T * (sizeof(size_t) + 2 * sizeof(uint32_t)) + 64;
     sizes[SAMPLE] = 4 * samples * sizeof(float); /* the scores, and their logits, maxima and sums */
     sizes[ROW_SCRATCH] = (size_t)threads * TOPK_BATCH_SCRATCH(CANDIDATE_BLOCK, E) * sizeof(float);
     sizes[THREAD_COUNTS] = ((size_t)threads + 1) * sizeof(size_t);
@@ -246,7 +298,7 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
             r = (size_t)(expected + 4.0 * sqrt(expected) + 4.0);
         }
         size_t above;
-        if (r < samples) bound = router_select_threshold(sample, samples, r, &above, radix);
+        if (r < samples) bound = router_select_threshold(sample, samples, r, &above, radix, 1);
         if (!(bound > lowest)) bound = lowest;
     }
 
@@ -265,37 +317,43 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     size_t ties = 0;
     if (m > count) {
         size_t above;
-        theta = router_select_threshold(scores, m, count, &above, radix);
+        theta = router_select_threshold(scores, m, count, &above, radix, threads);
         ties = count - above;
     }
 
     /* 5. The plan: each token's kept prefix, the entries above the cut and then, in row
-     * order, the first `ties` equal to it. Up to 16 a row, by fixed-length steps (no
-     * branch on the row's length, which no predictor guesses): the workspace and the plan
-     * have room past their ends. */
-    const float cut = m > count ? theta : -INFINITY; /* every candidate is above -inf */
+     * order, the first `ties` equal to it. With threads: each row's count above the cut
+     * and equal to theta in parallel, the ties' allotment and the offsets in row order, the
+     * copies in parallel; on one thread all three a row at a time. */
+    const plan_walk walk = {scores, ids, counts, (size_t *)(base + offsets[WALK]), m > count ? theta : -INFINITY,
+                            theta, m > count, c->renormalize};
+    uint32_t *above_cut = (uint32_t *)(walk.start + T), *at_theta = above_cut + T;
+    for (size_t t = 0, at = 0; t < T; at += counts[t++]) walk.start[t] = at;
     plan->token_offsets[0] = 0;
-    size_t kept = 0, at = 0;
     float threshold = INFINITY;
-    for (size_t t = 0; t < T; t++) {
-        const size_t got = counts[t];
-        const float *s = scores + at;
-        size_t keep = 0;
-        if (got <= 16) {
-            for (size_t j = 0; j < 16; j++) keep += (j < got) & (s[j] > cut);
-            memcpy(plan->expert_ids + kept, ids + at, 16 * sizeof(int32_t));
-            memcpy(plan->weights + kept, s, 16 * sizeof(float));
-        } else {
-            for (size_t j = 0; j < got; j++) keep += s[j] > cut;
-            memcpy(plan->expert_ids + kept, ids + at, got * sizeof(int32_t));
-            memcpy(plan->weights + kept, s, got * sizeof(float));
+    if (threads == 1) {
+        for (size_t t = 0; t < T; t++) {
+            uint32_t keep, equal;
+            walk_count(&walk, t, &keep, &equal);
+            walk_allot(plan, t, keep, equal, &ties);
+            walk_copy(&walk, plan, t, (size_t)plan->token_offsets[t] + 16, &threshold); /* the rows after overwrite */
         }
-        while (ties > 0 && keep < got && s[keep] == theta) keep++, ties--;
-        if (keep > 0 && s[keep - 1] < threshold) threshold = s[keep - 1];
-        if (c->renormalize) renormalize_token(plan->weights + kept, keep);
-        at += got, kept += keep;
-        plan->token_offsets[t + 1] = (int64_t)kept;
+    } else {
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (size_t t = 0; t < T; t++) walk_count(&walk, t, &above_cut[t], &at_theta[t]);
+        for (size_t t = 0; t < T; t++) walk_allot(plan, t, above_cut[t], at_theta[t], &ties);
+#pragma omp parallel num_threads(threads)
+        {
+            const int u = omp_get_thread_num(), nth = omp_get_num_threads();
+            const size_t t0 = T * (size_t)u / (size_t)nth, t1 = T * (size_t)(u + 1) / (size_t)nth;
+            const size_t end = (size_t)plan->token_offsets[t1]; /* where the next thread's rows start */
+            float smallest = INFINITY;
+            for (size_t t = t0; t < t1; t++) walk_copy(&walk, plan, t, end, &smallest);
+#pragma omp critical(moert_batch_threshold)
+            threshold = smallest < threshold ? smallest : threshold;
+        }
     }
+    const size_t kept = (size_t)plan->token_offsets[T];
     plan->tokens = T, plan->experts = E, plan->entries = kept;
     MOERT_FORWARD_IF_ERROR(plan_build_expert_major(plan, router_threads(c->threads), 0, 0));
     memcpy(plan->expert_routed, plan->expert_counts, E * sizeof(int64_t));

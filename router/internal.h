@@ -92,9 +92,11 @@ void router_select_top(const float *values, size_t n, size_t count, topk_compact
 
 /* The count-th largest (1 <= count <= n) of values[0, n) (NaN-free), and in *above how
  * many values exceed it. Linear time: the radix select's narrowing on the values' keys,
- * which are not reordered. scratch: ROUTER_THRESHOLD_SCRATCH(n) bytes, 4-byte aligned. */
-#define ROUTER_THRESHOLD_SCRATCH(n) ((size_t)(n) * 4u + ROUTER_SELECT_BINS * 4u)
-float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch);
+ * which are not reordered; the pass over every value split over `threads`. scratch:
+ * ROUTER_THRESHOLD_SCRATCH(n, threads) bytes, 8-byte aligned. */
+#define ROUTER_THRESHOLD_SCRATCH(n, threads) \
+    ((size_t)(n) * 4u + (size_t)(threads) * (ROUTER_SELECT_BINS * 4u + 16u) + 64u)
+float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch, int threads);
 
 /* The r-th largest (1 <= r <= n) of a[0, n) (NaN-free), reordering a. */
 float router_nth_largest(float *a, size_t n, size_t r);

@@ -3,6 +3,7 @@
  * `probs` drop policy), and, for expert choice's columns, a sampled bound that narrows
  * the column to a few candidates in one vector pass before the radix select. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,17 +35,12 @@ _Static_assert(SELECT_BINS == ROUTER_SELECT_BINS, "the scratch's histogram has a
 
 /* The bin (of SELECT_BINS, the digits of key >> shift) that holds the need-th largest of
  * the candidates, and how many candidates lie in higher bins. hist: SELECT_BINS counters. */
+static uint32_t bin_of(const uint32_t *hist, size_t need, size_t *higher);
+
 static uint32_t find_bin(const candidate *c, size_t n, int shift, size_t need, size_t *above, uint32_t *hist) {
     memset(hist, 0, SELECT_BINS * sizeof *hist);
     for (size_t i = 0; i < n; i++) hist[(c[i].key >> shift) & (SELECT_BINS - 1)]++;
-    size_t acc = 0;
-    uint32_t b = SELECT_BINS - 1;
-    for (;; b--) {
-        if (acc + hist[b] >= need || b == 0) break;
-        acc += hist[b];
-    }
-    *above = acc;
-    return b;
+    return bin_of(hist, need, above);
 }
 
 void router_select_largest(const float *values, size_t n, size_t stride, size_t count,
@@ -111,28 +107,82 @@ keys_and_range(const float *values, size_t n, uint32_t *keys, uint32_t *lo, uint
     *lo = l, *hi = h;
 }
 
-float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch) {
-    uint32_t *keys = scratch, *hist = keys + n;
-    /* The digits span the keys' own range (min to max), not fixed bits: a batch's scores
-     * crowd into a few exponents, which fixed leading bits would put in a few bins. */
-    uint32_t lo, hi;
-    keys_and_range(values, n, keys, &lo, &hi);
+float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch, int threads) {
+    uint32_t *keys = scratch, *hist = keys + n, *part_range = hist + (size_t)threads * SELECT_BINS;
+    size_t *part_kept = (size_t *)(void *)(part_range + 2 * (size_t)threads + 2);
+    if (threads < 1 || n < 65536) threads = 1;
+    /* The first round reads every value: the keys, their range, the histogram of the first
+     * digit and the keys in the bin of the count-th largest, each thread a contiguous part
+     * (its own histogram; its bin's keys packed in its part, then the parts packed). The
+     * digits span the keys' own range (min to max), not fixed bits: a batch's scores crowd
+     * into a few exponents, which fixed leading bits would put in a few bins. */
+    /* Parts, not threads: each loop over them is shared by however many threads run. */
+    const int parts = threads;
+    uint32_t lo = UINT32_MAX, hi = 0;
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+    for (int u = 0; u < parts; u++) {
+        const size_t i0 = n * (size_t)u / (size_t)parts, i1 = n * (size_t)(u + 1) / (size_t)parts;
+        keys_and_range(values + i0, i1 - i0, keys + i0, &part_range[2 * u], &part_range[2 * u + 1]);
+    }
+    for (int u = 0; u < parts; u++) {
+        lo = part_range[2 * u] < lo ? part_range[2 * u] : lo;
+        hi = part_range[2 * u + 1] > hi ? part_range[2 * u + 1] : hi;
+    }
     size_t m = n, need = count, total_above = 0;
-    while (hi > lo) {
+    for (int round = 0; hi > lo; round++) {
         int shift = 0;
         while (((hi - lo) >> shift) >= SELECT_BINS) shift++;
-        memset(hist, 0, SELECT_BINS * sizeof *hist);
-        for (size_t i = 0; i < m; i++) hist[(keys[i] - lo) >> shift]++;
-        size_t higher;
-        const uint32_t bin = bin_of(hist, need, &higher);
-        /* Keep the keys of that bin (branch-free: every key written, the bin's kept). */
-        size_t kept = 0;
-        for (size_t i = 0; i < m; i++) {
-            const uint32_t key = keys[i];
-            keys[kept] = key;
-            kept += ((key - lo) >> shift) == bin;
+        const int split = round == 0 && parts > 1;
+        memset(hist, 0, (split ? (size_t)parts : 1) * SELECT_BINS * sizeof *hist);
+        uint32_t bin = 0;
+        size_t higher = 0;
+        if (split) {
+#pragma omp parallel num_threads(parts)
+            {
+#pragma omp for schedule(static)
+                for (int u = 0; u < parts; u++) {
+                    const size_t i0 = n * (size_t)u / (size_t)parts, i1 = n * (size_t)(u + 1) / (size_t)parts;
+                    uint32_t *h = hist + (size_t)u * SELECT_BINS;
+                    for (size_t i = i0; i < i1; i++) h[(keys[i] - lo) >> shift]++;
+                }
+#pragma omp single
+                {
+                    for (int v = 1; v < parts; v++)
+                        for (uint32_t d = 0; d < SELECT_BINS; d++) hist[d] += hist[(size_t)v * SELECT_BINS + d];
+                    bin = bin_of(hist, need, &higher);
+                }
+#pragma omp for schedule(static)
+                for (int u = 0; u < parts; u++) {
+                    const size_t i0 = n * (size_t)u / (size_t)parts, i1 = n * (size_t)(u + 1) / (size_t)parts;
+                    size_t kept = i0;
+                    for (size_t i = i0; i < i1; i++) {
+                        const uint32_t key = keys[i];
+                        keys[kept] = key;
+                        kept += ((key - lo) >> shift) == bin;
+                    }
+                    part_kept[u] = kept - i0;
+                }
+            }
+            size_t kept = 0;
+            for (int u = 0; u < parts; u++) {
+                const size_t i0 = n * (size_t)u / (size_t)parts;
+                memmove(keys + kept, keys + i0, part_kept[u] * sizeof *keys);
+                kept += part_kept[u];
+            }
+            m = kept;
+        } else {
+            for (size_t i = 0; i < m; i++) hist[(keys[i] - lo) >> shift]++;
+            bin = bin_of(hist, need, &higher);
+            /* Keep the keys of that bin (branch-free: every key written, the bin's kept). */
+            size_t kept = 0;
+            for (size_t i = 0; i < m; i++) {
+                const uint32_t key = keys[i];
+                keys[kept] = key;
+                kept += ((key - lo) >> shift) == bin;
+            }
+            m = kept;
         }
-        m = kept, need -= higher, total_above += higher;
+        need -= higher, total_above += higher;
         /* The bin's range: lo + bin 2^shift up to the smaller of its end and hi. */
         const uint32_t bin_lo = lo + (bin << shift);
         const uint64_t bin_hi = (uint64_t)bin_lo + ((1ull << shift) - 1u);

@@ -552,7 +552,7 @@ START_TEST(test_select_threshold_against_sorting) {
         for (int kind = 0; kind < 5; kind++) {
             const size_t n = sizes[si];
             float *v = malloc(n * sizeof *v), *sorted = malloc(n * sizeof *sorted);
-            void *scratch = malloc(ROUTER_THRESHOLD_SCRATCH(n));
+            void *scratch = malloc(ROUTER_THRESHOLD_SCRATCH(n, 3));
             for (size_t i = 0; i < n; i++) {
                 const float g = test_rng_normal(&rng);
                 v[i] = kind == 0   ? g                                       /* spread */
@@ -566,7 +566,7 @@ START_TEST(test_select_threshold_against_sorting) {
             const size_t step = n > 200 ? n / 97 : 1;
             for (size_t count = 1; count <= n; count += step) {
                 size_t above = SIZE_MAX;
-                const float theta = router_select_threshold(v, n, count, &above, scratch);
+                const float theta = router_select_threshold(v, n, count, &above, scratch, 1 + (int)(count % 3));
                 size_t want_above = 0;
                 while (want_above < n && sorted[want_above] > sorted[count - 1]) want_above++;
                 ck_assert_msg(theta == sorted[count - 1] && above == want_above,
