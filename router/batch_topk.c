@@ -328,17 +328,33 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     const plan_walk walk = {scores, ids, counts, (size_t *)(base + offsets[WALK]), m > count ? theta : -INFINITY,
                             theta, m > count, c->renormalize};
     uint32_t *above_cut = (uint32_t *)(walk.start + T), *at_theta = above_cut + T;
-    for (size_t t = 0, at = 0; t < T; at += counts[t++]) walk.start[t] = at;
     plan->token_offsets[0] = 0;
     float threshold = INFINITY;
     if (threads == 1) {
-        for (size_t t = 0; t < T; t++) {
+        /* A row at a time: the copy first (its 16 entries are overwritten by the rows after),
+         * then the count; the steps' separate passes cost a single thread 6 ns a token. */
+        size_t kept = 0;
+        for (size_t t = 0, at = 0; t < T; at += counts[t++]) {
+            const size_t got = counts[t];
+            if (got <= 16) {
+                memcpy(plan->expert_ids + kept, ids + at, 16 * sizeof(int32_t));
+                memcpy(plan->weights + kept, scores + at, 16 * sizeof(float));
+            } else {
+                memcpy(plan->expert_ids + kept, ids + at, got * sizeof(int32_t));
+                memcpy(plan->weights + kept, scores + at, got * sizeof(float));
+            }
             uint32_t keep, equal;
+            walk.start[t] = at;
             walk_count(&walk, t, &keep, &equal);
-            walk_allot(plan, t, keep, equal, &ties);
-            walk_copy(&walk, plan, t, (size_t)plan->token_offsets[t] + 16, &threshold); /* the rows after overwrite */
+            const size_t tied = equal < ties ? equal : ties;
+            ties -= tied, keep += (uint32_t)tied;
+            if (keep > 0 && scores[at + keep - 1] < threshold) threshold = scores[at + keep - 1];
+            if (c->renormalize) renormalize_token(plan->weights + kept, keep);
+            kept += keep;
+            plan->token_offsets[t + 1] = (int64_t)kept;
         }
     } else {
+        for (size_t t = 0, at = 0; t < T; at += counts[t++]) walk.start[t] = at;
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (size_t t = 0; t < T; t++) walk_count(&walk, t, &above_cut[t], &at_theta[t]);
         for (size_t t = 0; t < T; t++) walk_allot(plan, t, above_cut[t], at_theta[t], &ties);
