@@ -108,9 +108,12 @@ keys_and_range(const float *values, size_t n, uint32_t *keys, uint32_t *lo, uint
 }
 
 float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch, int threads) {
-    uint32_t *keys = scratch, *hist = keys + n, *part_range = hist + (size_t)threads * SELECT_BINS;
-    size_t *part_kept = (size_t *)(void *)(part_range + 2 * (size_t)threads + 2);
     if (threads < 1 || n < 65536) threads = 1;
+    /* scratch: the parts' kept counts (8-byte aligned first), their ranges, the keys, the
+     * parts' histograms. */
+    size_t *part_kept = scratch;
+    uint32_t *part_range = (uint32_t *)(part_kept + threads), *keys = part_range + 2 * (size_t)threads;
+    uint32_t *hist = keys + n;
     /* The first round reads every value: the keys, their range, the histogram of the first
      * digit and the keys in the bin of the count-th largest, each thread a contiguous part
      * (its own histogram; its bin's keys packed in its part, then the parts packed). The

@@ -547,8 +547,8 @@ static int descending(const void *a, const void *b) {
  * for every count, on values with ties, signed zeros, -inf, wide and narrow ranges. */
 START_TEST(test_select_threshold_against_sorting) {
     test_rng rng = {77};
-    const size_t sizes[] = {1, 2, 5, 64, 1000, 5000};
-    for (size_t si = 0; si < 6; si++)
+    const size_t sizes[] = {1, 2, 5, 64, 1000, 5000, 70001}; /* the last split over threads */
+    for (size_t si = 0; si < 7; si++)
         for (int kind = 0; kind < 5; kind++) {
             const size_t n = sizes[si];
             float *v = malloc(n * sizeof *v), *sorted = malloc(n * sizeof *sorted);
