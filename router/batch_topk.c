@@ -251,8 +251,8 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     }
     MOERT_FORWARD_IF_ERROR(plan_reserve(plan, T, count + (E > 16 ? E : 16), E, count, threads));
     const size_t blocks = (T + 63) / 64;
-    if (threads < 1) threads = 1;
-    if (blocks > 0 && (size_t)threads > blocks) threads = (int)blocks;
+    if (blocks == 0 || threads < 1) threads = 1;
+    if ((size_t)threads > blocks && blocks > 0) threads = (int)blocks;
     /* A sample of 16384 scores, or every score of a small batch (then the bound is exact). */
     const size_t samples = n >= 4 * BATCH_SAMPLES ? BATCH_SAMPLES : n;
 
@@ -265,7 +265,7 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     sizes[SCORES] = (n + 16 * (size_t)threads) * sizeof(float);
     sizes[COUNTS] = T * sizeof(uint32_t);
     sizes[RADIX] = ROUTER_THRESHOLD_SCRATCH(n, threads);
-    sizes[WALK] = T * (sizeof(size_t) + 2 * sizeof(uint32_t)) + 64;
+    sizes[WALK] = T * (sizeof(size_t) + 2 * sizeof(uint32_t));
     sizes[SAMPLE] = 4 * samples * sizeof(float); /* the scores, and their logits, maxima and sums */
     sizes[ROW_SCRATCH] = (size_t)threads * TOPK_BATCH_SCRATCH(CANDIDATE_BLOCK, E) * sizeof(float);
     sizes[THREAD_COUNTS] = ((size_t)threads + 1) * sizeof(size_t);
@@ -358,15 +358,12 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (size_t t = 0; t < T; t++) walk_count(&walk, t, &above_cut[t], &at_theta[t]);
         for (size_t t = 0; t < T; t++) walk_allot(plan, t, above_cut[t], at_theta[t], &ties);
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) reduction(min : threshold)
         {
             const int u = omp_get_thread_num(), nth = omp_get_num_threads();
             const size_t t0 = T * (size_t)u / (size_t)nth, t1 = T * (size_t)(u + 1) / (size_t)nth;
             const size_t end = (size_t)plan->token_offsets[t1]; /* where the next thread's rows start */
-            float smallest = INFINITY;
-            for (size_t t = t0; t < t1; t++) walk_copy(&walk, plan, t, end, &smallest);
-#pragma omp critical(moert_batch_threshold)
-            threshold = smallest < threshold ? smallest : threshold;
+            for (size_t t = t0; t < t1; t++) walk_copy(&walk, plan, t, end, &threshold);
         }
     }
     const size_t kept = (size_t)plan->token_offsets[T];

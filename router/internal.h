@@ -95,7 +95,7 @@ void router_select_top(const float *values, size_t n, size_t count, topk_compact
  * which are not reordered; the pass over every value split over `threads`. scratch:
  * ROUTER_THRESHOLD_SCRATCH(n, threads) bytes, 8-byte aligned. */
 #define ROUTER_THRESHOLD_SCRATCH(n, threads) \
-    ((size_t)(n) * 4u + (size_t)(threads) * (ROUTER_SELECT_BINS * 4u + 16u) + 16u)
+    ((size_t)(n) * 4u + (size_t)((threads) > 1 ? (threads) : 1) * (ROUTER_SELECT_BINS * 4u + 16u) + 16u)
 float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch, int threads);
 
 /* The r-th largest (1 <= r <= n) of a[0, n) (NaN-free), reordering a. */

@@ -3,7 +3,6 @@
  * `probs` drop policy), and, for expert choice's columns, a sampled bound that narrows
  * the column to a few candidates in one vector pass before the radix select. */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 

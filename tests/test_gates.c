@@ -709,6 +709,42 @@ START_TEST(test_batch_topk_threshold_mode_agrees) {
 }
 END_TEST
 
+/* The same plan, offsets and threshold for 1, 2 and 3 threads where every step runs in
+ * parallel: T k = 80000 candidates and more split theta's select; ties (logits on a 1/4
+ * grid) and renormalised weights go through the parallel walk. */
+START_TEST(test_batch_topk_threads_agree) {
+    const size_t T = 20000, E = 64;
+    float *x = random_logits(T * E, 12, 1.0f);
+    for (size_t i = 0; i < T * E; i++) x[i] = roundf(x[i] * 4.0f) / 4.0f;
+    for (int probs = 0; probs < 2; probs++) {
+        moert_router_config c = moert_router_config_default();
+        c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 4, c.renormalize = probs, c.threads = 1;
+        c.batch_score = probs ? MOERT_BATCH_SCORE_PROBS : MOERT_BATCH_SCORE_LOGITS;
+        moert_plan *one = route(&c, x, T, E);
+        moert_plan_view a;
+        moert_plan_get_view(one, &a);
+        moert_plan_stats sa;
+        moert_plan_get_stats(one, &sa);
+        for (int threads = 2; threads <= 3; threads++) {
+            c.threads = threads;
+            moert_plan *many = route(&c, x, T, E);
+            moert_plan_view b;
+            moert_plan_get_view(many, &b);
+            moert_plan_stats sb;
+            moert_plan_get_stats(many, &sb);
+            ck_assert_uint_eq(a.entries, b.entries);
+            ck_assert(memcmp(a.token_offsets, b.token_offsets, (T + 1) * sizeof(int64_t)) == 0);
+            ck_assert(memcmp(a.expert_ids, b.expert_ids, a.entries * sizeof(int32_t)) == 0);
+            ck_assert(memcmp(a.weights, b.weights, a.entries * sizeof(float)) == 0);
+            ck_assert(memcmp(&sa.threshold, &sb.threshold, sizeof(double)) == 0);
+            moert_plan_destroy(many);
+        }
+        moert_plan_destroy(one);
+    }
+    free(x);
+}
+END_TEST
+
 START_TEST(test_batch_topk_groups_and_threads) {
     /* Routing groups: each group its own T_g k; the statistics' threshold is the mean of
      * the groups' thresholds. And the same plan for 1 and 3 threads. E = 144 makes each
@@ -737,8 +773,12 @@ START_TEST(test_batch_topk_groups_and_threads) {
     moert_plan_get_view(grouped, &a);
     moert_plan_get_view(threaded, &b);
     ck_assert_uint_eq(a.entries, b.entries);
+    ck_assert(memcmp(a.token_offsets, b.token_offsets, (T + 1) * sizeof(int64_t)) == 0);
     ck_assert(memcmp(a.expert_ids, b.expert_ids, a.entries * sizeof(int32_t)) == 0);
     ck_assert(memcmp(a.weights, b.weights, a.entries * sizeof(float)) == 0);
+    moert_plan_stats st;
+    moert_plan_get_stats(threaded, &st);
+    ck_assert(memcmp(&s.threshold, &st.threshold, sizeof(double)) == 0);
     moert_plan_destroy(grouped), moert_plan_destroy(threaded);
     free(x);
 }
@@ -1100,6 +1140,7 @@ int main(void) {
     tcase_add_test(tc, test_batch_topk_hard_batches);
     tcase_add_test(tc, test_batch_topk_subnormal_ties);
     tcase_add_test(tc, test_batch_topk_threshold_mode_agrees);
+    tcase_add_test(tc, test_batch_topk_threads_agree);
     tcase_add_test(tc, test_noise_distribution);
     tcase_add_test(tc, test_noisy_top_k);
     tcase_add_test(tc, test_noisy_in_kernel);
