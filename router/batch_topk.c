@@ -268,7 +268,7 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     sizes[WALK] = T * (sizeof(size_t) + 2 * sizeof(uint32_t));
     sizes[SAMPLE] = 4 * samples * sizeof(float); /* the scores, and their logits, maxima and sums */
     sizes[ROW_SCRATCH] = (size_t)threads * TOPK_BATCH_SCRATCH(CANDIDATE_BLOCK, E) * sizeof(float);
-    sizes[THREAD_COUNTS] = ((size_t)threads + 1) * sizeof(size_t);
+    sizes[THREAD_COUNTS] = (size_t)threads * sizeof(size_t);
     for (int i = 0; i < PARTS; i++) offsets[i] = total, total += moert_round_up_64(sizes[i]);
     MOERT_FORWARD_IF_ERROR(router_workspace_reserve(ws, total + 64));
     unsigned char *base = (unsigned char *)(((uintptr_t)ws->bytes + 63) & ~(uintptr_t)63);
@@ -331,27 +331,14 @@ moert_status router_batch_topk(const moert_router_config *c, const float *logits
     plan->token_offsets[0] = 0;
     float threshold = INFINITY;
     if (threads == 1) {
-        /* A row at a time: the copy first (its 16 entries are overwritten by the rows after),
-         * then the count; the steps' separate passes cost a single thread 6 ns a token. */
-        size_t kept = 0;
+        /* A row at a time, all three steps: separate passes cost a single thread 6 ns a
+         * token. A row's 16-entry copy is rewritten by the rows after it. */
         for (size_t t = 0, at = 0; t < T; at += counts[t++]) {
-            const size_t got = counts[t];
-            if (got <= 16) {
-                memcpy(plan->expert_ids + kept, ids + at, 16 * sizeof(int32_t));
-                memcpy(plan->weights + kept, scores + at, 16 * sizeof(float));
-            } else {
-                memcpy(plan->expert_ids + kept, ids + at, got * sizeof(int32_t));
-                memcpy(plan->weights + kept, scores + at, got * sizeof(float));
-            }
             uint32_t keep, equal;
             walk.start[t] = at;
             walk_count(&walk, t, &keep, &equal);
-            const size_t tied = equal < ties ? equal : ties;
-            ties -= tied, keep += (uint32_t)tied;
-            if (keep > 0 && scores[at + keep - 1] < threshold) threshold = scores[at + keep - 1];
-            if (c->renormalize) renormalize_token(plan->weights + kept, keep);
-            kept += keep;
-            plan->token_offsets[t + 1] = (int64_t)kept;
+            walk_allot(plan, t, keep, equal, &ties);
+            walk_copy(&walk, plan, t, (size_t)plan->token_offsets[t] + 16, &threshold);
         }
     } else {
         for (size_t t = 0, at = 0; t < T; at += counts[t++]) walk.start[t] = at;

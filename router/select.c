@@ -8,14 +8,6 @@
 
 #include "router/internal.h"
 
-/* The float's order as an unsigned integer; -0 and +0 map alike, since they are equal. */
-static uint32_t ordered_key(float x) {
-    x += 0.0f; /* -0 becomes +0 */
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
-}
-
 typedef struct candidate {
     uint32_t key;
     uint32_t index;
@@ -48,7 +40,7 @@ void router_select_largest(const float *values, size_t n, size_t stride, size_t 
     if (count == 0 || n == 0) return;
     candidate *c = scratch;
     uint32_t *hist = (uint32_t *)(c + n);
-    for (size_t i = 0; i < n; i++) c[i] = (candidate){ordered_key(values[i * stride]), (uint32_t)i};
+    for (size_t i = 0; i < n; i++) c[i] = (candidate){topk_float_order(values[i * stride]), (uint32_t)i};
 
     /* Narrow the candidates to those sharing the count-th largest's leading digits,
      * 12 bits at a time, keeping everything above them; then sort the few left. */
@@ -90,20 +82,34 @@ static uint32_t bin_of(const uint32_t *hist, size_t need, size_t *higher) {
     return bin;
 }
 
-/* keys[i] = the order of values[i] (ordered_key without a branch), and the keys' range. */
+/* keys[i] = the order of values[i], and the keys' range. */
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) static void
 keys_and_range(const float *values, size_t n, uint32_t *keys, uint32_t *lo, uint32_t *hi) {
     uint32_t l = UINT32_MAX, h = 0;
     for (size_t i = 0; i < n; i++) {
-        const float x = values[i] + 0.0f; /* -0 becomes +0 */
-        uint32_t u;
-        memcpy(&u, &x, sizeof u);
-        const uint32_t key = u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+        const uint32_t key = topk_float_order(values[i]);
         keys[i] = key;
         l = key < l ? key : l;
         h = key > h ? key : h;
     }
     *lo = l, *hi = h;
+}
+
+/* keys[i0, i1)'s digits (key - lo) >> shift counted into hist. */
+static void count_digits(const uint32_t *keys, size_t i0, size_t i1, uint32_t lo, int shift, uint32_t *hist) {
+    for (size_t i = i0; i < i1; i++) hist[(keys[i] - lo) >> shift]++;
+}
+
+/* keys[i0, i1)'s keys of digit `bin` packed at keys + i0 (branch-free: every key written,
+ * the bin's kept); returns how many. */
+static size_t keep_digit(uint32_t *keys, size_t i0, size_t i1, uint32_t lo, int shift, uint32_t bin) {
+    size_t kept = i0;
+    for (size_t i = i0; i < i1; i++) {
+        const uint32_t key = keys[i];
+        keys[kept] = key;
+        kept += ((key - lo) >> shift) == bin;
+    }
+    return kept - i0;
 }
 
 float router_select_threshold(const float *values, size_t n, size_t count, size_t *above, void *scratch, int threads) {
@@ -113,20 +119,17 @@ float router_select_threshold(const float *values, size_t n, size_t count, size_
     size_t *part_kept = scratch;
     uint32_t *part_range = (uint32_t *)(part_kept + threads), *keys = part_range + 2 * (size_t)threads;
     uint32_t *hist = keys + n;
-    /* The first round reads every value: the keys, their range, the histogram of the first
-     * digit and the keys in the bin of the count-th largest, each thread a contiguous part
-     * (its own histogram; its bin's keys packed in its part, then the parts packed). The
-     * digits span the keys' own range (min to max), not fixed bits: a batch's scores crowd
-     * into a few exponents, which fixed leading bits would put in a few bins. */
-    /* Parts, not threads: each loop over them is shared by however many threads run. */
-    const int parts = threads;
+    /* The keys and their range, in parts. The digits span the keys' own range (min to max),
+     * not fixed bits: a batch's scores crowd into a few exponents, which fixed leading bits
+     * would put in a few bins. Each loop is over parts, not threads: however many threads run
+     * share it. */
     uint32_t lo = UINT32_MAX, hi = 0;
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-    for (int u = 0; u < parts; u++) {
-        const size_t i0 = n * (size_t)u / (size_t)parts, i1 = n * (size_t)(u + 1) / (size_t)parts;
+    for (int u = 0; u < threads; u++) {
+        const size_t i0 = n * (size_t)u / (size_t)threads, i1 = n * (size_t)(u + 1) / (size_t)threads;
         keys_and_range(values + i0, i1 - i0, keys + i0, &part_range[2 * u], &part_range[2 * u + 1]);
     }
-    for (int u = 0; u < parts; u++) {
+    for (int u = 0; u < threads; u++) {
         lo = part_range[2 * u] < lo ? part_range[2 * u] : lo;
         hi = part_range[2 * u + 1] > hi ? part_range[2 * u + 1] : hi;
     }
@@ -134,56 +137,28 @@ float router_select_threshold(const float *values, size_t n, size_t count, size_
     for (int round = 0; hi > lo; round++) {
         int shift = 0;
         while (((hi - lo) >> shift) >= SELECT_BINS) shift++;
-        const int split = round == 0 && parts > 1;
-        memset(hist, 0, (split ? (size_t)parts : 1) * SELECT_BINS * sizeof *hist);
-        uint32_t bin = 0;
-        size_t higher = 0;
-        if (split) {
-#pragma omp parallel num_threads(parts)
-            {
-#pragma omp for schedule(static)
-                for (int u = 0; u < parts; u++) {
-                    const size_t i0 = n * (size_t)u / (size_t)parts, i1 = n * (size_t)(u + 1) / (size_t)parts;
-                    uint32_t *h = hist + (size_t)u * SELECT_BINS;
-                    for (size_t i = i0; i < i1; i++) h[(keys[i] - lo) >> shift]++;
-                }
-#pragma omp single
-                {
-                    for (int v = 1; v < parts; v++)
-                        for (uint32_t d = 0; d < SELECT_BINS; d++) hist[d] += hist[(size_t)v * SELECT_BINS + d];
-                    bin = bin_of(hist, need, &higher);
-                }
-#pragma omp for schedule(static)
-                for (int u = 0; u < parts; u++) {
-                    const size_t i0 = n * (size_t)u / (size_t)parts, i1 = n * (size_t)(u + 1) / (size_t)parts;
-                    size_t kept = i0;
-                    for (size_t i = i0; i < i1; i++) {
-                        const uint32_t key = keys[i];
-                        keys[kept] = key;
-                        kept += ((key - lo) >> shift) == bin;
-                    }
-                    part_kept[u] = kept - i0;
-                }
-            }
-            size_t kept = 0;
-            for (int u = 0; u < parts; u++) {
-                const size_t i0 = n * (size_t)u / (size_t)parts;
-                memmove(keys + kept, keys + i0, part_kept[u] * sizeof *keys);
-                kept += part_kept[u];
-            }
-            m = kept;
-        } else {
-            for (size_t i = 0; i < m; i++) hist[(keys[i] - lo) >> shift]++;
-            bin = bin_of(hist, need, &higher);
-            /* Keep the keys of that bin (branch-free: every key written, the bin's kept). */
-            size_t kept = 0;
-            for (size_t i = 0; i < m; i++) {
-                const uint32_t key = keys[i];
-                keys[kept] = key;
-                kept += ((key - lo) >> shift) == bin;
-            }
-            m = kept;
+        /* The first round in the parts (each its histogram, its bin's keys packed in its
+         * part, then the parts packed); the later ones, over the few keys left, whole. */
+        const int p = round == 0 ? threads : 1;
+        memset(hist, 0, (size_t)p * SELECT_BINS * sizeof *hist);
+#pragma omp parallel for schedule(static) num_threads(p) if (p > 1)
+        for (int u = 0; u < p; u++)
+            count_digits(keys, m * (size_t)u / (size_t)p, m * (size_t)(u + 1) / (size_t)p, lo, shift,
+                         hist + (size_t)u * SELECT_BINS);
+        for (int v = 1; v < p; v++)
+            for (uint32_t d = 0; d < SELECT_BINS; d++) hist[d] += hist[(size_t)v * SELECT_BINS + d];
+        size_t higher;
+        const uint32_t bin = bin_of(hist, need, &higher);
+#pragma omp parallel for schedule(static) num_threads(p) if (p > 1)
+        for (int u = 0; u < p; u++)
+            part_kept[u] = keep_digit(keys, m * (size_t)u / (size_t)p, m * (size_t)(u + 1) / (size_t)p, lo, shift, bin);
+        size_t kept = 0;
+        for (int u = 0; u < p; u++) {
+            const size_t i0 = m * (size_t)u / (size_t)p;
+            if (i0 != kept) memmove(keys + kept, keys + i0, part_kept[u] * sizeof *keys);
+            kept += part_kept[u];
         }
+        m = kept;
         need -= higher, total_above += higher;
         /* The bin's range: lo + bin 2^shift up to the smaller of its end and hi. */
         const uint32_t bin_lo = lo + (bin << shift);

@@ -709,6 +709,22 @@ START_TEST(test_batch_topk_threshold_mode_agrees) {
 }
 END_TEST
 
+/* Two plans the same, bit for bit: entries, offsets, experts, weights and threshold. */
+static void expect_same_plan(const moert_plan *p, const moert_plan *q) {
+    moert_plan_view a, b;
+    moert_plan_get_view(p, &a);
+    moert_plan_get_view(q, &b);
+    moert_plan_stats sa, sb;
+    moert_plan_get_stats(p, &sa);
+    moert_plan_get_stats(q, &sb);
+    ck_assert_uint_eq(a.tokens, b.tokens);
+    ck_assert_uint_eq(a.entries, b.entries);
+    ck_assert(memcmp(a.token_offsets, b.token_offsets, (a.tokens + 1) * sizeof(int64_t)) == 0);
+    ck_assert(memcmp(a.expert_ids, b.expert_ids, a.entries * sizeof(int32_t)) == 0);
+    ck_assert(memcmp(a.weights, b.weights, a.entries * sizeof(float)) == 0);
+    ck_assert(memcmp(&sa.threshold, &sb.threshold, sizeof(double)) == 0);
+}
+
 /* The same plan, offsets and threshold for 1, 2 and 3 threads where every step runs in
  * parallel: T k = 80000 candidates and more split theta's select; ties (logits on a 1/4
  * grid) and renormalised weights go through the parallel walk. */
@@ -721,22 +737,10 @@ START_TEST(test_batch_topk_threads_agree) {
         c.policy = MOERT_POLICY_BATCH_TOPK, c.k = 4, c.renormalize = probs, c.threads = 1;
         c.batch_score = probs ? MOERT_BATCH_SCORE_PROBS : MOERT_BATCH_SCORE_LOGITS;
         moert_plan *one = route(&c, x, T, E);
-        moert_plan_view a;
-        moert_plan_get_view(one, &a);
-        moert_plan_stats sa;
-        moert_plan_get_stats(one, &sa);
         for (int threads = 2; threads <= 3; threads++) {
             c.threads = threads;
             moert_plan *many = route(&c, x, T, E);
-            moert_plan_view b;
-            moert_plan_get_view(many, &b);
-            moert_plan_stats sb;
-            moert_plan_get_stats(many, &sb);
-            ck_assert_uint_eq(a.entries, b.entries);
-            ck_assert(memcmp(a.token_offsets, b.token_offsets, (T + 1) * sizeof(int64_t)) == 0);
-            ck_assert(memcmp(a.expert_ids, b.expert_ids, a.entries * sizeof(int32_t)) == 0);
-            ck_assert(memcmp(a.weights, b.weights, a.entries * sizeof(float)) == 0);
-            ck_assert(memcmp(&sa.threshold, &sb.threshold, sizeof(double)) == 0);
+            expect_same_plan(one, many);
             moert_plan_destroy(many);
         }
         moert_plan_destroy(one);
@@ -769,16 +773,7 @@ START_TEST(test_batch_topk_groups_and_threads) {
     ck_assert(fabs(s.threshold - thresholds) < 1e-12);
     c.threads = 3;
     moert_plan *threaded = route(&c, x, T, E);
-    moert_plan_view a, b;
-    moert_plan_get_view(grouped, &a);
-    moert_plan_get_view(threaded, &b);
-    ck_assert_uint_eq(a.entries, b.entries);
-    ck_assert(memcmp(a.token_offsets, b.token_offsets, (T + 1) * sizeof(int64_t)) == 0);
-    ck_assert(memcmp(a.expert_ids, b.expert_ids, a.entries * sizeof(int32_t)) == 0);
-    ck_assert(memcmp(a.weights, b.weights, a.entries * sizeof(float)) == 0);
-    moert_plan_stats st;
-    moert_plan_get_stats(threaded, &st);
-    ck_assert(memcmp(&s.threshold, &st.threshold, sizeof(double)) == 0);
+    expect_same_plan(grouped, threaded);
     moert_plan_destroy(grouped), moert_plan_destroy(threaded);
     free(x);
 }

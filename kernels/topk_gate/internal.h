@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels/noise.h"
 #include "moert/topk_gate.h"
@@ -131,6 +132,15 @@ typedef size_t (*topk_compact_fn)(const float *x, size_t n, float bound, int32_t
 #define TOPK_RELU_SCRATCH(n) (2 * (size_t)(n) + 64)
 typedef size_t (*topk_relu_row_fn)(const float *x, size_t n, float threshold, int32_t *ids, float *weights,
                                    float *scratch);
+
+/* A float's order as an unsigned integer (keys compare as the floats do; -0 and +0, which
+ * are equal, map alike). Without a branch, so that loops over it vectorise. */
+static inline uint32_t topk_float_order(float x) {
+    x += 0.0f; /* -0 becomes +0 */
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u);
+}
 
 /* BatchTopK's candidates (router/batch_topk.c) in rows [0, rows) of logits [rows, E]: in
  * each row, the i with x[i] >= logit_bound[r] whose score reaches `bound`, by descending

@@ -1259,11 +1259,11 @@ static size_t vec_relu_row(const float *x, size_t n, float threshold, int32_t *i
     return vec_sort_found(found_ids, found, count, ids, weights);
 }
 
-/* A float's order as an unsigned integer (for same-signed floats, their bit patterns). */
-static inline uint32_t vec_float_order(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+/* BatchTopK's scores of a vector of candidates' logits: exp(x - max) / sum lane by lane
+ * (the scalar reference's operations), or the logits. */
+VEC_INLINE vf vec_batch_score(vf x, float max, float sum, int probs) {
+    if (!probs) return x;
+    return vf_div(vf_exp2_stat(vf_mul(vf_sub(x, vf_set1(max)), vf_set1(MOERT_EXPF_LOG2E))), vf_set1(sum));
 }
 
 /* One row of BatchTopK's second pass: c candidates (logits x and experts id, ascending)
@@ -1280,15 +1280,14 @@ static inline uint32_t vec_float_order(float x) {
  * 1.5e-5 for probabilities; other rows and longer lists take topk_sort_entries. */
 static size_t vec_batch_finish(float *x, const int32_t *id, size_t c, float max, float sum, const topk_batch_rows *b,
                                int32_t *ids, float *scores) {
-    const vf bound = vf_set1(b->bound), log2e = vf_set1(MOERT_EXPF_LOG2E);
+    const vf bound = vf_set1(b->bound);
     enum { LANE_BITS = V_W == 16 ? 4 : 3 };
-    const uint32_t base = vec_float_order(b->bound + 0.0f), top = vec_float_order(b->probs ? 1.0f : max);
+    const uint32_t base = topk_float_order(b->bound), top = topk_float_order(b->probs ? 1.0f : max);
     if (c <= V_W && top - base < (1u << (31 - LANE_BITS)) - 1u) {
         const int n = (int)c;
-        vf p = vf_load_part(x, n, 0.0f);
-        if (b->probs) p = vf_div(vf_exp2_stat(vf_mul(vf_sub(p, vf_set1(max)), log2e)), vf_set1(sum));
+        const vf p = vec_batch_score(vf_load_part(x, n, 0.0f), max, sum, b->probs);
         const vm real = vm_and(vm_ge(p, bound), vm_first(n));
-        /* The key of -0 as of +0: they are equal (the score itself keeps its sign). */
+        /* topk_float_order lane by lane (the score itself keeps its sign). */
         const vi bits = vi_from_vf(vf_add(p, vf_set1(0.0f))), lane_part = vi_sub(vi_set1(V_W - 1), vi_iota());
         const vi order = vi_xor(bits, vi_or(vi_sra(bits, 31), vi_set1(INT32_MIN)));
         vi key = vi_add(vi_sub(order, vi_set1((int32_t)base)), vi_set1(1));
@@ -1302,8 +1301,7 @@ static size_t vec_batch_finish(float *x, const int32_t *id, size_t c, float max,
     size_t real = 0;
     for (size_t j = 0; j < c; j += V_W) {
         const int lanes = c - j < V_W ? (int)(c - j) : V_W;
-        vf p = vf_load_part(x + j, lanes, 0.0f);
-        if (b->probs) p = vf_div(vf_exp2_stat(vf_mul(vf_sub(p, vf_set1(max)), log2e)), vf_set1(sum));
+        const vf p = vec_batch_score(vf_load_part(x + j, lanes, 0.0f), max, sum, b->probs);
         vf_store_part(x + j, lanes, p);
         real += (size_t)__builtin_popcount(vm_bits(vm_and(vm_ge(p, bound), vm_first(lanes))));
     }
